@@ -1,0 +1,1 @@
+"""The `llamarun` command line."""

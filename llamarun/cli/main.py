@@ -1,0 +1,44 @@
+"""Entry point of the `llamarun` command.
+
+Each subcommand lives in its own module with `register(subparsers)`; a module imports torch only
+inside its handler, so `llamarun list` and `llamarun show` answer without loading torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from llamarun import __version__
+from llamarun.errors import LlamarunError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llamarun", description="Run Llama-family models locally.")
+    parser.add_argument("--version", action="version", version=f"llamarun {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from llamarun.cli import run_cmd, store_cmds
+
+    run_cmd.register(subparsers)
+    store_cmds.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except LlamarunError as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

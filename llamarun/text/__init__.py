@@ -1,0 +1,1 @@
+"""Text <-> token ids: tokenizers behind one interface, and streaming detokenization."""
