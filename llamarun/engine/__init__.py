@@ -1,0 +1,1 @@
+"""Token in, token out: running the model on prompts and generating continuations."""

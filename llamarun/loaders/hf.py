@@ -1,0 +1,43 @@
+"""Hugging Face safetensors checkpoints, single file or sharded, read through memory maps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from llamarun.config import ModelConfig
+from llamarun.errors import UnsupportedError
+from llamarun.loaders import hf_folder
+from llamarun.loaders.checkpoint import Checkpoint, read_json
+
+
+def open_hf(folder: Path) -> Checkpoint:
+    cfg = read_json(folder / "config.json")
+    quant = cfg.get("quantization_config")
+    if quant:
+        method = quant.get("quant_method") or quant.get("format") or "unknown"
+        raise UnsupportedError(
+            f"{folder} is quantized with '{method}', which llamarun does not load yet",
+            "use the bf16 checkpoint or a GGUF/MLX quantization",
+        )
+    config = ModelConfig.from_hf(cfg)
+    files = hf_folder.safetensors_files(folder)
+    headers = {f: hf_folder.read_safetensors_header(f) for f in files}
+    names = [name for header in headers.values() for name in header]
+
+    def tensors(dtype) -> Iterator[tuple[str, object]]:
+        from safetensors import safe_open
+
+        for file, header in headers.items():
+            with safe_open(str(file), framework="pt") as f:
+                for name in header:
+                    yield name, f.get_tensor(name).to(dtype)
+
+    gen = hf_folder.generation_config(folder)
+    return Checkpoint(
+        format="hf", path=folder, config=config, tensor_names=names, tensors=tensors,
+        make_tokenizer=lambda: hf_folder.load_folder_tokenizer(folder),
+        chat_template=hf_folder.chat_template(folder), generation_defaults=gen,
+        extra_stop_ids=tuple(hf_folder.generation_stop_ids(gen)),
+        quantization=str(cfg.get("torch_dtype") or cfg.get("dtype") or "unknown"),
+    )

@@ -1,0 +1,95 @@
+"""MLX (mlx-community) checkpoints: affine group quantization packed into uint32 words.
+
+Each quantized linear stores `weight` (uint32, 32/bits values per word, lowest bits first),
+`scales` and `biases` per group of `group_size` inputs: w = scales * q + biases. For now every
+quantized tensor is expanded to the compute dtype; the quantization work will keep them packed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llamarun.config import ModelConfig
+from llamarun.errors import ConfigMismatchError, UnsupportedError
+from llamarun.loaders import hf_folder
+from llamarun.loaders.checkpoint import Checkpoint, read_json
+
+SUPPORTED_BITS = (2, 4, 8)
+
+
+def mlx_quantization(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The `quantization` block of an MLX config.json (newer mlx-lm also writes `quantization_config`)."""
+    quant = cfg.get("quantization") or cfg.get("quantization_config")
+    if not isinstance(quant, dict) or "bits" not in quant:
+        raise ConfigMismatchError("config.json has no MLX 'quantization' block with 'bits' and 'group_size'")
+    return quant
+
+
+def _layer_settings(quant: dict[str, Any], module: str) -> tuple[int, int]:
+    """Bits and group size for one module; mlx-lm may override them per layer."""
+    override = quant.get(module)
+    source = override if isinstance(override, dict) else quant
+    bits, group = int(source.get("bits", quant["bits"])), int(source.get("group_size", quant.get("group_size", 64)))
+    if bits not in SUPPORTED_BITS:
+        raise UnsupportedError(f"MLX {bits}-bit quantization is not supported",
+                               f"supported: {', '.join(map(str, SUPPORTED_BITS))} bits")
+    return bits, group
+
+
+def dequantize_mlx(packed: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor,
+                   bits: int, group_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """packed [rows, cols*bits/32] uint32, scales/biases [rows, cols/group] -> weights [rows, cols]."""
+    rows = packed.shape[0]
+    per_word = 32 // bits
+    words = packed.view(torch.int32).to(torch.int64)  # int64 so the shift of bit 31 stays positive
+    shifts = torch.arange(per_word, dtype=torch.int64) * bits  # [per_word]
+    q = (words.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)  # [rows, words, per_word]
+    q = q.reshape(rows, -1, group_size).to(torch.float32)  # [rows, groups, group_size]
+    if q.shape[1] != scales.shape[1]:
+        raise ConfigMismatchError(
+            f"MLX tensor has {q.shape[1]} groups but {scales.shape[1]} scales; check group_size in config.json"
+        )
+    w = scales.float().unsqueeze(-1) * q + biases.float().unsqueeze(-1)  # [rows, groups, group_size]
+    return w.reshape(rows, -1).to(dtype)
+
+
+def open_mlx(folder: Path) -> Checkpoint:
+    cfg = read_json(folder / "config.json")
+    config = ModelConfig.from_hf(cfg)
+    quant = mlx_quantization(cfg)
+    files = hf_folder.safetensors_files(folder)
+    headers = {f: hf_folder.read_safetensors_header(f) for f in files}
+    where = {name: file for file, header in headers.items() for name in header}
+    names = [n for n in where if not n.endswith((".scales", ".biases"))]
+
+    def tensors(dtype) -> Iterator[tuple[str, torch.Tensor]]:
+        from safetensors import safe_open
+
+        handles = {f: safe_open(str(f), framework="pt") for f in files}
+
+        def get(name: str) -> torch.Tensor:
+            return handles[where[name]].get_tensor(name)
+
+        for name in names:
+            module = name.rsplit(".", 1)[0]
+            if f"{module}.scales" not in where:
+                yield name, get(name).to(dtype)
+                continue
+            if f"{module}.biases" not in where:
+                raise ConfigMismatchError(f"MLX tensor {module} has scales but no biases")
+            bits, group = _layer_settings(quant, module)
+            yield name, dequantize_mlx(get(name), get(f"{module}.scales"), get(f"{module}.biases"),
+                                       bits, group, dtype)
+
+    gen = hf_folder.generation_config(folder)
+    return Checkpoint(
+        format="mlx", path=folder, config=config, tensor_names=names, tensors=tensors,
+        make_tokenizer=lambda: hf_folder.load_folder_tokenizer(folder),
+        chat_template=hf_folder.chat_template(folder), generation_defaults=gen,
+        extra_stop_ids=tuple(hf_folder.generation_stop_ids(gen)),
+        quantization=f"MLX {quant['bits']}-bit, group {quant.get('group_size', 64)}",
+    )
