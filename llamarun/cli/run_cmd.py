@@ -1,0 +1,145 @@
+"""`llamarun run MODEL [PROMPT]`: one-shot completion, or an interactive chat like `ollama run`.
+
+torch is imported inside the handler only, so other subcommands stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+HELP = """Commands:
+  /set system <text>   set the system message (clears the conversation)
+  /clear               forget the conversation so far
+  /bye                 exit
+  /?, /help            this help
+"""
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("run", help="run a model on a prompt, or chat with it",
+                              description="Run a model: one-shot with PROMPT, interactive chat without.")
+    p.add_argument("model", help="model name (e.g. smollm2:135m) or a path to a checkpoint")
+    p.add_argument("prompt", nargs="*", help="prompt; without it, an interactive chat starts")
+    p.add_argument("--system", help="system message")
+    p.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
+    p.add_argument("--verbose", action="store_true", help="print timings and token counts after the answer")
+    p.add_argument("--ctx", "--num-ctx", dest="ctx", type=int, help="context length in tokens (default 4096)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
+    s = p.add_argument_group("sampling (defaults as in Ollama)")
+    s.add_argument("--temperature", type=float)
+    s.add_argument("--top-k", type=int)
+    s.add_argument("--top-p", type=float)
+    s.add_argument("--min-p", type=float)
+    s.add_argument("--repeat-penalty", type=float)
+    s.add_argument("--repeat-last-n", type=int)
+    s.add_argument("--presence-penalty", type=float)
+    s.add_argument("--frequency-penalty", type=float)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--num-predict", "--max-tokens", dest="num_predict", type=int,
+                   help="most tokens to generate (default: until the model stops or the context is full)")
+    s.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.set_defaults(handler=run)
+
+
+def sampling_params(args: argparse.Namespace):
+    from llamarun.sampling.params import SamplingParams
+
+    given = {
+        "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
+        "repetition_penalty": args.repeat_penalty, "repeat_last_n": args.repeat_last_n,
+        "presence_penalty": args.presence_penalty, "frequency_penalty": args.frequency_penalty,
+        "seed": args.seed, "max_tokens": args.num_predict, "stop": tuple(args.stop),
+    }
+    return SamplingParams(**{k: v for k, v in given.items() if v is not None})
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from llamarun.api import LLM
+    from llamarun.cli.verbose import print_stats
+
+    params = sampling_params(args)  # validate flags before a long load
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    llm = LLM(args.model, context_length=args.ctx, device=args.device, dtype=dtype,
+              progress=sys.stderr.isatty())
+    prompt = " ".join(args.prompt)
+    if not prompt and not sys.stdin.isatty():
+        prompt = sys.stdin.read().strip()
+    if prompt:
+        stream = _one_shot(llm, prompt, args, params)
+        if args.verbose:
+            print_stats(stream.stats, llm.device, llm.load_seconds)
+        return 0
+    return _interactive(llm, args, params)
+
+
+def _messages(system: str | None, turns: list[dict[str, str]]) -> list[dict[str, str]]:
+    return ([{"role": "system", "content": system}] if system else []) + turns
+
+
+def _emit(stream) -> None:
+    for piece in stream:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def _one_shot(llm, prompt: str, args: argparse.Namespace, params):
+    if args.raw:
+        stream = llm.stream_ids(llm.prompt_ids(prompt), params)
+    else:
+        stream = llm.stream_chat(_messages(args.system, [{"role": "user", "content": prompt}]), params)
+    _emit(stream)
+    return stream
+
+
+def _interactive(llm, args: argparse.Namespace, params) -> int:
+    from llamarun.cli.verbose import print_stats
+
+    system, turns, load = args.system, [], llm.load_seconds
+    print("Type /? for help, /bye to exit.", file=sys.stderr)
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            print()
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/bye", "/exit", "/quit"):
+            return 0
+        if text in ("/?", "/help"):
+            print(HELP, end="")
+            continue
+        if text == "/clear":
+            turns = []
+            llm.reset()
+            print("Cleared conversation.")
+            continue
+        if text.startswith("/set system"):
+            system = text.removeprefix("/set system").strip() or None
+            turns = []
+            print("Set system message." if system else "Cleared system message.")
+            continue
+        if text.startswith("/"):
+            print(f"Unknown command '{text.split()[0]}'. Type /? for help.")
+            continue
+        turns.append({"role": "user", "content": line})
+        try:
+            stream = llm.stream_chat(_messages(system, turns), params)
+            _emit(stream)
+        except KeyboardInterrupt:
+            print()
+            turns.pop()
+            continue
+        turns.append({"role": "assistant", "content": stream.text})
+        if args.verbose:
+            # Like Ollama, the load is reported once, with the request that paid for it.
+            print_stats(stream.stats, llm.device, load)
+            load = 0.0

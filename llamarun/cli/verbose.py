@@ -1,0 +1,48 @@
+"""`--verbose` statistics, in Ollama's words and format, plus peak memory."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from typing import Any
+
+
+def format_duration(seconds: float) -> str:
+    """Like Go's time.Duration printing that Ollama uses: 1.234s, 56.7ms, 890µs."""
+    if seconds >= 1:
+        return f"{seconds:.6g}s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.6g}ms"
+    return f"{seconds * 1e6:.6g}µs"
+
+
+def peak_memory_bytes(device: str) -> int:
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def stats_lines(stats: Any, load_seconds: float, total_seconds: float, peak_bytes: int) -> list[str]:
+    prompt_eval = stats.prompt_tokens - stats.cached_tokens
+    rows = [
+        ("total duration", format_duration(total_seconds)),
+        ("load duration", format_duration(load_seconds)),
+        ("prompt eval count", f"{prompt_eval} token(s)"),
+        ("prompt eval duration", format_duration(stats.prompt_seconds)),
+        ("prompt eval rate", f"{prompt_eval / max(stats.prompt_seconds, 1e-9):.2f} tokens/s"),
+        ("eval count", f"{stats.generated_tokens} token(s)"),
+        ("eval duration", format_duration(stats.decode_seconds)),
+        ("eval rate", f"{stats.generated_tokens / max(stats.decode_seconds, 1e-9):.2f} tokens/s"),
+        ("peak memory", f"{peak_bytes / 2**20:.0f} MiB"),
+    ]
+    return [f"{name + ':':<22}{value}" for name, value in rows]
+
+
+def print_stats(stats: Any, device: str, load_seconds: float) -> None:
+    """Print the statistics to stderr; `load_seconds` is 0 for requests that did not pay for the load."""
+    load = load_seconds
+    total = load + stats.prompt_seconds + stats.decode_seconds
+    for line in stats_lines(stats, load, total, peak_memory_bytes(device)):
+        print(line, file=sys.stderr)
