@@ -1,0 +1,126 @@
+"""CPU benchmark of the default model: llamarun beside Hugging Face Transformers on the same GGUF, same run.
+
+Measures load time, prompt tokens/s and decode tokens/s (greedy, fixed token counts, so both engines
+do the same work), and writes a JSON + Markdown record to benchmarks/results/.
+
+    python benchmarks/cpu_default_model.py [--new-tokens 128] [--repeats 3]
+
+Each engine is measured in its own subprocess so neither inherits the other's warm caches or threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+PROMPT = ("Write a detailed, friendly explanation of why the sky is blue, covering Rayleigh scattering, "
+          "the spectrum of sunlight, why sunsets are red, and why the sky on Mars looks different. ") * 5
+
+
+def _llamarun(gguf: str, new_tokens: int, repeats: int) -> dict:
+    import time
+
+    import torch
+
+    t0 = time.perf_counter()
+    from llamarun.api import LLM
+
+    llm = LLM(gguf)
+    load = time.perf_counter() - t0
+    ids = llm.prompt_ids(PROMPT)
+    from llamarun.sampling.params import SamplingParams
+
+    params = SamplingParams.greedy(max_tokens=new_tokens)
+    best = None
+    for _ in range(repeats):
+        llm.reset()
+        from llamarun.engine.single import GenerationStats
+
+        stats = GenerationStats()
+        # stop_ids=() so exactly new_tokens are generated, like min_new_tokens on the Transformers side
+        out = list(llm.engine.generate(ids, params, (), stats))
+        assert len(out) == new_tokens
+        run = {"prompt_tps": len(ids) / stats.prompt_seconds, "decode_tps": new_tokens / stats.decode_seconds}
+        best = run if best is None or run["decode_tps"] > best["decode_tps"] else best
+    return {"engine": "llamarun", "load_s": load, "prompt_tokens": len(ids), "threads": torch.get_num_threads(),
+            **best}
+
+
+def _transformers(gguf: str, new_tokens: int, repeats: int) -> dict:
+    import time
+
+    import torch
+
+    t0 = time.perf_counter()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(gguf)
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                 torch_dtype=torch.float32).eval()
+    load = time.perf_counter() - t0
+    ids = tok(PROMPT, return_tensors="pt").input_ids
+    best = None
+    for _ in range(repeats):
+        with torch.inference_mode():
+            t = time.perf_counter()
+            model(ids)
+            prefill = time.perf_counter() - t
+            t = time.perf_counter()
+            model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            total = time.perf_counter() - t
+        run = {"prompt_tps": ids.shape[1] / prefill, "decode_tps": (new_tokens - 1) / (total - prefill)}
+        best = run if best is None or run["decode_tps"] > best["decode_tps"] else best
+    return {"engine": "transformers", "load_s": load, "prompt_tokens": int(ids.shape[1]),
+            "threads": torch.get_num_threads(), **best}
+
+
+def _child(engine: str, gguf: str, new_tokens: int, repeats: int) -> dict:
+    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import cpu_default_model as b; "
+            f"print('RESULT', json.dumps(b._{engine}({gguf!r}, {new_tokens}, {repeats})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[7:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    from llamarun.store.default_model import ensure_default_model
+
+    gguf = str(ensure_default_model())
+    ours = _child("llamarun", gguf, args.new_tokens, args.repeats)
+    peer = _child("transformers", gguf, args.new_tokens, args.repeats)
+    record = {
+        "date": dt.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores (CPU only)", "model": "smollm2:135m (SmolLM2-135M-Instruct Q4_1 GGUF)",
+        "new_tokens": args.new_tokens, "llamarun": ours, "transformers": peer,
+        "ratio_decode": ours["decode_tps"] / peer["decode_tps"],
+        "ratio_prompt": ours["prompt_tps"] / peer["prompt_tps"],
+        "ratio_load": peer["load_s"] / ours["load_s"],
+    }
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"cpu-default-model-{record['date']}"
+    stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    rows = [f"| {r['engine']} | {r['load_s']:.2f} s | {r['prompt_tps']:.0f} | {r['decode_tps']:.1f} |"
+            for r in (ours, peer)]
+    md = "\n".join([
+        f"# Default model on CPU, {record['date']}", "", f"Machine: {record['machine']}. Prompt "
+        f"{ours['prompt_tokens']} tokens, {args.new_tokens} new tokens, greedy, best of {args.repeats}.", "",
+        "| engine | load | prompt tokens/s | decode tokens/s |", "|---|---|---|---|", *rows, "",
+        f"llamarun / Transformers: decode {record['ratio_decode']:.2f}x, prompt {record['ratio_prompt']:.2f}x, "
+        f"load {record['ratio_load']:.1f}x faster.", ""])
+    stem.with_suffix(".md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

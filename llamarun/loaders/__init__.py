@@ -1,0 +1,1 @@
+"""Checkpoint formats (GGUF, HF safetensors, MLX, Meta) read into canonical tensors."""
