@@ -52,6 +52,8 @@ class SingleSequenceAttention(AttentionBackend):
         s, e = self.start, self.end
         self.cache.k[layer, :, s:e] = k.transpose(0, 1)  # [kv_heads, n, head_dim]
         self.cache.v[layer, :, s:e] = v.transpose(0, 1)
+        if e - s == 1:
+            return decode_attention(q, self.cache.k[layer, :, :e], self.cache.v[layer, :, :e])
         keys = self.cache.k[layer, :, :e].unsqueeze(0)  # [1, kv_heads, e, head_dim]
         values = self.cache.v[layer, :, :e].unsqueeze(0)
         query = q.transpose(0, 1).unsqueeze(0)  # [1, heads, n, head_dim]
@@ -60,3 +62,19 @@ class SingleSequenceAttention(AttentionBackend):
             query, keys, values, attn_mask=self.mask, is_causal=causal, enable_gqa=True
         )  # [1, heads, n, head_dim]
         return out.squeeze(0).transpose(0, 1)  # [n, heads, head_dim]
+
+
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """One query token over cached keys/values with plain matmuls.
+
+    q [1, heads, head_dim], keys/values [kv_heads, length, head_dim] -> [1, heads, head_dim].
+    On CPU, SDPA's flash kernel costs milliseconds per call for a single query (it tiles for long
+    queries); two small matmuls cost microseconds. Query heads are grouped under their KV head.
+    """
+    kv_heads, _, head_dim = keys.shape
+    heads = q.shape[1]
+    qg = q.view(kv_heads, heads // kv_heads, head_dim)  # [kv_heads, group, head_dim]
+    scores = torch.matmul(qg, keys.transpose(1, 2)) * head_dim**-0.5  # [kv_heads, group, length]
+    probs = torch.softmax(scores.float(), dim=-1).to(values.dtype)
+    out = torch.matmul(probs, values)  # [kv_heads, group, head_dim]
+    return out.reshape(1, heads, head_dim)
