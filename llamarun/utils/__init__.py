@@ -1,0 +1,1 @@
+"""Small shared helpers: memory planning, progress bars. Nothing here imports torch at import time."""

@@ -1,0 +1,96 @@
+"""The memory plan: sizes add up, a model that cannot fit says what would."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from llamarun.config import ModelConfig, RopeScaling
+from llamarun.errors import DoesNotFitError
+from llamarun.utils.memory import available_memory, plan_memory
+
+GB = 1000**3
+
+
+def _llama(hidden: int, inter: int, layers: int, heads: int) -> ModelConfig:
+    # Shapes from the published config.json files (see REFERENCE.md).
+    return ModelConfig(vocab_size=128256, hidden_size=hidden, intermediate_size=inter, num_layers=layers,
+                       num_heads=heads, num_kv_heads=8, head_dim=128, rope_theta=500000.0,
+                       rope_scaling=RopeScaling(), max_position_embeddings=131072)
+
+
+LLAMA_70B = _llama(8192, 28672, 80, 64)
+LLAMA_8B = _llama(4096, 14336, 32, 32)
+
+
+def test_parts_add_up_and_kv_scales_with_context_and_element_size() -> None:
+    plan = plan_memory(LLAMA_8B, int(16.06 * GB), 8192, available_bytes=100 * GB)
+    assert plan.kv_bytes_per_token == 2 * 32 * 8 * 128 * 2  # K and V, every layer, bf16
+    assert plan.kv_cache_bytes == plan.kv_bytes_per_token * 8192
+    assert plan.total_bytes == plan.weight_bytes + plan.kv_cache_bytes + plan.overhead_bytes
+    assert plan.check() is plan
+    fp8 = plan_memory(LLAMA_8B, int(16.06 * GB), 8192, kv_bytes_per_element=1, available_bytes=100 * GB)
+    assert fp8.kv_cache_bytes * 2 == plan.kv_cache_bytes
+
+
+def test_too_long_context_names_the_largest_round_context_that_fits() -> None:
+    available = 24 * GB
+    plan = plan_memory(LLAMA_8B, int(16.06 * GB), 131072, available_bytes=available)
+    with pytest.raises(DoesNotFitError) as err:
+        plan.check()
+    ctx = int(re.search(r"a context of (\d+) tokens would fit", str(err.value)).group(1))
+    assert ctx % 1024 == 0 and ctx >= 1024
+    # The suggestion really fits, and one more step of 1024 would not.
+    plan_memory(LLAMA_8B, int(16.06 * GB), ctx, available_bytes=available).check()
+    assert not plan_memory(LLAMA_8B, int(16.06 * GB), ctx + 1024, available_bytes=available).fits
+
+
+def test_70b_bf16_on_one_h100_suggests_a_smaller_quantization() -> None:
+    plan = plan_memory(LLAMA_70B, int(141.1 * GB), 8192, device="cuda:0", available_bytes=79 * GB,
+                       model_name="llama3.3:70b")
+    with pytest.raises(DoesNotFitError) as err:
+        plan.check()
+    msg = str(err.value)
+    assert "llama3.3:70b-q4_K_M" in msg and "llama3.3:70b-mlx-4bit" in msg
+    assert "context of" not in msg  # weights alone do not fit: no context can help
+    assert "141.1 GB" in msg and "79.0 GB" in msg
+
+
+def test_without_a_catalog_model_the_advice_is_generic() -> None:
+    plan = plan_memory(LLAMA_70B, int(141.1 * GB), 4096, available_bytes=24 * GB)
+    with pytest.raises(DoesNotFitError, match="more memory"):
+        plan.check()
+
+
+def test_smaller_variant_must_itself_fit() -> None:
+    # 30 GB: the 42.5 GB Q4_K_M does not fit either, so it must not be suggested.
+    plan = plan_memory(LLAMA_70B, int(141.1 * GB), 8192, available_bytes=30 * GB, model_name="llama3.3:70b")
+    with pytest.raises(DoesNotFitError) as err:
+        plan.check()
+    assert "q4_K_M" not in str(err.value)
+
+
+def test_cpu_available_memory_comes_from_meminfo() -> None:
+    with open("/proc/meminfo") as f:
+        total_kb = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
+    free = available_memory("cpu")
+    assert free is not None and 0 < free <= total_kb * 1024
+    plan = plan_memory(LLAMA_8B, 1, 128)
+    assert plan.available_bytes is not None and plan.available_bytes > 0
+
+
+def test_unknown_device_memory_does_not_block() -> None:
+    plan = plan_memory(LLAMA_70B, int(141.1 * GB), 131072, device="mps")
+    assert plan.available_bytes is None and plan.fits
+
+
+def test_planning_for_cpu_does_not_import_torch() -> None:
+    code = ("import sys; from llamarun.utils.memory import plan_memory;"
+            "from llamarun.config import ModelConfig;"
+            "c = ModelConfig(vocab_size=10, hidden_size=8, intermediate_size=16, num_layers=1, num_heads=2,"
+            " num_kv_heads=1, head_dim=4); plan_memory(c, 100, 16).check(); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
