@@ -74,6 +74,7 @@ class LLM:
         from llamarun.models.build import build_model
         from llamarun.store.resolve import resolve_model
         from llamarun.utils.memory import plan_memory
+        from llamarun.utils.progress import count_bar
 
         t0 = time.perf_counter()
         self.resolved = resolve_model(model)
@@ -83,12 +84,14 @@ class LLM:
         self.dtype = dtype or default_dtype(self.device)
         self.context_length = min(context_length or DEFAULT_CONTEXT, self.config.max_position_embeddings)
         element = torch.finfo(self.dtype).bits // 8
+        # Quantized formats are expanded to the compute dtype for now, so plan for that size.
         plan_memory(self.config, self.config.num_parameters * element, self.context_length, device=self.device,
-                    kv_bytes_per_element=element).check()
+                    kv_bytes_per_element=element, model_name=self.resolved.name).check()
         self.tokenizer = ckpt.tokenizer()
         self.template = select_chat_template(ckpt.chat_template, self.tokenizer)
         self.stop_ids = ckpt.stop_token_ids()
-        self.model = build_model(ckpt, self.dtype, self.device, on_tensor=_progress(ckpt, progress))
+        with count_bar("loading weights", len(ckpt.tensor_names), enabled=None if progress else False) as bar:
+            self.model = build_model(ckpt, self.dtype, self.device, on_tensor=lambda _name: bar.advance())
         self.engine = SingleRequestGenerator(self.model, self.context_length, self.dtype, self.device)
         self.load_seconds = time.perf_counter() - t0
 
@@ -143,10 +146,3 @@ class LLM:
         if tail:
             yield tail
 
-
-def _progress(ckpt, enabled: bool):
-    if not enabled:
-        return None
-    from llamarun.utils.progress import tensor_progress
-
-    return tensor_progress(len(ckpt.tensor_names), "loading weights")
