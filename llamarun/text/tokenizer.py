@@ -15,6 +15,13 @@ class Tokenizer(ABC):
       eos_id       id of the end-of-sequence token, or None
       special_ids  ids of control tokens (skipped by `decode(..., skip_special=True)`)
       add_bos      whether prompts conventionally start with bos (GGUF `add_bos_token`, HF post-processor)
+      strips_leading_space
+                   whether `decode` drops one leading space (SentencePiece vocabularies, which encode
+                   text with a "▁" prepended); False unless an implementation says otherwise
+
+    `decode(ids)` is the UTF-8 decoding (invalid bytes -> U+FFFD) of the joined `token_bytes` of the
+    kept ids, less one leading space when `strips_leading_space`: the incremental detokenizer relies
+    on exactly this to stream text that adds up to `decode`.
     """
 
     vocab_size: int
@@ -22,6 +29,7 @@ class Tokenizer(ABC):
     eos_id: int | None
     special_ids: frozenset[int]
     add_bos: bool
+    strips_leading_space: bool = False
 
     @abstractmethod
     def encode(self, text: str, *, add_bos: bool = False, allow_special: bool = True) -> list[int]:
