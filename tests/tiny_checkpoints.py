@@ -17,11 +17,37 @@ import torch
 from llamarun.loaders.permute import half_split_to_interleaved
 
 GROUP = 32  # MLX group size used by the writers
+# A tiny chat template without special tokens, so the tiny byte vocabulary can carry it.
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant: {% endif %}")
+
+
+MERGES = ["Ġ t", "h e", "Ġt he", "i n"]
+
+
+def byte_vocab() -> list[str]:
+    """256 byte-level BPE tokens (GPT-2's byte alphabet, in byte order), then one token per merge."""
+    from llamarun.text.byte_level import BYTE_TO_CHAR
+
+    return list(BYTE_TO_CHAR) + [m.replace(" ", "") for m in MERGES]
+
+
+def add_byte_tokenizer(folder: Path) -> Path:
+    """tokenizer.json + tokenizer_config.json for the tiny byte-level vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {tok: i for i, tok in enumerate(byte_vocab())}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[tuple(m.split(" ")) for m in MERGES]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}))
+    return folder
 
 
 @dataclass(frozen=True)
 class TinySpec:
-    vocab_size: int = 256
+    vocab_size: int = 260  # 256 byte tokens + the 4 merges below
     hidden_size: int = 64
     intermediate_size: int = 128
     num_layers: int = 2
@@ -169,6 +195,12 @@ def write_gguf(spec: TinySpec, weights: dict[str, torch.Tensor], path: Path) -> 
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(spec.vocab_size)
     w.add_rope_dimension_count(spec.head_dim)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(byte_vocab())
+    w.add_token_types([1] * len(byte_vocab()))
+    w.add_token_merges(MERGES)
+    w.add_chat_template(CHAT_TEMPLATE)
     if spec.llama3_rope:
         base = base_inv_freq(spec.rope_theta, spec.head_dim)
         scaled = RopeScaling(factor=8.0).scale(base)

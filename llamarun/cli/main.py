@@ -26,7 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # `run MODEL --seed 1 "prompt"`: argparse leaves words after options unparsed; they continue the prompt.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "command", None) != "run" or any(word.startswith("-") for word in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.prompt = [*args.prompt, *extra]
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
