@@ -24,7 +24,7 @@ PROMPT = ("Write a detailed, friendly explanation of why the sky is blue, coveri
           "the spectrum of sunlight, why sunsets are red, and why the sky on Mars looks different. ") * 5
 
 
-def _llamarun(gguf: str, new_tokens: int, repeats: int) -> dict:
+def _llamarun(gguf: str, new_tokens: int, repeats: int, weights: str = "auto") -> dict:
     import time
 
     import torch
@@ -32,7 +32,7 @@ def _llamarun(gguf: str, new_tokens: int, repeats: int) -> dict:
     t0 = time.perf_counter()
     from llamarun.api import LLM
 
-    llm = LLM(gguf)
+    llm = LLM(gguf, weights=weights)
     load = time.perf_counter() - t0
     ids = llm.prompt_ids(PROMPT)
     from llamarun.sampling.params import SamplingParams
@@ -49,7 +49,7 @@ def _llamarun(gguf: str, new_tokens: int, repeats: int) -> dict:
         assert len(out) == new_tokens
         run = {"prompt_tps": len(ids) / stats.prompt_seconds, "decode_tps": new_tokens / stats.decode_seconds}
         best = run if best is None or run["decode_tps"] > best["decode_tps"] else best
-    return {"engine": "llamarun", "load_s": load, "prompt_tokens": len(ids), "threads": torch.get_num_threads(),
+    return {"engine": f"llamarun ({llm.weights} weights)", "load_s": load, "prompt_tokens": len(ids), "threads": torch.get_num_threads(),
             **best}
 
 
@@ -82,9 +82,25 @@ def _transformers(gguf: str, new_tokens: int, repeats: int) -> dict:
             "threads": torch.get_num_threads(), **best}
 
 
-def _child(engine: str, gguf: str, new_tokens: int, repeats: int) -> dict:
+def _bandwidth() -> dict:
+    """Memory read bandwidth (a 1 GiB float32 sum, best of 5) and the decode ceilings it implies."""
+    import time
+
+    import torch
+
+    x = torch.ones(256 * 2**20)  # 1 GiB, far larger than any cache
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t)
+    return {"read_gb_s": x.numel() * 4 / best / 1e9}
+
+
+def _child(engine: str, gguf: str, new_tokens: int, repeats: int, *extra: str) -> dict:
+    args = ", ".join(repr(a) for a in (gguf, new_tokens, repeats, *extra))
     code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import cpu_default_model as b; "
-            f"print('RESULT', json.dumps(b._{engine}({gguf!r}, {new_tokens}, {repeats})))")
+            f"print('RESULT', json.dumps(b._{engine}({args})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[7:])
 
@@ -97,12 +113,22 @@ def main() -> None:
     from llamarun.store.default_model import ensure_default_model
 
     gguf = str(ensure_default_model())
-    ours = _child("llamarun", gguf, args.new_tokens, args.repeats)
+    ours = _child("llamarun", gguf, args.new_tokens, args.repeats, "auto")
+    exact = _child("llamarun", gguf, args.new_tokens, args.repeats, "exact")
     peer = _child("transformers", gguf, args.new_tokens, args.repeats)
+    bw = _bandwidth()
+    from llamarun.loaders.registry import open_checkpoint
+
+    config = open_checkpoint(gguf).config
+    # Bytes read per decoded token: every linear weight once (int8: 1 byte, exact: 4), plus the head.
+    linear_params = config.num_parameters - config.vocab_size * config.hidden_size * (1 if config.tie_word_embeddings else 2)
+    head = config.vocab_size * config.hidden_size
+    bw["int8_ceiling_tps"] = bw["read_gb_s"] * 1e9 / (linear_params + head)
+    bw["float32_ceiling_tps"] = bw["read_gb_s"] * 1e9 / (4 * (linear_params + head))
     record = {
         "date": dt.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores (CPU only)", "model": "smollm2:135m (SmolLM2-135M-Instruct Q4_1 GGUF)",
-        "new_tokens": args.new_tokens, "llamarun": ours, "transformers": peer,
+        "new_tokens": args.new_tokens, "bandwidth": bw, "llamarun": ours, "llamarun_exact": exact, "transformers": peer,
         "ratio_decode": ours["decode_tps"] / peer["decode_tps"],
         "ratio_prompt": ours["prompt_tps"] / peer["prompt_tps"],
         "ratio_load": peer["load_s"] / ours["load_s"],
@@ -111,13 +137,17 @@ def main() -> None:
     stem = RESULTS / f"cpu-default-model-{record['date']}"
     stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     rows = [f"| {r['engine']} | {r['load_s']:.2f} s | {r['prompt_tps']:.0f} | {r['decode_tps']:.1f} |"
-            for r in (ours, peer)]
+            for r in (ours, exact, peer)]
     md = "\n".join([
         f"# Default model on CPU, {record['date']}", "", f"Machine: {record['machine']}. Prompt "
         f"{ours['prompt_tokens']} tokens, {args.new_tokens} new tokens, greedy, best of {args.repeats}.", "",
         "| engine | load | prompt tokens/s | decode tokens/s |", "|---|---|---|---|", *rows, "",
-        f"llamarun / Transformers: decode {record['ratio_decode']:.2f}x, prompt {record['ratio_prompt']:.2f}x, "
-        f"load {record['ratio_load']:.1f}x faster.", ""])
+        f"llamarun (default) / Transformers: decode {record['ratio_decode']:.2f}x, prompt "
+        f"{record['ratio_prompt']:.2f}x, load {record['ratio_load']:.1f}x faster. Exact float32 mode decodes "
+        f"{exact['decode_tps'] / peer['decode_tps']:.2f}x Transformers.", "",
+        f"Memory read bandwidth {bw['read_gb_s']:.1f} GB/s: decode ceiling {bw['int8_ceiling_tps']:.0f} tokens/s "
+        f"with int8 weights, {bw['float32_ceiling_tps']:.0f} tokens/s with float32 weights (per-op overhead and GEMV "
+        f"kernels, not bandwidth, bound both engines here).", ""])
     stem.with_suffix(".md").write_text(md)
     print(md)
 

@@ -31,6 +31,38 @@ def default_dtype(device: str) -> torch.dtype:
     return torch.float32 if device == "cpu" else torch.bfloat16
 
 
+WEIGHT_MODES = ("auto", "exact", "int8")
+
+
+def choose_weights(mode: str, ckpt, device: str) -> str:
+    """How linear weights are held: expanded to the compute dtype ("exact") or packed int8.
+
+    "auto" packs on CPUs when the checkpoint is already quantized (GGUF, MLX): decoding is bound by
+    memory bandwidth there, and int8 costs a quarter of float32's bytes for a deviation far below the
+    file's own quantization error. Float checkpoints stay exact unless asked.
+    """
+    from llamarun.errors import LlamarunError
+    from llamarun.quant.int8_cpu import supported_here
+
+    if mode not in WEIGHT_MODES:
+        raise LlamarunError(f"unknown weights mode '{mode}'", f"choose one of {', '.join(WEIGHT_MODES)}")
+    if mode == "auto":
+        return "int8" if ckpt.is_quantized and supported_here(device) else "exact"
+    if mode == "int8" and not supported_here(device):
+        raise LlamarunError(f"int8 weights run on the CPU only, not on '{device}'", "use --weights exact")
+    return mode
+
+
+def weight_bytes(config, mode: str, element: int) -> int:
+    """Bytes the loaded weights take: linears at 1 byte per parameter when packed int8."""
+    embed = config.vocab_size * config.hidden_size
+    if mode == "exact":
+        return config.num_parameters * element
+    head = embed  # packed int8 copy of the output head, tied or not
+    linears = config.num_parameters - embed - (0 if config.tie_word_embeddings else embed)
+    return embed * element + linears + head
+
+
 @dataclass
 class Completion:
     """A finished generation: its text and Ollama-style statistics."""
@@ -68,10 +100,11 @@ class LLM:
     """
 
     def __init__(self, model: str, *, context_length: int | None = None, device: str | None = None,
-                 dtype: torch.dtype | None = None, progress: bool = False) -> None:
+                 dtype: torch.dtype | None = None, weights: str = "auto", progress: bool = False) -> None:
         from llamarun.chat.select import select_chat_template
         from llamarun.loaders.registry import open_checkpoint
         from llamarun.models.build import build_model
+        from llamarun.quant.int8_cpu import pack_int8
         from llamarun.store.resolve import resolve_model
         from llamarun.utils.memory import plan_memory
         from llamarun.utils.progress import count_bar
@@ -83,15 +116,16 @@ class LLM:
         self.device = device or default_device()
         self.dtype = dtype or default_dtype(self.device)
         self.context_length = min(context_length or DEFAULT_CONTEXT, self.config.max_position_embeddings)
+        self.weights = choose_weights(weights, ckpt, self.device)
         element = torch.finfo(self.dtype).bits // 8
-        # Quantized formats are expanded to the compute dtype for now, so plan for that size.
-        plan_memory(self.config, self.config.num_parameters * element, self.context_length, device=self.device,
-                    kv_bytes_per_element=element, model_name=self.resolved.name).check()
+        plan_memory(self.config, weight_bytes(self.config, self.weights, element), self.context_length,
+                    device=self.device, kv_bytes_per_element=element, model_name=self.resolved.name).check()
         self.tokenizer = ckpt.tokenizer()
         self.template = select_chat_template(ckpt.chat_template, self.tokenizer)
         self.stop_ids = ckpt.stop_token_ids()
         with count_bar("loading weights", len(ckpt.tensor_names), enabled=None if progress else False) as bar:
-            self.model = build_model(ckpt, self.dtype, self.device, on_tensor=lambda _name: bar.advance())
+            self.model = build_model(ckpt, self.dtype, self.device, on_tensor=lambda _name: bar.advance(),
+                                     pack=pack_int8 if self.weights == "int8" else None)
         self.engine = SingleRequestGenerator(self.model, self.context_length, self.dtype, self.device)
         self.load_seconds = time.perf_counter() - t0
 

@@ -28,6 +28,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--ctx", "--num-ctx", dest="ctx", type=int, help="context length in tokens (default 4096)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
+    p.add_argument("--weights", choices=["auto", "exact", "int8"], default="auto",
+                   help="exact: expand weights to the compute dtype; int8: packed int8 CPU kernels; "
+                        "auto (default): int8 on CPU for GGUF/MLX quantized files, exact otherwise")
     s = p.add_argument_group("sampling (defaults as in Ollama)")
     s.add_argument("--temperature", type=float)
     s.add_argument("--top-k", type=int)
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     params = sampling_params(args)  # validate flags before a long load
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    llm = LLM(args.model, context_length=args.ctx, device=args.device, dtype=dtype,
+    llm = LLM(args.model, context_length=args.ctx, device=args.device, dtype=dtype, weights=args.weights,
               progress=sys.stderr.isatty())
     prompt = " ".join(args.prompt)
     if not prompt and not sys.stdin.isatty():

@@ -37,6 +37,9 @@ class Checkpoint:
     chat_template: str | None = None
     extra_stop_ids: tuple[int, ...] = ()
     quantization: str = "none"
+    # True when the weights on disk are already quantized (GGUF blocks, MLX groups): running them
+    # through packed int8 kernels loses far less than the file's own quantization did.
+    is_quantized: bool = False
     generation_defaults: dict[str, Any] = field(default_factory=dict)
     _tokenizer: Tokenizer | None = field(default=None, repr=False)
 

@@ -91,5 +91,5 @@ def open_mlx(folder: Path) -> Checkpoint:
         make_tokenizer=lambda: hf_folder.load_folder_tokenizer(folder),
         chat_template=hf_folder.chat_template(folder), generation_defaults=gen,
         extra_stop_ids=tuple(hf_folder.generation_stop_ids(gen)),
-        quantization=f"MLX {quant['bits']}-bit, group {quant.get('group_size', 64)}",
+        quantization=f"MLX {quant['bits']}-bit, group {quant.get('group_size', 64)}", is_quantized=True,
     )

@@ -31,6 +31,7 @@ _LAYER_NAMES = {
 _LAYER_RE = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
 # Tensors llama.cpp writes that carry no weights of ours (rope_freqs is folded into the config).
 _IGNORED = {"rope_freqs.weight"}
+_FLOAT_TYPES = {GGMLType.F32, GGMLType.F16, GGMLType.BF16}
 
 
 def hf_name(gguf_name: str) -> str | None:
@@ -101,4 +102,5 @@ def open_gguf(path: Path) -> Checkpoint:
         chat_template=meta.get("tokenizer.chat_template"),
         extra_stop_ids=tuple(int(i) for i in extra if i is not None),
         quantization=quantization_label(f),
+        is_quantized=any(len(t.shape) == 2 and t.ggml_type not in _FLOAT_TYPES for t in f.tensors.values()),
     )
