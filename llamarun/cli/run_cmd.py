@@ -121,8 +121,7 @@ def _interactive(llm, args: argparse.Namespace, params) -> int:
             print(HELP, end="")
             continue
         if text == "/clear":
-            turns = []
-            llm.reset()
+            turns = []  # the prefix cache may keep old blocks; they are simply never matched again
             print("Cleared conversation.")
             continue
         if text.startswith("/set system"):

@@ -7,7 +7,7 @@ import torch
 
 from llamarun.cache.contiguous import ContiguousKVCache
 from llamarun.engine.forward import forward_tokens
-from llamarun.engine.single import SingleRequestGenerator
+from llamarun.engine.llm_engine import EngineConfig, LLMEngine
 from llamarun.loaders.registry import open_checkpoint
 from llamarun.models.build import build_model
 from llamarun.sampling.params import SamplingParams
@@ -53,7 +53,7 @@ def test_logits_match_transformers(reference, ours):
 
 def test_greedy_generations_identical(reference, ours):
     tok, ref = reference
-    engine = SingleRequestGenerator(ours, 1024, torch.float32, "cpu")
+    engine = LLMEngine(ours, EngineConfig(context_length=1024, kv_tokens=4096), dtype=torch.float32, device="cpu")
     for prompt in PROMPTS:
         ids = _chat_ids(tok, prompt)
         with torch.no_grad():
@@ -61,6 +61,8 @@ def test_greedy_generations_identical(reference, ours):
             out = ref.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False, eos_token_id=None,
                                pad_token_id=0)
         expected = out[0, len(ids):].tolist()
-        engine.reset()
-        got = list(engine.generate(ids, SamplingParams.greedy(max_tokens=40), stop_ids=()))
+        engine.add_request(ids, SamplingParams.greedy(max_tokens=40), stop_ids=())
+        got = []
+        while engine.has_unfinished:
+            got += [t.token_id for out in engine.step() for t in out.new_tokens]
         assert got == expected, f"diverged for {prompt!r}: {tok.decode(got)!r} vs {tok.decode(expected)!r}"

@@ -7,7 +7,7 @@ import torch
 from tiny_checkpoints import TinySpec, make_weights, write_hf
 from torch import nn
 
-from llamarun.api import choose_weights, weight_bytes
+from llamarun.llm.loading import choose_weights, weight_bytes
 from llamarun.cache.contiguous import ContiguousKVCache
 from llamarun.engine.forward import forward_tokens
 from llamarun.errors import LlamarunError

@@ -1,0 +1,127 @@
+"""The engine: requests in, tokens out, many requests batched per step on a paged KV cache.
+
+Synchronous and single-threaded; the async front (llm/async_llm.py) runs `step()` on a background
+thread. Text never enters here: templates, detokenization and stop strings live in llamarun/llm.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import torch
+
+from llamarun.attention.paged_torch import PagedKVCache
+from llamarun.cache.block_pool import BlockPool
+from llamarun.engine.request import Request
+from llamarun.engine.runner import ModelRunner, SampledToken
+from llamarun.engine.scheduler import Scheduler
+from llamarun.engine.stats import RequestStats
+from llamarun.errors import LlamarunError
+from llamarun.models.llama import LlamaForCausalLM
+from llamarun.sampling.params import SamplingParams
+
+
+@dataclass
+class EngineConfig:
+    context_length: int  # most tokens (prompt + output) of one request
+    kv_tokens: int  # token slots in the whole KV cache, shared by all requests
+    block_size: int = 16
+    max_batch_tokens: int = 512
+    max_running: int = 64
+    enable_prefix_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kv_tokens < self.context_length:
+            raise LlamarunError(f"the KV cache ({self.kv_tokens} tokens) is smaller than the context "
+                                f"({self.context_length} tokens)", "raise the KV cache size or lower the context")
+
+
+@dataclass
+class EngineOutput:
+    """What one step did for one request."""
+
+    request_id: str
+    new_tokens: list[SampledToken] = field(default_factory=list)
+    finished: bool = False
+    finish_reason: str | None = None
+    stats: RequestStats | None = None
+
+
+@dataclass
+class EngineMetrics:
+    running: int
+    waiting: int
+    kv_blocks_total: int
+    kv_blocks_used: int
+    prefix_queries: int
+    prefix_hits: int
+    requests_finished: int
+    generated_tokens: int
+    preemptions: int
+
+
+class LLMEngine:
+    """Continuous batching over one model."""
+
+    def __init__(self, model: LlamaForCausalLM, config: EngineConfig, *, dtype: torch.dtype,
+                 device: str | torch.device) -> None:
+        self.config = config
+        num_blocks = -(-config.kv_tokens // config.block_size)
+        self.pool = BlockPool(num_blocks, config.block_size, config.enable_prefix_cache)
+        self.cache = PagedKVCache(model.config, num_blocks, config.block_size, dtype, device)
+        self.scheduler = Scheduler(self.pool, config.max_batch_tokens, config.max_running)
+        self.runner = ModelRunner(model, self.cache)
+        self._ids = itertools.count()
+        self._finished = 0
+        self._generated = 0
+
+    def add_request(self, prompt_ids: list[int], params: SamplingParams, stop_ids: tuple[int, ...] = (),
+                    request_id: str | None = None) -> str:
+        """Queue a request; errors for prompts that can never run are raised here, before any work."""
+        if not prompt_ids:
+            raise LlamarunError("the prompt is empty", "give some text to continue")
+        limit = self.config.context_length
+        if len(prompt_ids) >= limit:
+            raise LlamarunError(f"the prompt has {len(prompt_ids)} tokens, but the context holds {limit}",
+                                "shorten the prompt or raise the context length (num_ctx / --ctx)")
+        request_id = request_id or f"req-{next(self._ids)}"
+        self.scheduler.add(Request(request_id, list(prompt_ids), params, frozenset(stop_ids), limit))
+        return request_id
+
+    def abort(self, request_id: str) -> EngineOutput | None:
+        req = self.scheduler.abort(request_id)
+        if req is None:
+            return None
+        return EngineOutput(request_id, finished=True, finish_reason="abort", stats=req.stats)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished
+
+    @torch.inference_mode()  # sampler state (penalty counts) is created and updated inside it too
+    def step(self) -> list[EngineOutput]:
+        """Run one batch; report new tokens and finished requests."""
+        out = self.scheduler.schedule()
+        if not out.seqs:
+            return []
+        sampled = self.runner.run(out)
+        touched = self.scheduler.update(out, {rid: t.token_id for rid, t in sampled.items()})
+        outputs = []
+        for req, kept in touched:
+            result = EngineOutput(req.request_id, [sampled[req.request_id]] if kept else [])
+            if req.finished:
+                self._finished += 1
+                result.finished, result.finish_reason, result.stats = True, req.finish_reason, req.stats
+            self._generated += len(result.new_tokens)
+            outputs.append(result)
+        return outputs
+
+    def metrics(self) -> EngineMetrics:
+        return EngineMetrics(
+            running=len(self.scheduler.running), waiting=len(self.scheduler.waiting),
+            kv_blocks_total=self.pool.num_blocks, kv_blocks_used=self.pool.num_used,
+            prefix_queries=self.pool.prefix_queries, prefix_hits=self.pool.prefix_hits,
+            requests_finished=self._finished, generated_tokens=self._generated,
+            preemptions=self.scheduler.num_preemptions,
+        )

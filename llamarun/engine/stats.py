@@ -1,0 +1,19 @@
+"""Per-request timings, in the terms Ollama and the OpenAI usage block report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class RequestStats:
+    """Counts and durations (seconds) of one request."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+    generated_tokens: int = 0
+    queue_seconds: float = 0.0  # arrival -> first scheduled
+    prompt_seconds: float = 0.0  # first scheduled -> first token (prefill)
+    decode_seconds: float = 0.0  # first token -> finish
+    first_token_seconds: float = 0.0  # arrival -> first token (time to first token)
+    done_reason: str = ""

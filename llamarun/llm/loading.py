@@ -1,0 +1,113 @@
+"""Load a model for serving: resolve, plan memory, build, and gather its text side."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from llamarun.engine.llm_engine import EngineConfig, LLMEngine
+from llamarun.errors import LlamarunError
+
+DEFAULT_CONTEXT = 4096  # Ollama's default num_ctx
+WEIGHT_MODES = ("auto", "exact", "int8")
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> torch.dtype:
+    # CPUs without bf16 units run float32 matmuls fastest; GPUs run bf16.
+    return torch.float32 if device == "cpu" else torch.bfloat16
+
+
+def choose_weights(mode: str, ckpt: Any, device: str) -> str:
+    """How linear weights are held: expanded to the compute dtype ("exact") or packed int8.
+
+    "auto" packs on CPUs when the checkpoint is already quantized (GGUF, MLX): decoding is bound by
+    memory traffic and per-op cost there, and int8 costs a quarter of float32's bytes for a deviation
+    far below the file's own quantization error. Float checkpoints stay exact unless asked.
+    """
+    from llamarun.quant.int8_cpu import supported_here
+
+    if mode not in WEIGHT_MODES:
+        raise LlamarunError(f"unknown weights mode '{mode}'", f"choose one of {', '.join(WEIGHT_MODES)}")
+    if mode == "auto":
+        return "int8" if ckpt.is_quantized and supported_here(device) else "exact"
+    if mode == "int8" and not supported_here(device):
+        raise LlamarunError(f"int8 weights run on the CPU only, not on '{device}'", "use --weights exact")
+    return mode
+
+
+def weight_bytes(config: Any, mode: str, element: int) -> int:
+    """Bytes the loaded weights take: linears at 1 byte per parameter when packed int8."""
+    embed = config.vocab_size * config.hidden_size
+    if mode == "exact":
+        return config.num_parameters * element
+    linears = config.num_parameters - embed - (0 if config.tie_word_embeddings else embed)
+    return embed * element + linears + embed  # float embedding table + int8 linears + int8 head
+
+
+@dataclass
+class LoadedModel:
+    """Everything needed to turn chats into tokens and tokens into text for one model."""
+
+    name: str
+    checkpoint: Any
+    config: Any
+    tokenizer: Any
+    template: Any
+    stop_ids: tuple[int, ...]
+    engine: LLMEngine
+    context_length: int
+    device: str
+    dtype: torch.dtype
+    weights: str
+    load_seconds: float
+    memory_bytes: int
+
+
+def load_model(model: str, *, context_length: int | None = None, device: str | None = None,
+               dtype: torch.dtype | None = None, weights: str = "auto", kv_tokens: int | None = None,
+               progress: bool = False) -> LoadedModel:
+    """Resolve `model` (store name or path), check it fits, and build it with its engine.
+
+    `kv_tokens` sizes the shared KV cache (default: room for 4 full contexts).
+    """
+    from llamarun.chat.select import select_chat_template
+    from llamarun.loaders.registry import open_checkpoint
+    from llamarun.models.build import build_model
+    from llamarun.quant.int8_cpu import pack_int8
+    from llamarun.store.resolve import resolve_model
+    from llamarun.utils.memory import plan_memory
+    from llamarun.utils.progress import count_bar
+
+    t0 = time.perf_counter()
+    resolved = resolve_model(model)
+    ckpt = open_checkpoint(resolved.path, resolved.format)
+    config = ckpt.config
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    context = min(context_length or DEFAULT_CONTEXT, config.max_position_embeddings)
+    if context < 16:
+        raise LlamarunError(f"context length {context} is too small", "use at least 16 tokens")
+    kv = max(kv_tokens or 4 * context, context)
+    mode = choose_weights(weights, ckpt, device)
+    element = torch.finfo(dtype).bits // 8
+    wbytes = weight_bytes(config, mode, element)
+    plan_memory(config, wbytes, kv, device=device, kv_bytes_per_element=element,
+                model_name=resolved.name).check()
+    tokenizer = ckpt.tokenizer()
+    template = select_chat_template(ckpt.chat_template, tokenizer)
+    with count_bar("loading weights", len(ckpt.tensor_names), enabled=None if progress else False) as bar:
+        net = build_model(ckpt, dtype, device, on_tensor=lambda _name: bar.advance(),
+                          pack=pack_int8 if mode == "int8" else None)
+    engine = LLMEngine(net, EngineConfig(context_length=context, kv_tokens=kv), dtype=dtype, device=device)
+    return LoadedModel(
+        name=resolved.name, checkpoint=ckpt, config=config, tokenizer=tokenizer, template=template,
+        stop_ids=ckpt.stop_token_ids(), engine=engine, context_length=context, device=device, dtype=dtype,
+        weights=mode, load_seconds=time.perf_counter() - t0, memory_bytes=wbytes + engine.cache.nbytes,
+    )

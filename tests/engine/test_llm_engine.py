@@ -1,0 +1,149 @@
+"""The batched engine: outputs equal single-request runs under every scheduling situation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_checkpoints import TinySpec, make_weights, write_hf
+
+from llamarun.engine.llm_engine import EngineConfig, LLMEngine
+from llamarun.errors import LlamarunError
+from llamarun.loaders.registry import open_checkpoint
+from llamarun.models.build import build_model
+from llamarun.sampling.params import SamplingParams
+
+GREEDY = SamplingParams.greedy(max_tokens=12)
+PROMPTS = [
+    [1, 17, 42, 99, 3],
+    [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31],
+    [200, 201],
+    [9] * 40,
+    list(range(30, 90)),
+]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    spec = TinySpec(llama3_rope=True)
+    weights, _ = make_weights(spec, seed=11)
+    return build_model(open_checkpoint(write_hf(spec, weights, tmp_path_factory.mktemp("e") / "hf"), "hf"))
+
+
+def make_engine(model, **overrides) -> LLMEngine:
+    config = EngineConfig(**({"context_length": 128, "kv_tokens": 1024, "block_size": 16} | overrides))
+    return LLMEngine(model, config, dtype=torch.float32, device="cpu")
+
+
+def run_all(engine: LLMEngine, prompts, params=GREEDY, arrivals=None) -> dict[str, list[int]]:
+    """Add prompt i at step arrivals[i]; step until done; tokens per request id."""
+    arrivals = arrivals or [0] * len(prompts)
+    out: dict[str, list[int]] = {}
+    step = 0
+    pending = sorted(range(len(prompts)), key=lambda i: arrivals[i])
+    while pending or engine.has_unfinished:
+        while pending and arrivals[pending[0]] <= step:
+            i = pending.pop(0)
+            out[f"r{i}"] = []
+            engine.add_request(prompts[i], params, request_id=f"r{i}")
+        for o in engine.step():
+            out[o.request_id].extend(t.token_id for t in o.new_tokens)
+        step += 1
+        assert step < 10_000
+    return out
+
+
+@pytest.fixture(scope="module")
+def alone(model) -> dict[str, list[int]]:
+    """Each prompt in an engine of its own: the reference every batched run must equal."""
+    return {f"r{i}": run_all(make_engine(model), [p])["r0"] for i, p in enumerate(PROMPTS)}
+
+
+def test_alone_matches_transformers_greedy(model, alone, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    spec = TinySpec(llama3_rope=True)
+    weights, _ = make_weights(spec, seed=11)
+    ref = LlamaForCausalLM.from_pretrained(write_hf(spec, weights, tmp_path / "hf"), torch_dtype=torch.float32)
+    for i in (0, 4):
+        ids = torch.tensor([PROMPTS[i]])
+        expected = ref.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+        assert alone[f"r{i}"] == expected[0, len(PROMPTS[i]):].tolist()
+
+
+def test_batched_with_staggered_arrivals_equals_alone(model, alone):
+    engine = make_engine(model)
+    got = run_all(engine, PROMPTS, arrivals=[0, 0, 3, 5, 6])
+    assert got == alone
+    assert engine.pool.num_used == 0  # no leaked blocks
+
+
+def test_chunked_prefill_equals_whole(model, alone):
+    engine = make_engine(model, max_batch_tokens=7)
+    assert run_all(engine, PROMPTS, arrivals=[0, 1, 2, 3, 4]) == alone
+
+
+def test_prefix_cache_hit_equals_miss(model):
+    shared = list(range(100, 150))  # 50 tokens: three full blocks of 16
+    prompts = [shared + [1, 2], shared + [3, 4, 5]]
+    cold = make_engine(model, enable_prefix_cache=False)
+    expected = run_all(cold, prompts, arrivals=[0, 50])
+    warm = make_engine(model)
+    got = run_all(warm, prompts, arrivals=[0, 50])
+    assert got == expected
+    assert warm.pool.prefix_hits >= 3 and cold.pool.prefix_hits == 0
+
+
+def test_cached_tokens_are_reported(model):
+    engine = make_engine(model)
+    shared = list(range(100, 150))
+    stats = {}
+    for rid, prompt in (("a", shared + [1]), ("b", shared + [2])):
+        engine.add_request(prompt, GREEDY, request_id=rid)
+        while engine.has_unfinished:
+            for o in engine.step():
+                if o.finished:
+                    stats[o.request_id] = o.stats
+    assert stats["a"].cached_tokens == 0 and stats["b"].cached_tokens == 48
+
+
+def test_preemption_under_tiny_block_budget(model, alone):
+    engine = make_engine(model, kv_tokens=128, context_length=128)  # 8 blocks for 5 requests
+    got = run_all(engine, PROMPTS)
+    assert got == alone
+    assert engine.scheduler.num_preemptions > 0
+    assert engine.pool.num_used == 0
+
+
+def test_abort_frees_blocks(model):
+    engine = make_engine(model)
+    engine.add_request(PROMPTS[4], SamplingParams.greedy(max_tokens=50), request_id="x")
+    engine.step()
+    assert engine.pool.num_used > 0
+    out = engine.abort("x")
+    assert out.finished and out.finish_reason == "abort"
+    assert engine.pool.num_used == 0 and not engine.has_unfinished
+    assert engine.abort("x") is None
+
+
+def test_seeded_sampling_independent_of_batch(model):
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=7, max_tokens=10)
+    alone = run_all(make_engine(model), [PROMPTS[1]], params)["r0"]
+    batched = run_all(make_engine(model), PROMPTS, params)["r1"]
+    assert batched == alone
+
+
+def test_stop_ids_and_length_limits(model, alone):
+    stop = alone["r0"][3]
+    engine = make_engine(model)
+    engine.add_request(PROMPTS[0], GREEDY, stop_ids=(stop,), request_id="s")
+    tokens, reason = [], None
+    while engine.has_unfinished:
+        for o in engine.step():
+            tokens += [t.token_id for t in o.new_tokens]
+            reason = o.finish_reason or reason
+    assert tokens == alone["r0"][:alone["r0"].index(stop)] and reason == "stop"
+    with pytest.raises(LlamarunError, match="context holds 128"):
+        engine.add_request(list(range(200)), GREEDY)
+    # The context bounds prompt + output.
+    got = run_all(make_engine(model, context_length=64), [PROMPTS[4]], SamplingParams.greedy())["r0"]
+    assert len(PROMPTS[4]) + len(got) == 64
