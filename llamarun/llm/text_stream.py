@@ -57,6 +57,7 @@ class TextStream:
         if finished and not self.stopped:
             tail, _ = self.stops.push(self.detok.flush())
             text += tail + self.stops.flush()
+            self.stopped = self.stops.stopped  # a stop string confirmed only at the end
         logprobs = []
         if self.params.logprobs is not None:
             for t in out.new_tokens:

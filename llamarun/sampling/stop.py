@@ -42,18 +42,26 @@ class StopStringMatcher:
         # The held tail holds no whole stop string, so only matches reaching into `text` are new,
         # but searching the short buffer from its start is simpler and just as cheap.
         cut, matched = _earliest_match(buffer, self.stops)
-        if matched is not None:
+        hold = _partial_suffix_length(buffer, self.stops, self._longest)
+        # A longer stop string that starts before the match may still complete ("aba" vs "b" in "ab"):
+        # the answer must not depend on how the text was split, so wait for it.
+        if matched is not None and len(buffer) - hold >= cut:
             self._held = ""
             self.matched = matched
             return buffer[:cut], True
-        hold = _partial_suffix_length(buffer, self.stops, self._longest)
         self._held = buffer[len(buffer) - hold:] if hold else ""
         return buffer[: len(buffer) - hold], False
 
     def flush(self) -> str:
         """At the end of the stream: the held-back text (it never became a stop string)."""
         held, self._held = self._held, ""
-        return "" if self.matched is not None else held
+        if self.matched is not None:
+            return ""
+        cut, matched = _earliest_match(held, self.stops)  # a match that waited for a longer one
+        if matched is not None:
+            self.matched = matched
+            return held[:cut]
+        return held
 
 
 def _earliest_match(buffer: str, stops: tuple[str, ...]) -> tuple[int, str | None]:

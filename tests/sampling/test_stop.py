@@ -10,14 +10,19 @@ from llamarun.sampling.stop import StopStringMatcher
 
 
 def _run(stops: list[str], pieces: list[str]) -> tuple[str, bool, list[str]]:
-    """Stream `pieces`; return everything emitted (with the final flush), hit flag, per-push outputs."""
+    """Stream `pieces`; return everything emitted (with the final flush), hit flag, per-push outputs.
+
+    A short stop string may only be confirmed at the end, when a longer one that began earlier did not
+    complete, so the hit flag is read after the flush.
+    """
     matcher = StopStringMatcher(stops)
-    emitted, outputs, hit = "", [], False
+    emitted, outputs = "", []
     for piece in pieces:
-        out, hit = matcher.push(piece)
+        out, _ = matcher.push(piece)
         outputs.append(out)
         emitted += out
-    return emitted + matcher.flush(), hit, outputs
+    emitted += matcher.flush()
+    return emitted, matcher.stopped, outputs
 
 
 def _reference(stops: list[str], text: str) -> tuple[str, bool]:
