@@ -16,6 +16,7 @@ from typing import Any
 from llamarun.errors import CheckpointError, ModelNotFoundError, UnsupportedError
 from llamarun.loaders.checkpoint import read_json
 from llamarun.loaders.hf_folder import read_safetensors_header
+from llamarun.utils.paths import user_path
 
 GGUF_MAGIC = b"GGUF"
 FORMATS = ("gguf", "hf", "mlx", "meta")
@@ -23,7 +24,7 @@ FORMATS = ("gguf", "hf", "mlx", "meta")
 
 def detect_format(path: str | Path) -> str:
     """One of "gguf", "hf", "mlx", "meta" for the checkpoint at `path`."""
-    path = Path(path).expanduser()
+    path = user_path(path)
     if not path.exists():
         raise ModelNotFoundError(f"no such file or folder: {path}", "give a .gguf file or a model folder")
     if path.is_file():

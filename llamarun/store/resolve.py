@@ -16,6 +16,7 @@ from llamarun.loaders.detect import detect_format
 from llamarun.store import catalog
 from llamarun.store.catalog import HFSource, Source, WheelSource
 from llamarun.store.home import Manifest, ModelStore
+from llamarun.utils.paths import user_path
 
 _HF_ID = re.compile(r"^(?:hf\.co/|huggingface\.co/)?([A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?::([\w.-]+))?$")
 
@@ -37,13 +38,13 @@ def resolve_model(name_or_path: str, *, pull: bool = True, store: ModelStore | N
     if not text:
         raise ModelNotFoundError("no model given", f"try `{catalog.DEFAULT_MODEL}` or see `llamarun list`")
     if _explicit_path(text):
-        return _local(Path(text).expanduser())
+        return _local(user_path(text))
     ref = _store_ref(text)
     manifest = _pulled(store, ref) if ref else None
     if manifest is not None:
         return ResolvedModel(ref, manifest.model_path, manifest.format, manifest)
     if ref is None or catalog.lookup(ref) is None:
-        candidate = Path(text).expanduser()
+        candidate = user_path(text)
         if candidate.exists():
             return _local(candidate)
     source = source_for(text)
@@ -69,7 +70,7 @@ def pull_model(ref: str, *, store: ModelStore | None = None) -> Manifest:
     store = store or ModelStore()
     source, canonical = source_for(ref), _store_ref(ref)
     if source is None or canonical is None:
-        if _explicit_path(ref) or Path(ref).expanduser().exists():
+        if _explicit_path(ref) or user_path(ref).exists():
             raise ModelNotFoundError(f"'{ref}' is a local path",
                                      "local models need no pull: run the path directly")
         raise unknown_model(ref, store)

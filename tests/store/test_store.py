@@ -193,3 +193,15 @@ def test_progress_is_silent_off_terminal_and_draws_when_asked(capsys: pytest.Cap
     with count_bar("loading weights", total=2, enabled=True) as tensors:
         tensors.advance(2)
     assert "loading weights" in capsys.readouterr().err
+
+
+def test_tilde_names_that_are_no_home_folder_are_plain_unknown_names(tmp_path):
+    from llamarun.errors import ModelNotFoundError
+    from llamarun.store.resolve import pull_model, resolve_model
+
+    store = ModelStore(tmp_path / "home")
+    for name in ("~0", "~no-such-user-xyz/model"):
+        with pytest.raises(ModelNotFoundError):
+            resolve_model(name, store=store)
+        with pytest.raises(ModelNotFoundError):
+            pull_model(name, store=store)

@@ -1,0 +1,125 @@
+"""`llamarun serve [MODEL]`: the Ollama and OpenAI APIs on one port (11434, Ollama's, by default).
+
+MODEL, when given, is pulled if needed and loaded before the port opens, and stays loaded; other
+models load on their first request and unload after their keep_alive. torch is imported only when
+the first model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import socket
+import sys
+from typing import Any
+
+from llamarun.errors import LlamarunError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11434
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def register(subparsers: Any) -> None:
+    """Add `serve` to the `llamarun` parser."""
+    p = subparsers.add_parser("serve", help="serve the Ollama and OpenAI HTTP APIs",
+                              description="Serve models over the Ollama API (/api/...) and the OpenAI API "
+                                          "(/v1/...).")
+    p.add_argument("model", nargs="?", help="a model to load at start-up and keep loaded (optional)")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--api-key", default=os.environ.get("LLAMARUN_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on every request but /health "
+                        "(default: $LLAMARUN_API_KEY, else no key)")
+    p.add_argument("--ctx", "--num-ctx", dest="ctx", type=int,
+                   help="context length in tokens for models loaded without num_ctx (default 4096)")
+    p.add_argument("--keep-alive", default="5m",
+                   help="how long an idle model stays loaded: seconds or a duration like 5m, 1h; -1 forever")
+    p.add_argument("--memory-budget", type=float, metavar="GB",
+                   help="most memory for loaded models, in GB (default: the memory available at start)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--weights", choices=["auto", "exact", "int8"], default="auto",
+                   help="how linear weights are held (see `llamarun run --help`)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(handler=serve)
+
+
+def check_args(args: argparse.Namespace) -> float:
+    """Validate the flags before anything slow; return keep_alive in seconds."""
+    from llamarun.server.errors import ApiError
+    from llamarun.server.ollama_schemas import parse_keep_alive
+
+    if not 0 <= args.port <= 65535:
+        raise LlamarunError(f"--port {args.port} is not a port number", "use 1-65535")
+    if args.ctx is not None and args.ctx < 1:
+        raise LlamarunError(f"--ctx {args.ctx} is below 1", "give the context length in tokens, e.g. 4096")
+    if args.memory_budget is not None and args.memory_budget <= 0:
+        raise LlamarunError(f"--memory-budget {args.memory_budget} is not positive", "give it in GB, e.g. 16")
+    if args.api_key is not None and not args.api_key.strip():
+        raise LlamarunError("--api-key is empty", "give a key, or leave the flag out for no key")
+    try:
+        keep = parse_keep_alive(args.keep_alive)
+    except ApiError as err:
+        raise LlamarunError(err.message, "use seconds or a duration such as 5m or 1h") from None
+    return 300.0 if keep is None else keep
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or a LlamarunError saying why not (port taken, bad address)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise LlamarunError(f"cannot resolve --host {host}: {err.strerror}",
+                            "use an IP address such as 127.0.0.1") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        taken = err.errno == errno.EADDRINUSE
+        hint = ("another server (Ollama?) may be using it; pick another --port" if taken
+                else "check --host and --port")
+        raise LlamarunError(f"cannot listen on {host}:{port}: {err.strerror}", hint) from None
+    return sock
+
+
+def build_app(args: argparse.Namespace, keep_alive: float, loader: Any = None) -> Any:
+    """The application `serve` runs (separate so tests can build it with a fake loader)."""
+    from llamarun.server import ModelManager, create_app
+    from llamarun.server.model_manager import default_loader
+    from llamarun.utils.memory import available_memory
+
+    budget = int(args.memory_budget * 1e9) if args.memory_budget else available_memory(args.device or "cpu")
+    manager = ModelManager(loader or default_loader(device=args.device, weights=args.weights),
+                           memory_budget=budget, keep_alive=keep_alive, context_length=args.ctx)
+    return create_app(manager, api_key=args.api_key, preload=args.model)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    keep_alive = check_args(args)
+    if args.model:
+        from llamarun.store.resolve import resolve_model
+
+        args.model = resolve_model(args.model).name  # pulls it now, with progress, before the port opens
+    sock = bind(args.host, args.port)
+    if args.host not in _LOOPBACK and not args.api_key:
+        print(f"warning: listening on {args.host} without --api-key: anyone who can reach this port can "
+              "use it", file=sys.stderr)
+    app = build_app(args, keep_alive)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"llamarun serving on http://{shown}:{sock.getsockname()[1]} "
+          f"(Ollama API at /api, OpenAI API at /v1)", file=sys.stderr)
+    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises Ctrl-C once it has shut down gracefully: that is the normal way out
+    finally:
+        sock.close()
+    print("llamarun server stopped", file=sys.stderr)
+    return 0

@@ -1,0 +1,147 @@
+"""The FastAPI application: Ollama and OpenAI routes over one ModelManager, plus /health, /metrics and /.
+
+`create_app(manager)` builds it; `llamarun serve` runs it with uvicorn. An ASGI gate in front of
+every route checks the API key (Bearer) when one is set and counts requests for /metrics; it is
+plain ASGI rather than an HTTP middleware so that streaming responses and client disconnects pass
+through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, PlainTextResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llamarun import __version__
+from llamarun.server import ollama_model_routes, ollama_routes, openai_routes
+from llamarun.server.errors import error_response, install_error_handlers
+from llamarun.server.metrics import CONTENT_TYPE, ServerMetrics
+from llamarun.server.model_manager import ModelManager
+
+log = logging.getLogger("llamarun.server")
+STATIC = Path(__file__).parent / "static"
+ROUTERS = (ollama_routes.router, ollama_model_routes.router, openai_routes.router)
+OPEN_PATHS = frozenset({"/health", "/"})  # the chat page itself holds no data; it asks for the key
+
+
+def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any = None,
+               pull: Callable[..., Any] | None = None, metrics: ServerMetrics | None = None,
+               preload: str | None = None, reap_interval: float = 1.0) -> FastAPI:
+    """The server application.
+
+    manager: loads and unloads models; api_key: required as `Authorization: Bearer KEY` when set;
+    store: the ModelStore listed by /api/tags (default: LLAMARUN_HOME); pull: the pull function
+    (default `llamarun.store.resolve.pull_model`); preload: a model loaded at start-up and kept.
+    """
+    from llamarun.store.home import ModelStore
+    from llamarun.store.resolve import pull_model
+
+    metrics = metrics or ServerMetrics()
+    if manager.on_load is None:
+        manager.on_load = metrics.model_loaded
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if preload:
+            await manager.preload(preload)
+        reaper = asyncio.ensure_future(manager.reap_forever(reap_interval))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(BaseException):
+                await reaper
+            await manager.close()
+
+    app = FastAPI(title="llamarun", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.manager = manager
+    app.state.metrics = metrics
+    app.state.store = store if store is not None else ModelStore()
+    app.state.pull = pull or pull_model
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "models_loaded": len(manager.loaded())}
+
+    @app.get("/metrics")
+    async def prometheus(request: Request) -> Response:
+        models = []
+        for lm in manager.loaded():
+            try:
+                models.append((lm.name, lm.llm.metrics(), lm.memory_bytes))
+            except Exception:  # a model stopping right now has no engine to ask
+                log.debug("no metrics from %s", lm.name, exc_info=True)
+        return PlainTextResponse(metrics.render(models), media_type=CONTENT_TYPE)
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def index() -> Response:
+        page = STATIC / "index.html"
+        if page.is_file():
+            return FileResponse(page, media_type="text/html")
+        return PlainTextResponse("llamarun is running")
+
+    known = {getattr(r, "path", "") for router in (app, *ROUTERS) for r in router.routes}
+    app.add_middleware(_Gate, api_key=api_key, metrics=metrics, known=frozenset(known))
+    return app
+
+
+class _Gate:
+    """API-key check and request counting, in front of every route."""
+
+    def __init__(self, app: ASGIApp, *, api_key: str | None, metrics: ServerMetrics,
+                 known: frozenset[str]) -> None:
+        self.app = app
+        self.api_key = api_key.encode() if api_key else None
+        self.metrics = metrics
+        self.known = known
+
+    def _route(self, path: str) -> str:
+        if path in self.known:
+            return path
+        return "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
+
+    def _authorized(self, scope: Scope) -> bool:
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.api_key or b"")
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path, method = scope["path"], scope["method"]
+        status = 500
+        t0 = time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.request_started()
+        try:
+            if self.api_key is not None and path not in OPEN_PATHS and not self._authorized(scope):
+                message = ("Incorrect or missing API key: send 'Authorization: Bearer KEY' with the key "
+                           "given to llamarun serve --api-key")
+                response = error_response(path, 401, message, code="invalid_api_key",
+                                          headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send_status)
+                return
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.request_finished(method, self._route(path), status, time.perf_counter() - t0)

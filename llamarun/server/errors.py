@@ -1,0 +1,155 @@
+"""Errors in each API's own shape, and request bodies parsed with pydantic into those errors.
+
+Ollama answers `{"error": "..."}`; OpenAI answers `{"error": {"message", "type", "param", "code"}}`.
+Which shape a failure takes is decided by the path (`/v1/...` is OpenAI, everything else Ollama), so
+validation errors, unknown routes, bad API keys and bugs all come back in the shape the client parses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from llamarun.errors import LlamarunError, ModelNotFoundError
+
+log = logging.getLogger("llamarun.server")
+
+MAX_BODY_BYTES = 32 * 2**20  # far above any real prompt; stops a client from filling memory
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
+                 413: "invalid_request_error", 429: "rate_limit_error", 503: "server_error"}
+
+_PARAM_NAMES = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repeat_last_n",
+                "presence_penalty", "frequency_penalty", "seed", "max_tokens", "stop", "logprobs")
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict", "list"})
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApiError(Exception):
+    """A request the server refuses: an HTTP status and one line saying why (and, for OpenAI, which param)."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+def is_openai_path(path: str) -> bool:
+    """True for routes that answer in OpenAI's error shape."""
+    return path == "/v1" or path.startswith("/v1/")
+
+
+def ollama_body(message: str) -> dict[str, Any]:
+    return {"error": message}
+
+
+def openai_body(status: int, message: str, param: str | None = None,
+                code: str | None = None) -> dict[str, Any]:
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_response(path: str, status: int, message: str, *, param: str | None = None,
+                   code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    """A JSON error in the shape the API at `path` uses."""
+    body = openai_body(status, message, param, code) if is_openai_path(path) else ollama_body(message)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def from_llamarun_error(err: LlamarunError) -> ApiError:
+    """User-caused engine errors: an unknown model is 404, every other one 400."""
+    if isinstance(err, ModelNotFoundError):
+        return ApiError(404, str(err), param="model", code="model_not_found")
+    message = str(err)
+    # SamplingParamsError names its field ("max_tokens=0 is below 1", "a stop string is empty").
+    found = [(m.start(), name) for name in _PARAM_NAMES if (m := re.search(rf"\b{name}\b", message))]
+    return ApiError(400, message, param=min(found)[1] if found else None)
+
+
+def describe_validation(errors: list[Any]) -> tuple[str, str | None]:
+    """One line for the first pydantic/FastAPI error, and the dotted name of the field it is about."""
+    if not errors:
+        return "invalid request body", None
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        detail = (first.get("ctx") or {}).get("error", first.get("msg", ""))
+        return f"invalid JSON in the request body: {detail}", None
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _is_type_tag(p)]
+    param = ".".join(loc) or None
+    msg = first.get("msg", "invalid value")
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return (f"invalid field '{param}': {msg}{more}" if param else f"invalid request body: {msg}{more}"), param
+
+
+def _is_type_tag(part: Any) -> bool:
+    # pydantic names the union member in the location: ("stop", "list[str]", 0)
+    return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or "-" in part)
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """Read the JSON body (any content type: `curl -d` sends form-encoded) and validate it as `model`."""
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES // 2**20} MiB")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "the client disconnected while sending the request") from None
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise ApiError(400, "missing request body", code="invalid_body")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ApiError(400, f"invalid JSON in the request body: {err}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, f"the request body must be a JSON object, not {type(data).__name__}",
+                       code="invalid_body")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        message, param = describe_validation(err.errors(include_url=False))
+        raise ApiError(400, message, param=param, code="invalid_value") from None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every failure in the API's own shape; unexpected exceptions become a logged 500."""
+
+    @app.exception_handler(ApiError)
+    async def _api(request: Request, err: ApiError) -> JSONResponse:
+        return error_response(request.url.path, err.status, err.message, param=err.param, code=err.code)
+
+    @app.exception_handler(LlamarunError)
+    async def _llamarun(request: Request, err: LlamarunError) -> JSONResponse:
+        return await _api(request, from_llamarun_error(err))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, err: RequestValidationError) -> JSONResponse:
+        message, param = describe_validation(list(err.errors()))
+        return error_response(request.url.path, 400, message, param=param, code="invalid_value")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        message = err.detail if isinstance(err.detail, str) else json.dumps(err.detail)
+        if err.status_code == 404:
+            message = f"no route {request.method} {request.url.path}"
+        return error_response(request.url.path, err.status_code, message, headers=err.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        return error_response(request.url.path, 500, f"internal error: {type(err).__name__}: {err}")

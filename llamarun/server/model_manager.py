@@ -1,0 +1,292 @@
+"""Which models are loaded: lazy loading on first use, a memory budget, and Ollama's keep_alive.
+
+A request leases a model (`acquire` ... `release`); a leased model is never unloaded. When the last
+lease ends, the model stays for that request's keep_alive (seconds; negative keeps it forever, 0
+unloads it at once), then a reaper unloads it. Before loading, idle models are unloaded, least
+recently used first, until the new one fits the budget; if the loader still says it does not fit,
+every idle model goes and the load is tried once more.
+
+Loads run in a worker thread (they take seconds), one per model name: concurrent first requests for
+a model wait for the same load, and requests for models already loaded are never held up by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from llamarun.errors import DoesNotFitError
+
+DEFAULT_KEEP_ALIVE = 300.0  # Ollama's 5 minutes
+FOREVER = -1.0
+
+Loader = Callable[[str, "int | None"], Any]  # (resolved name, context length or None) -> AsyncLLM
+Resolver = Callable[[str], str]  # what a user typed -> the canonical name (raises ModelNotFoundError)
+Estimator = Callable[[str], int]  # canonical name -> bytes it will take loaded, before its first load
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """One model in memory and its bookkeeping."""
+
+    name: str
+    llm: Any
+    requested_ctx: int | None
+    loaded_at: float
+    keep_alive: float
+    active: int = 0
+    last_used: float = 0.0
+    expires_at: float | None = None  # wall clock; None while leased or when kept forever
+    unload_when_idle: bool = False  # asked to unload while leased
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(getattr(self.llm, "memory_bytes", 0))
+
+    def fits_ctx(self, num_ctx: int | None) -> bool:
+        return num_ctx is None or num_ctx in (self.requested_ctx, self.llm.context_length)
+
+
+@dataclass(eq=False)
+class Lease:
+    """A request's hold on a loaded model; `load_seconds` is what this request waited for the load."""
+
+    model: LoadedModel
+    keep_alive: float
+    load_seconds: float = 0.0
+    released: bool = field(default=False, repr=False)
+
+    @property
+    def llm(self) -> Any:
+        return self.model.llm
+
+
+def _default_resolver(name: str) -> str:
+    from llamarun.server.store_info import resolve
+
+    return resolve(name).name
+
+
+def _file_size(name: str) -> int:
+    """The checkpoint's size on disk: loaded weights take at least that."""
+    from llamarun.server.store_info import resolve
+
+    try:
+        path = resolve(name).path
+        if path.is_dir():
+            return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        return path.stat().st_size
+    except Exception:  # noqa: BLE001 - an estimate only: the loader's own memory plan has the last word
+        return 0
+
+
+class ModelManager:
+    """Loads, shares, times out and unloads models for the server."""
+
+    def __init__(self, loader: Loader | None = None, *, resolve: Resolver | None = None,
+                 memory_budget: int | None = None, keep_alive: float = DEFAULT_KEEP_ALIVE,
+                 context_length: int | None = None, clock: Callable[[], float] = time.time,
+                 on_load: Callable[[str], None] | None = None, estimate: Estimator | None = None) -> None:
+        self.loader = loader or default_loader()
+        self.resolve = resolve or _default_resolver
+        self.estimate = estimate or (_file_size if resolve is None else (lambda _name: 0))
+        self.memory_budget = memory_budget
+        self.keep_alive = keep_alive
+        self.context_length = context_length
+        self.clock = clock
+        self.on_load = on_load
+        self._models: dict[str, LoadedModel] = {}
+        self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
+        self._wanted: Counter[str] = Counter()  # requests waiting for a load: never evict those models
+        self._sizes: dict[str, int] = {}  # memory of earlier loads, to plan the next one
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    # ----- leases -----
+
+    async def acquire(self, name: str, *, num_ctx: int | None = None,
+                      keep_alive: float | None = None) -> Lease:
+        """Lease the model `name`, loading it (and unloading idle ones) if needed."""
+        key = await asyncio.to_thread(self.resolve, name)
+        keep = self.keep_alive if keep_alive is None else keep_alive
+        ctx = num_ctx if num_ctx is not None else self.context_length
+        t0 = time.perf_counter()
+        waited = False
+        self._wanted[key] += 1
+        try:
+            while True:
+                async with self._lock:
+                    lm = self._models.get(key)
+                    if lm is not None and (lm.fits_ctx(num_ctx) or lm.active > 0):
+                        lm.active += 1
+                        lm.expires_at = None
+                        lm.last_used = self.clock()
+                        return Lease(lm, keep, time.perf_counter() - t0 if waited else 0.0)
+                    if lm is not None:  # idle, but loaded with another context length: reload
+                        self._drop(lm)
+                        await self._shutdown(lm)
+                    task = self._loading.get(key)
+                    if task is None:
+                        task = asyncio.ensure_future(self._load(key, ctx, keep))
+                        self._loading[key] = task
+                waited = True
+                await asyncio.shield(task)
+        finally:
+            self._wanted[key] -= 1
+            if self._wanted[key] <= 0:
+                del self._wanted[key]
+
+    def release(self, lease: Lease) -> None:
+        """End a lease; the model expires after the lease's keep_alive once nobody uses it."""
+        if lease.released:
+            return
+        lease.released = True
+        lm = lease.model
+        lm.active -= 1
+        lm.keep_alive = 0.0 if lm.unload_when_idle else lease.keep_alive
+        lm.last_used = self.clock()
+        if lm.active > 0 or self._models.get(lm.name) is not lm:
+            return
+        lm.expires_at = None if lm.keep_alive < 0 else lm.last_used + lm.keep_alive
+        if lm.keep_alive == 0:
+            asyncio.ensure_future(self.expire())
+
+    # ----- loading and unloading -----
+
+    async def _load(self, key: str, ctx: int | None, keep: float) -> LoadedModel:
+        try:
+            if self.memory_budget is not None and key not in self._sizes:
+                self._sizes[key] = await asyncio.to_thread(self.estimate, key)
+            await self._make_room(key)
+            try:
+                llm = await asyncio.to_thread(self.loader, key, ctx)
+            except DoesNotFitError:
+                if not await self._make_room(key, everything=True):
+                    raise
+                llm = await asyncio.to_thread(self.loader, key, ctx)
+            now = self.clock()
+            lm = LoadedModel(key, llm, ctx, now, keep, last_used=now)
+            lm.expires_at = None if keep < 0 else now + keep
+            async with self._lock:
+                self._models[key] = lm
+                self._sizes[key] = lm.memory_bytes
+            await self._make_room(key, loaded=True)  # it came out bigger than planned
+            if self.on_load is not None:
+                self.on_load(key)
+            return lm
+        finally:
+            self._loading.pop(key, None)
+
+    async def _make_room(self, key: str, everything: bool = False, loaded: bool = False) -> bool:
+        """Unload idle models (least recently used first) until `key` should fit; True if any went."""
+        async with self._lock:
+            idle = sorted((m for m in self._models.values()
+                           if m.active == 0 and m.name not in self._wanted and m.name != key),
+                          key=lambda m: m.last_used)
+            victims: list[LoadedModel] = []
+            if everything:
+                victims = idle
+            elif self.memory_budget is not None:
+                need = 0 if loaded else self._sizes.get(key, 0)
+                used = sum(m.memory_bytes for m in self._models.values())
+                while idle and used + need > self.memory_budget:
+                    victim = idle.pop(0)
+                    used -= victim.memory_bytes
+                    victims.append(victim)
+            for victim in victims:
+                self._drop(victim)
+        for victim in victims:
+            await self._shutdown(victim)
+        return bool(victims)
+
+    def _drop(self, lm: LoadedModel) -> None:
+        if self._models.get(lm.name) is lm:
+            del self._models[lm.name]
+
+    async def _shutdown(self, lm: LoadedModel) -> None:
+        with contextlib.suppress(Exception):  # a model that fails to stop is gone all the same
+            await asyncio.to_thread(lm.llm.shutdown)
+
+    async def unload(self, name: str) -> bool:
+        """Unload `name` now if it is loaded and idle (after its leases end otherwise); True if found."""
+        key = await asyncio.to_thread(self.resolve, name)
+        async with self._lock:
+            lm = self._models.get(key)
+            if lm is None:
+                return False
+            if lm.active > 0:
+                lm.unload_when_idle = True  # the last release unloads it
+                return True
+            self._drop(lm)
+        await self._shutdown(lm)
+        return True
+
+    async def expire(self) -> list[str]:
+        """Unload every idle model whose keep_alive has run out; return their names."""
+        now = self.clock()
+        async with self._lock:
+            gone = [m for m in self._models.values()
+                    if m.active == 0 and m.name not in self._wanted and m.expires_at is not None
+                    and m.expires_at <= now]
+            for m in gone:
+                self._drop(m)
+        for m in gone:
+            await self._shutdown(m)
+        return [m.name for m in gone]
+
+    async def reap_forever(self, interval: float = 1.0) -> None:
+        """Expire models every `interval` seconds until cancelled."""
+        while not self._closed:
+            await self.expire()
+            await asyncio.sleep(interval)
+
+    async def preload(self, name: str, *, keep_alive: float = FOREVER) -> LoadedModel:
+        """Load `name` now (the model given to `llamarun serve`), kept for `keep_alive`."""
+        lease = await self.acquire(name, keep_alive=keep_alive)
+        self.release(lease)
+        return lease.model
+
+    async def close(self) -> None:
+        """Unload everything (server shutdown)."""
+        self._closed = True
+        for task in list(self._loading.values()):
+            with contextlib.suppress(BaseException):
+                await task
+        async with self._lock:
+            models = list(self._models.values())
+            self._models.clear()
+        for m in models:
+            await self._shutdown(m)
+
+    # ----- reporting -----
+
+    def loaded(self) -> list[LoadedModel]:
+        """The loaded models, most recently used first."""
+        return sorted(self._models.values(), key=lambda m: -m.last_used)
+
+    def get(self, key: str) -> LoadedModel | None:
+        return self._models.get(key)
+
+    def expires_at(self, lm: LoadedModel) -> float | None:
+        """When `lm` will unload if no request comes (None: never); leased models count from now."""
+        if lm.expires_at is not None:
+            return lm.expires_at
+        return None if lm.keep_alive < 0 else self.clock() + lm.keep_alive
+
+
+def default_loader(*, device: str | None = None, weights: str = "auto",
+                   max_kv_tokens: int | None = None) -> Loader:
+    """Loads models with the batched engine (torch is imported on the first load only)."""
+
+    def load(name: str, context_length: int | None) -> Any:
+        from llamarun.llm.async_llm import AsyncLLM
+
+        return AsyncLLM(name, context_length=context_length, device=device, weights=weights,
+                        max_kv_tokens=max_kv_tokens)
+
+    return load

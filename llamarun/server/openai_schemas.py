@@ -1,0 +1,158 @@
+"""OpenAI request bodies (pydantic) and their translation to SamplingParams.
+
+OpenAI's defaults apply here, not Ollama's: temperature 1, top_p 1, and no top-k, min-p or
+repetition penalty unless a client sends the common extensions (`top_k`, `min_p`,
+`repetition_penalty`, as vLLM accepts them). Unknown fields are ignored; fields that would change the
+answer but are not implemented (`response_format` other than text, `logit_bias`, image or audio
+content, forced tool choice, `suffix`, `best_of`) are refused with a 400.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llamarun.sampling.params import SamplingParams
+from llamarun.server.errors import ApiError
+
+MAX_N = 16  # independent choices per request; each is a full generation on the engine
+Int = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class ChatMessage(_Lenient):
+    """One message; content is a string or a list of parts, of which only text parts are supported."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class _Common(_Lenient):
+    model: str = Field(min_length=1, max_length=4096)
+    max_tokens: Int | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    n: int = Field(default=1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: Int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    # Extensions many OpenAI-compatible servers accept.
+    top_k: Int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+
+
+class ChatCompletionRequest(_Common):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: Int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+
+class CompletionRequest(_Common):
+    """POST /v1/completions."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+
+def sampling_params(req: _Common, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    """SamplingParams on OpenAI's defaults; range errors raise SamplingParamsError (a 400)."""
+    if req.logit_bias:
+        raise ApiError(400, "logit_bias is not supported", param="logit_bias")
+    given = {
+        "temperature": 1.0 if req.temperature is None else req.temperature,
+        "top_p": 1.0 if req.top_p is None else req.top_p,
+        "top_k": req.top_k or 0, "min_p": req.min_p or 0.0,
+        "repetition_penalty": 1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        "presence_penalty": req.presence_penalty or 0.0, "frequency_penalty": req.frequency_penalty or 0.0,
+        "seed": req.seed, "max_tokens": max_tokens, "stop": req.stop if req.stop is not None else (),
+        "logprobs": logprobs,
+    }
+    return SamplingParams(**given)
+
+
+def chat_params(req: ChatCompletionRequest) -> SamplingParams:
+    """Sampling for a chat request, after refusing what is not implemented."""
+    fmt = (req.response_format or {}).get("type", "text")
+    if fmt != "text":
+        raise ApiError(400, f"response_format '{fmt}' is not supported yet: structured output is not "
+                            "implemented", param="response_format")
+    choice = req.tool_choice
+    if choice is not None and choice not in ("none", "auto"):
+        raise ApiError(400, "only tool_choice 'auto' and 'none' are supported", param="tool_choice")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise ApiError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
+    if req.max_tokens is not None and req.max_completion_tokens is not None \
+            and req.max_tokens != req.max_completion_tokens:
+        raise ApiError(400, "max_tokens and max_completion_tokens disagree; give one", param="max_tokens")
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    return sampling_params(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None)
+
+
+def completion_params(req: CompletionRequest) -> SamplingParams:
+    """Sampling for a completion request, after refusing what is not implemented."""
+    if req.suffix:
+        raise ApiError(400, "suffix (fill-in-the-middle) is not supported", param="suffix")
+    if req.best_of is not None and req.best_of != req.n:
+        raise ApiError(400, "best_of other than n is not supported", param="best_of")
+    if req.echo and req.logprobs is not None:
+        raise ApiError(400, "echo with logprobs (prompt log-probabilities) is not supported", param="echo")
+    return sampling_params(req, req.max_tokens, req.logprobs)
+
+
+def chat_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """Messages as the chat template takes them: text only, `developer` as `system`."""
+    out = []
+    for i, m in enumerate(messages):
+        content = m.content
+        if isinstance(content, list):
+            texts = []
+            for part in content:
+                if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise ApiError(400, f"content part of type '{part.get('type')}' is not supported: "
+                                        "llamarun runs text-only models", param=f"messages.{i}.content")
+                texts.append(part["text"])
+            content = "".join(texts)
+        role = {"developer": "system", "function": "tool"}.get(m.role, m.role)
+        msg: dict[str, Any] = {"role": role, "content": content or ""}
+        for key in ("name", "tool_calls", "tool_call_id"):
+            if getattr(m, key) is not None:
+                msg[key] = getattr(m, key)
+        out.append(msg)
+    return out
+
+
+def prompt_list(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    """The prompts of a completion request: text, or token ids, one or many."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise ApiError(400, "the prompt is empty", param="prompt")
+    if all(isinstance(p, int) for p in prompt):
+        return [list(prompt)]  # type: ignore[arg-type]
+    return list(prompt)  # type: ignore[arg-type]
