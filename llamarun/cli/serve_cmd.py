@@ -115,11 +115,48 @@ def serve(args: argparse.Namespace) -> int:
     print(f"llamarun serving on http://{shown}:{sock.getsockname()[1]} "
           f"(Ollama API at /api, OpenAI API at /v1)", file=sys.stderr)
     config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
-    except KeyboardInterrupt:
-        pass  # uvicorn re-raises Ctrl-C once it has shut down gracefully: that is the normal way out
+        run_on_main_thread_engines(server, sock)
     finally:
         sock.close()
     print("llamarun server stopped", file=sys.stderr)
     return 0
+
+
+def run_on_main_thread_engines(server: Any, sock: socket.socket) -> None:
+    """HTTP on a background thread, engines on the main one.
+
+    PyTorch's OpenMP CPU kernels run 2-3x slower off the main thread, so the engines keep it
+    (llm/engine_hub.py) and uvicorn, which is mostly waiting on sockets, takes a thread of its own.
+    Ctrl-C or SIGTERM ask uvicorn to finish gracefully; its thread's end stops the hub.
+    """
+    import signal
+    import threading
+
+    from llamarun.llm.engine_hub import default_hub
+
+    hub = default_hub()
+
+    def http() -> None:
+        try:
+            server.run(sockets=[sock])
+        finally:
+            hub.stop()
+
+    def terminate(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    thread = threading.Thread(target=http, name="llamarun-http", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            try:
+                hub.run_forever()
+                break
+            except KeyboardInterrupt:
+                server.should_exit = True  # keep driving engines while uvicorn drains
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        thread.join(timeout=10)

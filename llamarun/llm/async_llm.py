@@ -1,8 +1,9 @@
-"""`AsyncLLM`: the batched engine on a background thread, one async stream per request.
+"""`AsyncLLM`: a model on the batched engine, one async stream per request.
 
-The engine is single-threaded; only the engine thread touches it. Requests and aborts reach it
-through a queue, and its outputs go back to each request's asyncio queue on that request's event
-loop. Closing a stream (a client that disconnected) aborts the request and frees its KV blocks.
+The engine is single-threaded; only the hub's driving thread touches it (engine_hub.py). Requests and
+aborts reach it as calls queued on the hub, and its outputs go back to each request's asyncio queue
+on that request's event loop. Closing a stream (a client that disconnected) aborts the request and
+frees its KV blocks.
 """
 
 from __future__ import annotations
@@ -10,39 +11,38 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import queue
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
 import torch
 
 from llamarun.engine.llm_engine import EngineMetrics, EngineOutput
+from llamarun.llm.engine_hub import EngineHub, default_hub
 from llamarun.llm.loading import load_model
 from llamarun.llm.text_stream import StreamChunk, TextStream, TokenLogprob  # noqa: F401 (re-exported)
 from llamarun.sampling.params import SamplingParams
 
 log = logging.getLogger(__name__)
-_STOP = object()
 
 
 class AsyncLLM:
-    """A loaded model served by the batched engine on a background thread."""
+    """A loaded model served by the batched engine; an EngineHub steps it (see engine_hub.py)."""
 
     def __init__(self, model: str, *, context_length: int | None = None, device: str | None = None,
-                 dtype: torch.dtype | None = None, weights: str = "auto", max_kv_tokens: int | None = None) -> None:
-        lm = load_model(model, context_length=context_length, device=device, dtype=dtype, weights=weights,
-                        kv_tokens=max_kv_tokens)
+                 dtype: torch.dtype | None = None, weights: str = "auto", max_kv_tokens: int | None = None,
+                 hub: EngineHub | None = None) -> None:
+        self._hub = hub or default_hub()
+        # Loaded on the hub's thread: the one thread that runs this model's torch kernels (see engine_hub.py).
+        lm = self._hub.run_sync(lambda: load_model(model, context_length=context_length, device=device,
+                                                   dtype=dtype, weights=weights, kv_tokens=max_kv_tokens))
         self.loaded = lm
         self.name, self.config, self.checkpoint, self.tokenizer = lm.name, lm.config, lm.checkpoint, lm.tokenizer
         self.template, self.stop_ids, self.context_length = lm.template, lm.stop_ids, lm.context_length
         self.load_seconds, self.memory_bytes, self.device = lm.load_seconds, lm.memory_bytes, lm.device
         self.engine = lm.engine
-        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._ids = itertools.count()
-        self._thread = threading.Thread(target=self._run, name=f"llamarun-engine-{self.name}", daemon=True)
-        self._thread.start()
+        self._hub.attach(self)
 
     # ----- text side -----
 
@@ -58,7 +58,8 @@ class AsyncLLM:
         request_id = request_id or f"req-{next(self._ids)}"
         outputs: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = (asyncio.get_running_loop(), outputs)
-        self._inbox.put(("add", request_id, list(prompt_ids), params))
+        ids = list(prompt_ids)
+        self._hub.call(lambda: self._add(request_id, ids, params))
         text = TextStream(self.tokenizer, params)
         finished = False
         try:
@@ -69,7 +70,7 @@ class AsyncLLM:
                 chunk = text.feed(item)
                 if text.stopped and not item.finished:
                     # A stop string ended it: abort in the engine, and wait for the abort's stats.
-                    self._inbox.put(("abort", request_id, None, None))
+                    self._hub.call(lambda: self._abort(request_id))
                     while not (item := await outputs.get()).finished:
                         pass
                     chunk.stats = item.stats
@@ -79,17 +80,21 @@ class AsyncLLM:
                 yield chunk
         finally:
             if not finished:
-                self._inbox.put(("abort", request_id, None, None))
+                self._hub.call(lambda: self._abort(request_id))
             self._streams.pop(request_id, None)
 
     def metrics(self) -> EngineMetrics:
         return self.engine.metrics()
 
     def shutdown(self) -> None:
-        self._inbox.put(_STOP)
-        self._thread.join(timeout=10)
+        """Abort what is running and stop stepping this model."""
+        def drop() -> None:
+            for req in list(self.engine.scheduler.running) + list(self.engine.scheduler.waiting):
+                self._abort(req.request_id)
+        self._hub.call(drop)
+        self._hub.detach(self)
 
-    # ----- engine thread -----
+    # ----- on the hub's thread -----
 
     def _post(self, request_id: str, item: EngineOutput | BaseException) -> None:
         target = self._streams.get(request_id)
@@ -100,39 +105,26 @@ class AsyncLLM:
             except RuntimeError:  # the caller's loop is closed; nobody is listening
                 pass
 
-    def _handle(self, message: Any) -> bool:
-        if message is _STOP:
-            return False
-        kind, request_id, prompt_ids, params = message
-        if kind == "add":
-            try:
-                self.engine.add_request(prompt_ids, params, self.stop_ids, request_id)
-            except Exception as err:  # noqa: BLE001 - reported to the caller's stream
-                self._post(request_id, err)
-        else:
-            out = self.engine.abort(request_id)
-            if out is not None:
-                self._post(request_id, out)
-        return True
+    def _add(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
+        try:
+            self.engine.add_request(prompt_ids, params, self.stop_ids, request_id)
+        except Exception as err:  # noqa: BLE001 - reported to the caller's stream
+            self._post(request_id, err)
 
-    def _run(self) -> None:
-        while True:
-            try:
-                # Block only when idle; while requests run, just drain what has arrived.
-                message = self._inbox.get() if not self.engine.has_unfinished else self._inbox.get_nowait()
-            except queue.Empty:
-                message = None
-            if message is not None:
-                if not self._handle(message):
-                    return
-                continue
-            try:
-                outputs = self.engine.step()
-            except Exception as err:  # noqa: BLE001 - a bug must not kill the server: fail the batch
-                log.exception("engine step failed")
-                for req in list(self.engine.scheduler.running) + list(self.engine.scheduler.waiting):
-                    self.engine.abort(req.request_id)
-                    self._post(req.request_id, err)
-                continue
-            for out in outputs:
-                self._post(out.request_id, out)
+    def _abort(self, request_id: str) -> None:
+        out = self.engine.abort(request_id)
+        if out is not None:
+            self._post(request_id, out)
+
+    def step_once(self) -> None:
+        """One engine step; a failure fails the requests in it, never the hub."""
+        try:
+            outputs = self.engine.step()
+        except Exception as err:  # noqa: BLE001 - a bug must not kill the server: fail the batch
+            log.exception("engine step failed")
+            for req in list(self.engine.scheduler.running) + list(self.engine.scheduler.waiting):
+                self.engine.abort(req.request_id)
+                self._post(req.request_id, err)
+            return
+        for out in outputs:
+            self._post(out.request_id, out)
