@@ -114,19 +114,8 @@ def _offline(args: argparse.Namespace, levels: list[int]) -> tuple[str, list, di
 
 
 def _serving(args: argparse.Namespace, levels: list[int]) -> tuple[str, list, dict]:
-    from llamarun.bench import serving
-
     if args.serve:
-        if not args.model:
-            from llamarun.store.catalog import DEFAULT_MODEL
-
-            args.model = DEFAULT_MODEL
-        from llamarun.store.resolve import resolve_model
-
-        resolve_model(args.model)  # a bad name fails here, clearly, and not in the server's start-up
-        with serving.serve_in_thread(_server_app(args), startup_timeout=args.timeout) as url:
-            model, results = asyncio.run(_serving_levels(args, url, levels))
-        return model, results, {"url": "in-process", "weights": args.weights}
+        return _serve_and_bench(args, levels)
     url = args.url.rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise LlamarunError(f"bad --url '{args.url}'", "give a base URL such as http://127.0.0.1:11434")
@@ -150,13 +139,57 @@ async def _serving_levels(args: argparse.Namespace, url: str, levels: list[int])
     return model, results
 
 
-def _server_app(args: argparse.Namespace) -> Any:
+def _serve_and_bench(args: argparse.Namespace, levels: list[int]) -> tuple[str, list, dict]:
+    """Start the real server in-process and bench it, arranged as `llamarun serve` arranges threads.
+
+    The engines run on this (the main) thread through an EngineHub of the benchmark's own, because
+    PyTorch's OpenMP kernels run 2-3x slower off it (llm/engine_hub.py); uvicorn and the benchmark's
+    HTTP clients each take a thread of their own.
+    """
+    import threading
+
+    from llamarun.bench import serving
+    from llamarun.llm.engine_hub import EngineHub
+    from llamarun.store.catalog import DEFAULT_MODEL
+    from llamarun.store.resolve import resolve_model
+
+    args.model = resolve_model(args.model or DEFAULT_MODEL).name  # a bad name fails here, clearly
+    hub = EngineHub()
+    app = _server_app(args, hub)
+    outcome: dict[str, Any] = {}
+
+    def client() -> None:
+        try:
+            with serving.serve_in_thread(app, startup_timeout=args.timeout) as url:
+                outcome["result"] = asyncio.run(_serving_levels(args, url, levels))
+        except BaseException as err:  # noqa: BLE001 - re-raised on the main thread
+            outcome["error"] = err
+        finally:
+            hub.stop()  # after the server's shutdown has queued its last engine calls
+
+    thread = threading.Thread(target=client, name="llamarun-bench-client", daemon=True)
+    thread.start()
+    hub.run_forever()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    model, results = outcome["result"]
+    return model, results, {"url": "in-process", "weights": args.weights}
+
+
+def _server_app(args: argparse.Namespace, hub: Any) -> Any:
     """The real server app with `args.model` preloaded and kept, sized for the largest level."""
     from llamarun.server.app import create_app
-    from llamarun.server.model_manager import FOREVER, ModelManager, default_loader
+    from llamarun.server.model_manager import FOREVER, ModelManager
 
     needed = max(parse_levels(args.concurrency)) * (2 * args.prompt_tokens + args.output_tokens + 64)
-    loader = default_loader(device=args.device, weights=args.weights,
-                            max_kv_tokens=max(needed, 4 * (args.ctx or DEFAULT_CONTEXT)))
-    manager = ModelManager(loader, context_length=args.ctx, keep_alive=FOREVER)
+    kv_tokens = max(needed, 4 * (args.ctx or DEFAULT_CONTEXT))
+
+    def load(name: str, context_length: int | None) -> Any:
+        from llamarun.llm.async_llm import AsyncLLM
+
+        return AsyncLLM(name, context_length=context_length, device=args.device, weights=args.weights,
+                        max_kv_tokens=kv_tokens, hub=hub)
+
+    manager = ModelManager(load, context_length=args.ctx, keep_alive=FOREVER)
     return create_app(manager, preload=args.model)
