@@ -1,10 +1,12 @@
 """Paged attention in plain torch: the reference backend (CPU path and test oracle for GPU kernels).
 
-The KV cache of every layer is one slab of token slots, `[num_blocks * block_size, kv_heads, head_dim]`;
-a sequence's block table says which blocks hold its tokens. Each step the runner packs all scheduled
-tokens side by side; this backend writes their keys/values into their slots, then attends each
-sequence over its own slots. Decoding sequences (one query each) are batched into one padded
-matmul; prefill chunks run SDPA one sequence at a time.
+The KV cache of every layer is one slab of token slots per KV head, `[kv_heads, num_blocks * block_size,
+head_dim]`; a sequence's block table says which blocks hold its tokens. Each step the runner packs all
+scheduled tokens side by side; this backend writes their keys/values into their slots, then attends
+each sequence over its own. Decoding sequences (one query each) are batched: their blocks are
+gathered whole (one index per block, not per token) into a padded batch for two matmuls. Prefill
+chunks run SDPA one sequence at a time. Heads lead the layout so gathers land in the shape the
+matmuls and SDPA take, without transposing copies.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from llamarun.config import ModelConfig
 
 
 class PagedKVCache:
-    """K and V slabs for all layers: [layers, num_blocks * block_size, kv_heads, head_dim]."""
+    """K and V slabs for all layers: [layers, kv_heads, num_blocks * block_size, head_dim]."""
 
     def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
                  device: torch.device | str) -> None:
-        shape = (config.num_layers, num_blocks * block_size, config.num_kv_heads, config.head_dim)
+        shape = (config.num_layers, config.num_kv_heads, num_blocks * block_size, config.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.num_blocks, self.block_size = num_blocks, block_size
@@ -41,6 +43,7 @@ class SeqSlice:
     q_len: int
     context_len: int  # tokens of the sequence attended over, this step's included
     slots: torch.Tensor  # [context_len] cache slots of its tokens, in order
+    blocks: torch.Tensor  # [ceil(context_len / block_size)] its block table
 
 
 class PagedAttention(AttentionBackend):
@@ -54,34 +57,40 @@ class PagedAttention(AttentionBackend):
         self.decode_rows = None
         if decodes:
             device = slot_mapping.device
-            longest = max(s.context_len for s in decodes)
-            slots = torch.zeros(len(decodes), longest, dtype=torch.long, device=device)  # [B, L]
-            valid = torch.zeros(len(decodes), longest, dtype=torch.bool, device=device)
+            most = max(s.blocks.numel() for s in decodes)
+            tables = torch.zeros(len(decodes), most, dtype=torch.long, device=device)  # [B, blocks]
             for row, s in enumerate(decodes):
-                slots[row, :s.context_len] = s.slots
-                valid[row, :s.context_len] = True
+                tables[row, :s.blocks.numel()] = s.blocks
+            lengths = torch.tensor([s.context_len for s in decodes], device=device)  # [B]
+            positions = torch.arange(most * cache.block_size, device=device)  # [L]
+            self.decode_valid = positions[None, :] < lengths[:, None]  # [B, L]
             self.decode_rows = torch.tensor([s.q_start for s in decodes], device=device)  # [B]
-            self.decode_slots, self.decode_valid = slots, valid
+            self.decode_tables = tables
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        kc, vc = self.cache.k[layer], self.cache.v[layer]  # [slots, kv_heads, head_dim]
-        kc.index_copy_(0, self.slot_mapping, k)
-        vc.index_copy_(0, self.slot_mapping, v)
+        kc, vc = self.cache.k[layer], self.cache.v[layer]  # [kv_heads, slots, head_dim]
+        kc.index_copy_(1, self.slot_mapping, k.transpose(0, 1))
+        vc.index_copy_(1, self.slot_mapping, v.transpose(0, 1))
         out = torch.empty_like(q)  # [tokens, heads, head_dim]
         for s in self.prefills:
-            out[s.q_start:s.q_start + s.q_len] = _prefill(q[s.q_start:s.q_start + s.q_len], kc[s.slots], vc[s.slots])
+            rows = slice(s.q_start, s.q_start + s.q_len)
+            out[rows] = _prefill(q[rows], kc[:, s.slots], vc[:, s.slots])
         if self.decode_rows is not None:
-            out[self.decode_rows] = _decode(q[self.decode_rows], kc[self.decode_slots], vc[self.decode_slots],
-                                            self.decode_valid)
+            kv_heads, _, d = kc.shape
+            by_block = (kv_heads, self.cache.num_blocks, self.cache.block_size, d)
+            b, blocks = self.decode_tables.shape
+            keys = kc.view(by_block)[:, self.decode_tables].view(kv_heads, b, -1, d)  # [kv_heads, B, L, d]
+            values = vc.view(by_block)[:, self.decode_tables].view(kv_heads, b, -1, d)
+            out[self.decode_rows] = _decode(q[self.decode_rows], keys, values, self.decode_valid)
         return out
 
 
 def _prefill(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """q [n, heads, d] are the last n of the context's tokens; keys/values [ctx, kv_heads, d]."""
-    n, ctx = q.shape[0], keys.shape[0]
+    """q [n, heads, d] are the last n of the context's tokens; keys/values [kv_heads, ctx, d]."""
+    n, ctx = q.shape[0], keys.shape[1]
     query = q.transpose(0, 1).unsqueeze(0)  # [1, heads, n, d]
-    key = keys.transpose(0, 1).unsqueeze(0)  # [1, kv_heads, ctx, d]
-    value = values.transpose(0, 1).unsqueeze(0)
+    key = keys.unsqueeze(0)  # [1, kv_heads, ctx, d]
+    value = values.unsqueeze(0)
     if n == ctx:
         out = F.scaled_dot_product_attention(query, key, value, is_causal=True, enable_gqa=True)
     else:
@@ -92,16 +101,15 @@ def _prefill(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch
 
 
 def _decode(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """One query per sequence. q [B, heads, d], keys/values [B, L, kv_heads, d], valid [B, L] -> [B, heads, d].
+    """One query per sequence. q [B, heads, d], keys/values [kv_heads, B, L, d], valid [B, L] -> [B, heads, d].
 
     Two batched matmuls: on CPUs, SDPA's flash kernel costs milliseconds for a single query.
     """
     b, heads, d = q.shape
-    kv_heads = keys.shape[2]
-    qg = q.view(b, kv_heads, heads // kv_heads, d)  # [B, kv_heads, group, d]
-    kt = keys.permute(0, 2, 3, 1)  # [B, kv_heads, d, L]
-    scores = torch.matmul(qg, kt).float() * d**-0.5  # [B, kv_heads, group, L]
-    scores.masked_fill_(~valid[:, None, None, :], float("-inf"))
+    kv_heads = keys.shape[0]
+    qg = q.view(b, kv_heads, heads // kv_heads, d).transpose(0, 1)  # [kv_heads, B, group, d]
+    scores = torch.matmul(qg, keys.transpose(2, 3)).float() * d**-0.5  # [kv_heads, B, group, L]
+    scores.masked_fill_(~valid[None, :, None, :], float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(values.dtype)
-    out = torch.matmul(probs, values.permute(0, 2, 1, 3))  # [B, kv_heads, group, d]
-    return out.reshape(b, heads, d)
+    out = torch.matmul(probs, values)  # [kv_heads, B, group, d]
+    return out.transpose(0, 1).reshape(b, heads, d)

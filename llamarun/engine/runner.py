@@ -46,7 +46,8 @@ class ModelRunner:
             pos = torch.arange(end)
             slots = (table[pos // bs] * bs + pos % bs).to(self.device)  # [end] slot of every token so far
             new_slots.append(slots[start:])
-            seqs.append(SeqSlice(len(ids) - s.num_tokens, s.num_tokens, end, slots))
+            blocks = table[: -(-end // bs)].to(self.device)
+            seqs.append(SeqSlice(len(ids) - s.num_tokens, s.num_tokens, end, slots, blocks))
             if s.samples:
                 rows.append(len(ids) - 1)
                 sampling.append(req)
