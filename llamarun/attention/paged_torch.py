@@ -42,7 +42,7 @@ class SeqSlice:
     q_start: int
     q_len: int
     context_len: int  # tokens of the sequence attended over, this step's included
-    slots: torch.Tensor  # [context_len] cache slots of its tokens, in order
+    slots: torch.Tensor | None  # [context_len] cache slots of its tokens, in order (prefill chunks only)
     blocks: torch.Tensor  # [ceil(context_len / block_size)] its block table
 
 

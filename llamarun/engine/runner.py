@@ -33,25 +33,28 @@ class ModelRunner:
         bs = self.cache.block_size
         ids: list[int] = []
         positions: list[int] = []
-        new_slots: list[torch.Tensor] = []
+        new_slots: list[int] = []
         seqs: list[SeqSlice] = []
         rows: list[int] = []
         sampling = []
         for s in out.seqs:
             req = s.request
             start, end = req.num_computed, req.num_computed + s.num_tokens
-            ids.extend(req.tokens[start:end])
+            ids.extend(req.token_slice(start, end))
             positions.extend(range(start, end))
-            table = torch.tensor(req.block_table, dtype=torch.long)
-            pos = torch.arange(end)
-            slots = (table[pos // bs] * bs + pos % bs).to(self.device)  # [end] slot of every token so far
-            new_slots.append(slots[start:])
-            blocks = table[: -(-end // bs)].to(self.device)
-            seqs.append(SeqSlice(len(ids) - s.num_tokens, s.num_tokens, end, slots, blocks))
+            table = req.block_table
+            new_slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            blocks = torch.tensor(table[: -(-end // bs)], dtype=torch.long)  # [blocks] holding tokens [0, end)
+            slots = None
+            if s.num_tokens > 1:  # prefill chunks gather by token slot; decodes gather whole blocks
+                pos = torch.arange(end)
+                slots = (blocks[pos // bs] * bs + pos % bs).to(self.device)  # [end]
+            seqs.append(SeqSlice(len(ids) - s.num_tokens, s.num_tokens, end, slots, blocks.to(self.device)))
             if s.samples:
                 rows.append(len(ids) - 1)
                 sampling.append(req)
-        backend = PagedAttention(self.cache, torch.cat(new_slots), seqs)
+        slot_mapping = torch.tensor(new_slots, dtype=torch.long, device=self.device)  # [tokens]
+        backend = PagedAttention(self.cache, slot_mapping, seqs)
         input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)  # [tokens]
         pos_t = torch.tensor(positions, dtype=torch.long, device=self.device)
         if not sampling:
