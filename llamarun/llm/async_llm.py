@@ -47,10 +47,10 @@ class AsyncLLM:
     # ----- text side -----
 
     def chat_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-        return self.template.encode(list(messages), self.tokenizer, add_generation_prompt=True, tools=tools)
+        return self.loaded.chat_ids(messages, tools)
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        return self.tokenizer.encode(prompt, add_bos=self.tokenizer.add_bos, allow_special=True)
+        return self.loaded.prompt_ids(prompt)
 
     async def stream(self, prompt_ids: list[int], params: SamplingParams,
                      request_id: str | None = None) -> AsyncIterator[StreamChunk]:
@@ -88,10 +88,7 @@ class AsyncLLM:
 
     def shutdown(self) -> None:
         """Abort what is running and stop stepping this model."""
-        def drop() -> None:
-            for req in list(self.engine.scheduler.running) + list(self.engine.scheduler.waiting):
-                self._abort(req.request_id)
-        self._hub.call(drop)
+        self._hub.call(lambda: self._fail_all(None))
         self._hub.detach(self)
 
     # ----- on the hub's thread -----
@@ -116,15 +113,22 @@ class AsyncLLM:
         if out is not None:
             self._post(request_id, out)
 
+    def _fail_all(self, err: BaseException | None) -> None:
+        """Abort every request; each stream gets `err`, or its abort output when there is none."""
+        for req in list(self.engine.scheduler.running) + list(self.engine.scheduler.waiting):
+            if err is None:
+                self._abort(req.request_id)
+            else:
+                self.engine.abort(req.request_id)
+                self._post(req.request_id, err)
+
     def step_once(self) -> None:
         """One engine step; a failure fails the requests in it, never the hub."""
         try:
             outputs = self.engine.step()
         except Exception as err:  # noqa: BLE001 - a bug must not kill the server: fail the batch
             log.exception("engine step failed")
-            for req in list(self.engine.scheduler.running) + list(self.engine.scheduler.waiting):
-                self.engine.abort(req.request_id)
-                self._post(req.request_id, err)
+            self._fail_all(err)
             return
         for out in outputs:
             self._post(out.request_id, out)

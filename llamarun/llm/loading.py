@@ -69,6 +69,14 @@ class LoadedModel:
     load_seconds: float
     memory_bytes: int
 
+    def chat_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """Prompt ids of a chat, through the model's template, ending with the assistant's turn opened."""
+        return self.template.encode(list(messages), self.tokenizer, add_generation_prompt=True, tools=tools)
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """A raw prompt, no template: bos is added when the tokenizer's convention says so."""
+        return self.tokenizer.encode(prompt, add_bos=self.tokenizer.add_bos, allow_special=True)
+
 
 def load_model(model: str, *, context_length: int | None = None, device: str | None = None,
                dtype: torch.dtype | None = None, weights: str = "auto", kv_tokens: int | None = None,

@@ -70,11 +70,10 @@ class LLM:
         self._ids = itertools.count()
 
     def chat_ids(self, messages: Sequence[dict[str, Any]], tools: list[dict] | None = None) -> list[int]:
-        return self.template.encode(list(messages), self.tokenizer, add_generation_prompt=True, tools=tools)
+        return self.loaded.chat_ids(list(messages), tools)
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        """A raw prompt, no template: bos is added when the tokenizer's convention says so."""
-        return self.tokenizer.encode(prompt, add_bos=self.tokenizer.add_bos, allow_special=True)
+        return self.loaded.prompt_ids(prompt)
 
     def stream_ids(self, prompt_ids: list[int], params: SamplingParams | None = None) -> TextIterator:
         params = params or SamplingParams()
