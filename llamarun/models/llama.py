@@ -1,7 +1,7 @@
 """The Llama decoder (Llama 2/3.x, SmolLM2, TinyLlama and friends), under Hugging Face parameter names.
 
 Tokens arrive flattened, `[num_tokens]`, with their positions: one sequence or many packed side by
-side. Keys and values go to whatever attention backend the caller made current
+side. q/k/v and gate/up are merged linears (layers/linear.py); checkpoints keep naming them apart. Keys and values go to whatever attention backend the caller made current
 (attention/backend.py), so this file knows nothing of caches, batching, devices or quantization.
 """
 
@@ -13,6 +13,7 @@ from torch import nn
 
 from llamarun.attention.backend import current_backend
 from llamarun.config import ModelConfig
+from llamarun.layers.linear import MergedLinear
 from llamarun.layers.norm import RMSNorm
 from llamarun.layers.rotary import RotaryEmbedding, apply_rotary
 
@@ -25,16 +26,16 @@ class LlamaAttention(nn.Module):
         self.layer = layer
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         h, q, kv = config.hidden_size, config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-        self.q_proj = nn.Linear(h, q, bias=False)
-        self.k_proj = nn.Linear(h, kv, bias=False)
-        self.v_proj = nn.Linear(h, kv, bias=False)
+        self.qkv_proj = MergedLinear(h, {"q_proj": q, "k_proj": kv, "v_proj": kv})
+        self.qkv_sizes = [q, kv, kv]  # kept here: quantization may swap qkv_proj for a packed module
         self.o_proj = nn.Linear(q, h, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        q = self.q_proj(x).view(n, self.num_heads, self.head_dim)  # [tokens, heads, head_dim]
-        k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)  # [tokens, kv_heads, head_dim]
-        v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
+        q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+        q = q.view(n, self.num_heads, self.head_dim)  # [tokens, heads, head_dim]
+        k = k.view(n, self.num_kv_heads, self.head_dim)  # [tokens, kv_heads, head_dim]
+        v = v.reshape(n, self.num_kv_heads, self.head_dim)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         out = current_backend().forward(self.layer, q, k, v)  # [tokens, heads, head_dim]
         return self.o_proj(out.reshape(n, self.num_heads * self.head_dim))
@@ -45,12 +46,13 @@ class LlamaMLP(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        i = config.intermediate_size
+        self.gate_up_proj = MergedLinear(config.hidden_size, {"gate_proj": i, "up_proj": i})
+        self.down_proj = nn.Linear(i, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [tokens, intermediate] each
+        return self.down_proj(F.silu(gate) * up)
 
 
 class LlamaDecoderLayer(nn.Module):
