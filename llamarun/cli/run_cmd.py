@@ -133,10 +133,11 @@ def _interactive(llm, args: argparse.Namespace, params) -> int:
             print(f"Unknown command '{text.split()[0]}'. Type /? for help.")
             continue
         turns.append({"role": "user", "content": line})
+        stream = llm.stream_chat(_messages(system, turns), params)
         try:
-            stream = llm.stream_chat(_messages(system, turns), params)
             _emit(stream)
         except KeyboardInterrupt:
+            stream.close()  # abort the request, or it would keep generating in later steps
             print()
             turns.pop()
             continue

@@ -44,6 +44,12 @@ class TextIterator:
             if chunk.text:
                 yield chunk.text
 
+    def close(self) -> None:
+        """Stop generating now (e.g. on Ctrl-C): the engine request is aborted and its blocks freed."""
+        close = getattr(self.chunks, "close", None)
+        if close is not None:
+            close()
+
     def result(self) -> Completion:
         for _ in self:
             pass

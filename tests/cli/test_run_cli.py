@@ -197,3 +197,12 @@ def test_nothing_half_written_after_a_failed_run(home: Path) -> None:
     before = sorted(p.relative_to(home) for p in home.rglob("*"))
     llamarun(home, "run", "no-such-model", "hi")
     assert sorted(p.relative_to(home) for p in home.rglob("*")) == before
+
+
+def test_cuda_on_a_machine_without_it(home: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert_clean_error(llamarun(home, "run", "smollm2:135m", "hi", "--device", "cuda"), "CUDA")
+    assert_clean_error(llamarun(home, "run", "smollm2:135m", "hi", "--device", "tpu"), "tpu")

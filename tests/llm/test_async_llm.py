@@ -89,3 +89,15 @@ def test_stop_string_ends_the_stream_with_stats(served):
     free, stop, cut, last = asyncio.run(main())
     assert cut == free[: free.index(stop)]
     assert last.finished and last.finish_reason == "stop" and last.stats.done_reason == "stop"
+
+
+def test_closing_a_sync_stream_aborts_its_request(tiny):
+    llm = LLM(tiny, context_length=128)
+    stream = llm.stream_ids(llm.prompt_ids("hello there"), SamplingParams.greedy(max_tokens=100))
+    pieces = iter(stream)
+    next(pieces)
+    stream.close()
+    assert not llm.engine.has_unfinished and llm.engine.pool.num_used == 0
+    # The next request runs alone and completes normally.
+    done = llm.stream_ids(llm.prompt_ids("the end"), GREEDY).result()
+    assert len(done.token_ids) == 10
