@@ -52,7 +52,8 @@ def _llamarun(gguf: str, new_tokens: int, repeats: int, weights: str = "auto") -
         run = {"prompt_tps": len(ids) / stats.prompt_seconds,
                "decode_tps": (new_tokens - 1) / stats.decode_seconds}
         best = run if best is None or run["decode_tps"] > best["decode_tps"] else best
-    return {"engine": f"llamarun ({llm.weights} weights)", "load_s": load, "prompt_tokens": len(ids), "threads": torch.get_num_threads(),
+    return {"engine": f"llamarun ({llm.weights} weights)", "load_s": load, "prompt_tokens": len(ids),
+            "threads": torch.get_num_threads(),
             **best}
 
 
@@ -124,7 +125,8 @@ def main() -> None:
 
     config = open_checkpoint(gguf).config
     # Bytes read per decoded token: every linear weight once (int8: 1 byte, exact: 4), plus the head.
-    linear_params = config.num_parameters - config.vocab_size * config.hidden_size * (1 if config.tie_word_embeddings else 2)
+    embed = config.vocab_size * config.hidden_size
+    linear_params = config.num_parameters - embed * (1 if config.tie_word_embeddings else 2)
     head = config.vocab_size * config.hidden_size
     bw["int8_ceiling_tps"] = bw["read_gb_s"] * 1e9 / (linear_params + head)
     bw["float32_ceiling_tps"] = bw["read_gb_s"] * 1e9 / (4 * (linear_params + head))

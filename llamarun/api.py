@@ -12,4 +12,4 @@ from llamarun.llm.async_llm import AsyncLLM, StreamChunk, TokenLogprob
 from llamarun.llm.sync import LLM, Completion, TextIterator
 from llamarun.sampling.params import SamplingParams
 
-__all__ = ["LLM", "AsyncLLM", "Completion", "TextIterator", "StreamChunk", "TokenLogprob", "SamplingParams"]
+__all__ = ["LLM", "AsyncLLM", "Completion", "SamplingParams", "StreamChunk", "TextIterator", "TokenLogprob"]

@@ -133,7 +133,7 @@ class ModelConfig:
                 tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             )
         except KeyError as err:
-            raise ConfigMismatchError(f"config.json lacks the key {err}", "is this a complete checkpoint?")
+            raise ConfigMismatchError(f"config.json lacks the key {err}", "is this a complete checkpoint?") from None
 
     @classmethod
     def from_meta_params(cls, params: dict[str, Any], intermediate_size: int) -> ModelConfig:
@@ -155,7 +155,7 @@ class ModelConfig:
                 tie_word_embeddings=False,
             )
         except KeyError as err:
-            raise ConfigMismatchError(f"params.json lacks the key {err}", "is this a Meta Llama checkpoint?")
+            raise ConfigMismatchError(f"params.json lacks the key {err}", "is this a Meta Llama checkpoint?") from None
 
     @classmethod
     def from_gguf(cls, meta: dict[str, Any], *, vocab_size: int, tied: bool,
@@ -223,6 +223,6 @@ def _match_llama3_scaling(factors: list[float], theta: float, head_dim: int) -> 
     for factor in (8.0, 16.0, 32.0, 4.0, 2.0):
         candidate = RopeScaling(factor=factor)
         scaled = candidate.scale(base)
-        if all(math.isclose(b / s, float(f), rel_tol=1e-4) for b, s, f in zip(base, scaled, factors)):
+        if all(math.isclose(b / s, float(f), rel_tol=1e-4) for b, s, f in zip(base, scaled, factors, strict=False)):
             return candidate
     return None

@@ -204,7 +204,7 @@ def write_gguf(spec: TinySpec, weights: dict[str, torch.Tensor], path: Path) -> 
     if spec.llama3_rope:
         base = base_inv_freq(spec.rope_theta, spec.head_dim)
         scaled = RopeScaling(factor=8.0).scale(base)
-        factors = np.array([b / s for b, s in zip(base, scaled)], dtype=np.float32)
+        factors = np.array([b / s for b, s in zip(base, scaled, strict=True)], dtype=np.float32)
         w.add_tensor("rope_freqs.weight", factors)
     for name, t in weights.items():
         t = t.float()

@@ -78,7 +78,7 @@ class PagedAttention(AttentionBackend):
         if self.decode_rows is not None:
             kv_heads, _, d = kc.shape
             by_block = (kv_heads, self.cache.num_blocks, self.cache.block_size, d)
-            b, blocks = self.decode_tables.shape
+            b = self.decode_tables.shape[0]
             keys = kc.view(by_block)[:, self.decode_tables].view(kv_heads, b, -1, d)  # [kv_heads, B, L, d]
             values = vc.view(by_block)[:, self.decode_tables].view(kv_heads, b, -1, d)
             out[self.decode_rows] = _decode(q[self.decode_rows], keys, values, self.decode_valid)

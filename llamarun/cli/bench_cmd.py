@@ -162,7 +162,7 @@ def _serve_and_bench(args: argparse.Namespace, levels: list[int]) -> tuple[str, 
         try:
             with serving.serve_in_thread(app, startup_timeout=args.timeout) as url:
                 outcome["result"] = asyncio.run(_serving_levels(args, url, levels))
-        except BaseException as err:  # noqa: BLE001 - re-raised on the main thread
+        except BaseException as err:
             outcome["error"] = err
         finally:
             hub.stop()  # after the server's shutdown has queued its last engine calls

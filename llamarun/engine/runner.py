@@ -72,6 +72,7 @@ class ModelRunner:
                 token.logprob = float(result.logprobs[i])
                 n = req.params.logprobs
                 if n and result.top_token_ids is not None:
-                    token.top = list(zip(result.top_token_ids[i, :n].tolist(), result.top_logprobs[i, :n].tolist()))
+                    ids, logps = result.top_token_ids[i, :n].tolist(), result.top_logprobs[i, :n].tolist()
+                    token.top = list(zip(ids, logps, strict=True))
             sampled[req.request_id] = token
         return sampled

@@ -9,10 +9,10 @@ frees its KV blocks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import torch
 
@@ -97,15 +97,14 @@ class AsyncLLM:
         target = self._streams.get(request_id)
         if target is not None:
             loop, outputs = target
-            try:
+            # RuntimeError: the caller's loop is closed; nobody is listening.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(outputs.put_nowait, item)
-            except RuntimeError:  # the caller's loop is closed; nobody is listening
-                pass
 
     def _add(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
         try:
             self.engine.add_request(prompt_ids, params, self.stop_ids, request_id)
-        except Exception as err:  # noqa: BLE001 - reported to the caller's stream
+        except Exception as err:
             self._post(request_id, err)
 
     def _abort(self, request_id: str) -> None:
@@ -126,7 +125,7 @@ class AsyncLLM:
         """One engine step; a failure fails the requests in it, never the hub."""
         try:
             outputs = self.engine.step()
-        except Exception as err:  # noqa: BLE001 - a bug must not kill the server: fail the batch
+        except Exception as err:
             log.exception("engine step failed")
             self._fail_all(err)
             return

@@ -51,7 +51,7 @@ class EngineHub:
         def task() -> None:
             try:
                 done.set_result(fn())
-            except BaseException as err:  # noqa: BLE001 - handed to the waiting caller
+            except BaseException as err:
                 done.set_exception(err)
 
         self.call(task)
@@ -75,7 +75,12 @@ class EngineHub:
         if thread is not None and thread.is_alive():
             self._inbox.put((_HANDOVER,))
             thread.join()
-        self._loop()
+        try:
+            self._loop()
+        finally:
+            with self._lock:  # later calls may start a background driver again
+                self._external = False
+                self._driver = None
 
     # ----- driving -----
 
@@ -102,7 +107,7 @@ class EngineHub:
             if fn is not ...:
                 try:
                     fn()
-                except Exception:  # noqa: BLE001 - one bad message must not stop every model
+                except Exception:
                     log.exception("engine hub message failed")
                 continue
             for model in list(self._models):

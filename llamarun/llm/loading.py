@@ -24,7 +24,7 @@ def check_device(device: str) -> str:
     try:
         kind = torch.device(device).type
     except (RuntimeError, ValueError):
-        raise LlamarunError(f"unknown device '{device}'", "use cpu or cuda (cuda:N for one of several GPUs)")
+        raise LlamarunError(f"unknown device '{device}'", "use cpu or cuda (cuda:N for one of several GPUs)") from None
     if kind == "cuda" and not torch.cuda.is_available():
         raise LlamarunError(f"device '{device}' asked for, but this machine has no usable CUDA GPU",
                             "run on the CPU (--device cpu)")

@@ -59,9 +59,9 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing", "is this a complete checkpoint folder?")
+        raise CheckpointError(f"{path} is missing", "is this a complete checkpoint folder?") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err})", "re-download the checkpoint")
+        raise CheckpointError(f"{path} is not valid JSON ({err})", "re-download the checkpoint") from None
 
 
 def end_of_turn_ids(tokenizer: Tokenizer, extra: list[int | None]) -> tuple[int, ...]:

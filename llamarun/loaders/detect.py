@@ -72,9 +72,9 @@ def declared_mlx_quantization(config: dict[str, Any]) -> dict[str, Any] | None:
         return q
     q = config.get("quantization_config")
     # Other quantizers (gptq, awq, compressed-tensors, fp8...) name themselves in quant_method.
-    if isinstance(q, dict) and "bits" in q and "group_size" in q and "quant_method" not in q:
-        if q.get("mode", "affine") == "affine":
-            return q
+    if (isinstance(q, dict) and "bits" in q and "group_size" in q and "quant_method" not in q
+            and q.get("mode", "affine") == "affine"):
+        return q
     return None
 
 

@@ -44,7 +44,7 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
         try:
             header = json.loads(f.read(header_len))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CheckpointError(f"{path} has a corrupt safetensors header", "re-download it")
+            raise CheckpointError(f"{path} has a corrupt safetensors header", "re-download it") from None
     header.pop("__metadata__", None)
     end = max((info["data_offsets"][1] for info in header.values()), default=0)
     if 8 + header_len + end > size:

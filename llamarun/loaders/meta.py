@@ -65,7 +65,7 @@ def open_meta(path: Path) -> Checkpoint:
     try:
         states = [torch.load(s, map_location="cpu", mmap=True, weights_only=True) for s in shards]
     except Exception as err:  # torch raises several types for a damaged zip/pickle
-        raise CheckpointError(f"cannot read {folder}/consolidated.*.pth: {err}", "re-download the checkpoint")
+        raise CheckpointError(f"cannot read {folder}/consolidated.*.pth: {err}", "re-download the checkpoint") from None
     first = states[0]
     if "layers.0.feed_forward.w1.weight" not in first:
         raise ConfigMismatchError(f"{shards[0].name} has no layers.0.feed_forward.w1.weight",
@@ -86,7 +86,8 @@ def open_meta(path: Path) -> Checkpoint:
             try:
                 t = _merge(name, [s[name] for s in states], config).to(dtype)
             except KeyError:
-                raise CheckpointError(f"a shard in {folder} lacks '{name}'", "the shards do not belong together")
+                raise CheckpointError(f"a shard in {folder} lacks '{name}'",
+                                      "the shards do not belong together") from None
             if hf.endswith("q_proj.weight"):
                 t = interleaved_to_half_split(t, config.num_heads)
             elif hf.endswith("k_proj.weight"):

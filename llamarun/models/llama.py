@@ -1,8 +1,9 @@
-"""The Llama decoder (Llama 2/3.x, SmolLM2, TinyLlama and friends), under Hugging Face parameter names.
+"""The Llama decoder (Llama 2/3.x, SmolLM2, TinyLlama and friends).
 
 Tokens arrive flattened, `[num_tokens]`, with their positions: one sequence or many packed side by
-side. q/k/v and gate/up are merged linears (layers/linear.py); checkpoints keep naming them apart. Keys and values go to whatever attention backend the caller made current
-(attention/backend.py), so this file knows nothing of caches, batching, devices or quantization.
+side. q/k/v and gate/up are merged linears (layers/linear.py); checkpoints keep naming them apart.
+Keys and values go to whatever attention backend the caller made current (attention/backend.py),
+so this file knows nothing of caches, batching, devices or quantization.
 """
 
 from __future__ import annotations

@@ -56,10 +56,9 @@ class TokenCounts:
             recent = self._history[-self.window:] if self.window else self._history
             ids = torch.tensor([t for t in recent if 0 <= t < vocab_size], dtype=torch.long)  # [n]
             counts = torch.bincount(ids, minlength=vocab_size).to(torch.int32)  # [vocab]
-            if device.type == "cuda":
-                counts = counts.pin_memory().to(device, non_blocking=True)  # no host sync
-            else:
-                counts = counts.to(device)
+            # Pinned memory lets the copy to a GPU run without a host sync.
+            counts = (counts.pin_memory().to(device, non_blocking=True) if device.type == "cuda"
+                      else counts.to(device))
             self._counts = counts
         return counts
 

@@ -81,7 +81,7 @@ def _file_size(name: str) -> int:
         if path.is_dir():
             return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         return path.stat().st_size
-    except Exception:  # noqa: BLE001 - an estimate only: the loader's own memory plan has the last word
+    except Exception:
         return 0
 
 
@@ -105,6 +105,7 @@ class ModelManager:
         self._wanted: Counter[str] = Counter()  # requests waiting for a load: never evict those models
         self._sizes: dict[str, int] = {}  # memory of earlier loads, to plan the next one
         self._lock = asyncio.Lock()
+        self._background: set[asyncio.Future] = set()
         self._closed = False
 
     # ----- leases -----
@@ -154,7 +155,9 @@ class ModelManager:
             return
         lm.expires_at = None if lm.keep_alive < 0 else lm.last_used + lm.keep_alive
         if lm.keep_alive == 0:
-            asyncio.ensure_future(self.expire())
+            task = asyncio.ensure_future(self.expire())
+            self._background.add(task)  # keep a reference until done, or the task may be collected
+            task.add_done_callback(self._background.discard)
 
     # ----- loading and unloading -----
 

@@ -108,7 +108,7 @@ async def pull(request: Request) -> Response:
         yield ndjson({"status": "pulling manifest"})
         try:
             manifest = await asyncio.to_thread(pull_fn, req.model, store=store)
-        except Exception as err:  # noqa: BLE001 - the status line is sent: report in-band, as Ollama does
+        except Exception as err:
             yield ndjson({"error": str(err)})
             return
         digest = next((f.sha256 for f in manifest.files if f.sha256), None) or hashlib.sha256(

@@ -177,7 +177,7 @@ async def _respond(request: Request, model: str, stream: bool, lease: Lease, gen
                 else:
                     obj["done"] = False
                 yield ndjson(obj)
-        except Exception as err:  # noqa: BLE001 - the status line is sent: report in-band, as Ollama does
+        except Exception as err:
             yield ndjson({"error": str(err)})
 
     body_iter = lines()

@@ -8,7 +8,7 @@ from typing import Any
 def _token_bytes(llm: Any, token_id: int) -> list[int] | None:
     try:
         return list(llm.tokenizer.token_bytes(token_id))
-    except Exception:  # noqa: BLE001 - an id the tokenizer cannot spell: OpenAI allows null bytes
+    except Exception:
         return None
 
 

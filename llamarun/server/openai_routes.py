@@ -163,7 +163,7 @@ async def _run(request: Request, req: Any, prefix: str, prepare: Callable[[Any],
                     yield sse(fmt.chunk_envelope(obj, include_usage))
             if include_usage:
                 yield sse(fmt.envelope([], usage=usage(fmt.prompts, gens, req.n)))
-        except Exception as err:  # noqa: BLE001 - the status line is sent: report in-band, as OpenAI does
+        except Exception as err:
             yield sse({"error": {"message": str(err), "type": "server_error", "param": None, "code": None}})
         yield SSE_DONE
 

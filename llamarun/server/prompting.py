@@ -17,7 +17,7 @@ async def chat_prompt_ids(llm: Any, messages: list[dict[str, Any]], tools: list[
         return await asyncio.to_thread(llm.chat_ids, messages, tools)
     except LlamarunError:
         raise
-    except Exception as err:  # noqa: BLE001 - a template that rejects these messages (e.g. roles out of order)
+    except Exception as err:
         raise ApiError(400, f"the chat template cannot render these messages: {err}", param=param) from None
 
 

@@ -145,7 +145,7 @@ async def merged(gens: Sequence[Generation]) -> AsyncIterator[tuple[int, Any]]:
             async for chunk in g.chunks():
                 await queue.put((i, chunk, None))
             await queue.put((i, done, None))
-        except Exception as err:  # noqa: BLE001 - handed to the consumer, which raises it
+        except Exception as err:
             await queue.put((i, done, err))
 
     tasks = [asyncio.ensure_future(pump(i, g)) for i, g in enumerate(gens)]

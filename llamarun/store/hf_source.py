@@ -44,7 +44,7 @@ def fetch(source: HFSource, *, local_only: bool = False) -> Path:
     local_only = local_only or hf_offline()
     try:
         return _call(source, local_only=local_only)
-    except Exception as err:  # noqa: BLE001 - every hub failure becomes one user-facing line
+    except Exception as err:
         known = _translate(err, source, local_only)
         if known is not None:
             raise known from err
@@ -54,7 +54,7 @@ def fetch(source: HFSource, *, local_only: bool = False) -> Path:
         # An unexpected transport failure: the cache may still hold the files.
         try:
             return _call(source, local_only=True)
-        except Exception:  # noqa: BLE001
+        except Exception:
             raise DownloadError(f"could not download {source.repo_id}: {type(err).__name__}: {err}",
                                 "check the network, or set HF_HUB_OFFLINE=1 to use cached files") from err
 

@@ -122,7 +122,7 @@ def _sentencepiece(
         else tok.encode("utf-8")
         if typ in (CONTROL, UNKNOWN)
         else tok.replace(SPIECE_SPACE, " ").encode("utf-8")
-        for tok, typ in zip(tokens, types)
+        for tok, typ in zip(tokens, types, strict=True)
     ]
     return backend, table
 
@@ -150,11 +150,11 @@ def _add_vocab_tokens(backend: Backend, tokens: list[str], types: list[int]) -> 
     user-defined ones are always matched whole, as llama.cpp does."""
     control = [
         AddedToken(t, special=True, normalized=False)
-        for t, k in zip(tokens, types)
+        for t, k in zip(tokens, types, strict=True)
         if k in (CONTROL, UNKNOWN)
     ]
     user = [
-        AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == USER_DEFINED
+        AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types, strict=True) if k == USER_DEFINED
     ]
     if control:
         backend.add_special_tokens(control)
@@ -165,7 +165,7 @@ def _add_vocab_tokens(backend: Backend, tokens: list[str], types: list[int]) -> 
 def _new_backend(build: Any) -> Backend:
     try:
         return Backend(build())
-    except Exception as exc:  # noqa: BLE001 - the Rust side raises plain Exception on a bad vocabulary
+    except Exception as exc:
         raise CheckpointError(
             f"the GGUF tokenizer vocabulary is inconsistent: {str(exc)[:200]}",
             hint="the GGUF file looks corrupt",

@@ -67,7 +67,7 @@ class HFTokenizer(Tokenizer):
         spec = _read_json(path)
         try:
             backend = Backend.from_file(str(path))
-        except Exception as exc:  # noqa: BLE001 - the Rust parser raises plain Exception
+        except Exception as exc:
             raise CheckpointError(
                 f"{path} is not a valid tokenizer: {str(exc)[:200]}",
                 hint="download tokenizer.json again, or upgrade the tokenizers package",

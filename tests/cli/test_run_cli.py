@@ -6,14 +6,12 @@ import json
 import os
 import pty
 import re
-import shutil
 import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from tiny_checkpoints import TinySpec, add_byte_tokenizer, make_weights, write_gguf, write_hf
 

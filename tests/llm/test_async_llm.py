@@ -48,7 +48,7 @@ def test_concurrent_streams_equal_sequential(tiny, served):
         return await asyncio.gather(*(collect(served, p) for p in PROMPTS))
 
     results = asyncio.run(main())
-    for (text, ids, last), exp in zip(results, expected):
+    for (text, ids, last), exp in zip(results, expected, strict=True):
         assert ids == exp.token_ids and text == exp.text
         assert last.finished and last.finish_reason == "length"
         assert last.stats.generated_tokens == 10 and last.stats.prompt_tokens > 0

@@ -37,3 +37,14 @@ def test_a_failing_message_does_not_stop_the_hub():
     hub.call(lambda: 1 / 0)
     assert hub.run_sync(lambda: "alive") == "alive"
     hub.stop()
+
+
+def test_after_run_forever_returns_a_background_driver_takes_over_again():
+    hub = EngineHub()
+    runner = threading.Thread(target=hub.run_forever, name="owner")
+    runner.start()
+    assert hub.run_sync(lambda: threading.current_thread().name) == "owner"
+    hub.stop()
+    runner.join(timeout=5)
+    assert hub.run_sync(lambda: threading.current_thread().name) == "llamarun-engines"
+    hub.stop()

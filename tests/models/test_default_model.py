@@ -1,4 +1,4 @@
-"""The real default model (SmolLM2-135M GGUF Q4_1): our logits and greedy tokens equal Transformers' on the same file."""
+"""The real default model (SmolLM2-135M GGUF Q4_1): logits and greedy tokens equal Transformers on the same file."""
 
 from __future__ import annotations
 

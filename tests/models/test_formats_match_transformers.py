@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_checkpoints import TinySpec, make_weights, write_gguf, write_hf, write_hf_sharded, write_meta, write_mlx
+from tiny_checkpoints import (
+    TinySpec,
+    make_weights,
+    write_gguf,
+    write_hf,
+    write_hf_sharded,
+    write_meta,
+    write_mlx,
+)
 
 from llamarun.cache.contiguous import ContiguousKVCache
 from llamarun.engine.forward import forward_tokens
@@ -50,7 +58,7 @@ def _reference(hf_path) -> torch.Tensor:
 
 @pytest.mark.parametrize("fmt", ["hf", "hf-sharded", "gguf", "mlx", "meta"])
 def test_logits_match_transformers(written, fmt):
-    spec, paths = written
+    _, paths = written
     expected = _reference(paths["hf"])
     got = _ours(paths[fmt], fmt.split("-")[0])
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

@@ -7,10 +7,10 @@ import torch
 from tiny_checkpoints import TinySpec, make_weights, write_hf
 from torch import nn
 
-from llamarun.llm.loading import choose_weights, weight_bytes
 from llamarun.cache.contiguous import ContiguousKVCache
 from llamarun.engine.forward import forward_tokens
 from llamarun.errors import LlamarunError
+from llamarun.llm.loading import choose_weights, weight_bytes
 from llamarun.loaders.registry import open_checkpoint
 from llamarun.models.build import build_model
 from llamarun.quant.int8_cpu import Int8WeightOnlyLinear, pack_int8

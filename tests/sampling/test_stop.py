@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -94,7 +96,7 @@ def test_empty_stop_string_rejected() -> None:
 )
 def test_any_split_gives_the_reference_answer(text: str, stops: list[str], cuts: list[int]) -> None:
     bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
-    pieces = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    pieces = [text[a:b] for a, b in itertools.pairwise(bounds)]
     emitted, hit, outputs = _run(stops, pieces)
     assert (emitted, hit) == _reference(stops, text)
     # Nothing is held back longer than needed: after each push, the text not yet emitted could

@@ -97,7 +97,7 @@ def test_missing_and_unknown_inputs_fail_clearly(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedError, match="not a model folder"):
         detect_format(tmp_path)
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(UnsupportedError, match="no .safetensors"):
+    with pytest.raises(UnsupportedError, match=r"no \.safetensors"):
         detect_format(tmp_path)
     (tmp_path / "empty").write_bytes(b"")
     with pytest.raises(CheckpointError):

