@@ -36,6 +36,8 @@ from llamarun.store.home import ModelStore  # noqa: E402
 from llamarun.store.resolve import resolve_model  # noqa: E402
 
 KEY = "chat-page-secret"
+# Replies stream from a real engine on a shared 2-core machine: give assertions time (Playwright's default is 5 s).
+expect.set_options(timeout=30_000)
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 STATS = re.compile(r"(\d+) tokens · ([\d.]+) tokens/s")
