@@ -85,3 +85,15 @@ def test_auto_mode_packs_quantized_files_on_cpu_only(tmp_path, default_gguf):
         choose_weights("int4", gguf, "cpu")
     config = gguf.config
     assert weight_bytes(config, "int8", 4) < weight_bytes(config, "exact", 4) / 2
+
+
+def test_prefill_path_agrees_with_the_int8_kernel():
+    """Long inputs take the bf16-GEMM path on CPUs with bf16 units; both paths compute the same product."""
+    from llamarun.quant import int8_cpu
+
+    torch.manual_seed(1)
+    layer = Int8WeightOnlyLinear(torch.randn(96, 128))
+    x = torch.randn(int8_cpu.PREFILL_ROWS + 8, 128)
+    long = layer(x)  # [72, 96], one call: the prefill path where available
+    rows = torch.cat([layer(x[i:i + 8]) for i in range(0, x.shape[0], 8)])  # short calls: the int8 kernel
+    assert (long - rows).norm() / rows.norm() < 0.01
