@@ -36,8 +36,10 @@ from llamarun.store.home import ModelStore  # noqa: E402
 from llamarun.store.resolve import resolve_model  # noqa: E402
 
 KEY = "chat-page-secret"
+CONTEXT = 32768
+REPLY_TOKENS = 400  # several animation frames of streaming even on a fast, idle machine
 # Replies stream from a real engine on a shared 2-core machine: give assertions time (Playwright's default is 5 s).
-expect.set_options(timeout=30_000)
+expect.set_options(timeout=60_000)
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 STATS = re.compile(r"(\d+) tokens · ([\d.]+) tokens/s")
@@ -57,11 +59,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
     import uvicorn
 
     root = tmp_path_factory.mktemp("chat-page")
-    spec = TinySpec(max_position_embeddings=4096)  # a reply with no limit runs ~4000 tokens: time to stop it
+    # A reply with no limit runs until the 32k context is full: several seconds even on a fast, idle machine,
+    # which leaves time to press Stop.
+    spec = TinySpec(max_position_embeddings=CONTEXT)
     model = add_byte_tokenizer(write_hf(spec, make_weights(spec)[0], root / "tiny"))
     store = ModelStore(root / "home")  # empty: the page lists the loaded model only
     resolve = lambda name: resolve_model(name, pull=False, store=store).name  # noqa: E731
-    manager = ModelManager(default_loader(), resolve=resolve)
+    manager = ModelManager(default_loader(), resolve=resolve, context_length=CONTEXT)
     app = create_app(manager, api_key=KEY, store=store, preload=str(model))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -161,7 +165,7 @@ def test_reply_streams_in_shows_tokens_per_second_and_keeps_the_conversation(
     bodies = chat_bodies(page)
     page.fill("#system", "You are terse.")
     page.fill("#temperature", "0")
-    page.fill("#max-tokens", "150")
+    page.fill("#max-tokens", str(REPLY_TOKENS))
     page.evaluate(WATCH_REPLY)
     page.fill("#input", "Hello there")
     page.press("#input", "Enter")
@@ -174,15 +178,15 @@ def test_reply_streams_in_shows_tokens_per_second_and_keeps_the_conversation(
     lengths = page.evaluate("window.replyLengths")
     grown = sorted(set(lengths))
     assert lengths == sorted(lengths) and len(grown) >= 3, lengths  # it arrived in pieces, and only grew
-    assert grown[-1] == len(reply) > 0
+    assert grown[-1] == len(reply.encode("utf-16-le")) // 2 > 0  # JS lengths count UTF-16 units
     # The page put the SSE deltas together right: greedy decoding gives the same text without streaming.
     messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello there"}]
     assert bodies[0]["messages"] == messages and bodies[0]["stream"] is True
     assert bodies[0]["stream_options"] == {"include_usage": True}
     whole = post_json(base, "/v1/chat/completions",
-                      {"model": model, "messages": messages, "temperature": 0, "max_tokens": 150})
+                      {"model": model, "messages": messages, "temperature": 0, "max_tokens": REPLY_TOKENS})
     assert whole["choices"][0]["message"]["content"] == reply
-    assert int(count) == whole["usage"]["completion_tokens"] == 150  # the page shows the server's usage
+    assert int(count) == whole["usage"]["completion_tokens"] == REPLY_TOKENS  # the page shows the server's usage
 
     page.fill("#input", "And again")
     page.click("#send")
@@ -203,7 +207,7 @@ def test_stop_aborts_the_request_and_new_chat_starts_over(page: Page, server: tu
     page.click("#send")
     text = page.locator("#log .msg.assistant .text")
     expect(text).not_to_have_text("")
-    page.click("#stop")
+    page.click("#stop")  # a real click: the page must stay responsive while a fast reply streams in
     expect(page.locator("#log .msg.assistant .stats")).to_contain_text("stopped")
     expect(page.locator("#send")).to_be_visible()
     stopped_at = len(text.text_content() or "")
@@ -227,11 +231,11 @@ def test_an_error_answer_shows_its_message_and_gives_the_text_back(
         page: Page, server: tuple[str, str]) -> None:
     base, model = server
     open_with_key(page, base, model)
-    page.fill("#max-tokens", "100000")  # more than the 4096-token context: OpenAI's 400
+    page.fill("#max-tokens", "100000")  # more than the 32768-token context: OpenAI's 400
     page.fill("#input", "Too long please")
     page.click("#send")
     error = page.locator("#error")
-    expect(error).to_contain_text("Error 400: this model's context holds 4096 tokens")
+    expect(error).to_contain_text(f"Error 400: this model's context holds {CONTEXT} tokens")
     expect(page.locator("#log .msg")).to_have_count(0)
     assert page.input_value("#input") == "Too long please"  # ready to retry
     page.fill("#max-tokens", "3")
