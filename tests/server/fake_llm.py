@@ -18,54 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from llamarun.config import ModelConfig
+from llamarun.engine.llm_engine import EngineMetrics
+from llamarun.engine.stats import RequestStats
 from llamarun.errors import DoesNotFitError, LlamarunError
+from llamarun.llm.text_stream import StreamChunk, TokenLogprob
 from llamarun.sampling.params import SamplingParams
 from llamarun.text.tokenizer import Tokenizer
 
 DEFAULT_REPLY = "Hello! Café au lait, s'il vous plaît."
 BOS, EOS = 256, 257
-
-
-@dataclass
-class RequestStats:
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    generated_tokens: int = 0
-    prompt_seconds: float = 0.0
-    decode_seconds: float = 0.0
-    first_token_seconds: float | None = None
-    queue_seconds: float = 0.0
-
-
-@dataclass
-class TokenLogprob:
-    token_id: int
-    text: str
-    logprob: float
-    top: list[tuple[int, str, float]]
-
-
-@dataclass
-class StreamChunk:
-    text: str
-    token_ids: list[int]
-    logprobs: list[TokenLogprob]
-    finished: bool
-    finish_reason: str | None
-    stats: RequestStats | None
-
-
-@dataclass
-class EngineMetrics:
-    running: int
-    waiting: int
-    kv_blocks_total: int
-    kv_blocks_used: int
-    prefix_queries: int
-    prefix_hits: int
-    requests_finished: int
-    generated_tokens: int
-    preemptions: int = 0
 
 
 class ByteTokenizer(Tokenizer):
@@ -231,7 +192,8 @@ class FakeAsyncLLM:
         return EngineMetrics(running=self.running, waiting=0, kv_blocks_total=64,
                              kv_blocks_used=2 * self.running,
                              prefix_queries=self._queries, prefix_hits=self._hits,
-                             requests_finished=self._finished, generated_tokens=self._generated)
+                             requests_finished=self._finished, generated_tokens=self._generated,
+                             preemptions=0)
 
     def shutdown(self) -> None:
         self.shut_down = True
