@@ -204,3 +204,31 @@ def test_cuda_on_a_machine_without_it(home: Path) -> None:
         pytest.skip("this machine has CUDA")
     assert_clean_error(llamarun(home, "run", "smollm2:135m", "hi", "--device", "cuda"), "CUDA")
     assert_clean_error(llamarun(home, "run", "smollm2:135m", "hi", "--device", "tpu"), "tpu")
+
+
+def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(home: Path) -> None:
+    """Ctrl-C during a long answer drops that turn; the next question gets its own answer at once."""
+    import signal
+
+    env = os.environ | {"LLAMARUN_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "llamarun.cli.main", "run", "smollm2:135m", "--temperature", "0",
+                             "--num-predict", "2000"], stdin=slave, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, text=True)
+    os.close(slave)
+    try:
+        os.write(master, b"Write a very long essay about the history of Rome.\n")
+        time.sleep(8)  # loading, then well into a 2000-token answer
+        proc.send_signal(signal.SIGINT)
+        os.write(master, b"Now write a long poem about the sea.\n")
+        time.sleep(4)
+        proc.send_signal(signal.SIGINT)
+        os.write(master, b"/bye\n")
+        out, err = proc.communicate(timeout=120)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    answers = out.split(">>> ")
+    assert len(answers) >= 4, out  # a prompt after each interrupted answer, then /bye
+    assert answers[1].strip() and answers[2].strip(), out  # both questions got (cut) answers
