@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -73,29 +72,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def live_server(app: Any, timeout: float = 60.0) -> Iterator[str]:
+def live_server(app: Any, timeout: float = 60.0) -> AbstractContextManager[str]:
     """Run `app` under uvicorn on a free loopback port in a thread; yield its base URL."""
-    import uvicorn
+    from llamarun.bench.serving import serve_in_thread
 
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    return serve_in_thread(app, startup_timeout=timeout)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:

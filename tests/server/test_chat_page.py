@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ if not CHROMIUM.exists():
     pytest.skip("Debian's chromium is not installed (scripts/install_chromium.sh installs it)",
                 allow_module_level=True)
 
+from conftest import live_server  # noqa: E402
 from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
 from tiny_checkpoints import TinySpec, add_byte_tokenizer, make_weights, write_hf  # noqa: E402
 
@@ -56,8 +55,6 @@ WATCH_REPLY = """() => {
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """(base URL, model id): the real app with an API key, the tiny model preloaded, on a free port."""
-    import uvicorn
-
     root = tmp_path_factory.mktemp("chat-page")
     # A reply with no limit runs until the 32k context is full: several seconds even on a fast, idle machine,
     # which leaves time to press Stop.
@@ -67,21 +64,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
     resolve = lambda name: resolve_model(name, pull=False, store=store).name  # noqa: E731
     manager = ModelManager(default_loader(), resolve=resolve, context_length=CONTEXT)
     app = create_app(manager, api_key=KEY, store=store, preload=str(model))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", str(model)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with live_server(app, timeout=120) as base:
+        yield base, str(model)
 
 
 @pytest.fixture(scope="module")
