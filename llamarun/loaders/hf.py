@@ -33,11 +33,8 @@ def open_hf(folder: Path) -> Checkpoint:
                 for name in header:
                     yield name, f.get_tensor(name).to(dtype)
 
-    gen = hf_folder.generation_config(folder)
     return Checkpoint(
         format="hf", path=folder, config=config, tensor_names=names, tensors=tensors,
-        make_tokenizer=lambda: hf_folder.load_folder_tokenizer(folder),
-        chat_template=hf_folder.chat_template(folder), generation_defaults=gen,
-        extra_stop_ids=tuple(hf_folder.generation_stop_ids(gen)),
+        **hf_folder.text_side(folder),
         quantization=str(cfg.get("torch_dtype") or cfg.get("dtype") or "unknown"),
     )

@@ -74,6 +74,17 @@ def generation_config(folder: Path) -> dict[str, Any]:
     return read_json(path) if path.exists() else {}
 
 
+def text_side(folder: Path) -> dict[str, Any]:
+    """The Checkpoint fields an HF-style folder (HF or MLX) fills from its non-weight files."""
+    gen = generation_config(folder)
+    return {
+        "make_tokenizer": lambda: load_folder_tokenizer(folder),
+        "chat_template": chat_template(folder),
+        "generation_defaults": gen,
+        "extra_stop_ids": tuple(generation_stop_ids(gen)),
+    }
+
+
 def generation_stop_ids(gen: dict[str, Any]) -> list[int]:
     eos = gen.get("eos_token_id")
     if isinstance(eos, list):

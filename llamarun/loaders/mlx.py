@@ -85,11 +85,8 @@ def open_mlx(folder: Path) -> Checkpoint:
             yield name, dequantize_mlx(get(name), get(f"{module}.scales"), get(f"{module}.biases"),
                                        bits, group, dtype)
 
-    gen = hf_folder.generation_config(folder)
     return Checkpoint(
         format="mlx", path=folder, config=config, tensor_names=names, tensors=tensors,
-        make_tokenizer=lambda: hf_folder.load_folder_tokenizer(folder),
-        chat_template=hf_folder.chat_template(folder), generation_defaults=gen,
-        extra_stop_ids=tuple(hf_folder.generation_stop_ids(gen)),
+        **hf_folder.text_side(folder),
         quantization=f"MLX {quant['bits']}-bit, group {quant.get('group_size', 64)}", is_quantized=True,
     )
