@@ -5,11 +5,15 @@
     print(llm.chat([{"role": "user", "content": "Name three rivers."}]).text)
 
 `LLM` answers one request at a time (the CLI uses it); `AsyncLLM` serves many at once on the
-batched engine (the server uses it). Both run the same engine, model and sampler.
+batched engine (the server uses it). Both go through the same chat service, engine, model and sampler.
 """
 
-from llamarun.llm.async_llm import AsyncLLM, StreamChunk, TokenLogprob
-from llamarun.llm.sync import LLM, Completion, TextIterator
+from llamarun.chat.messages import Message, ToolCall
+from llamarun.llm.async_llm import AsyncLLM
+from llamarun.llm.chat_service import ChatRequest, ChatService
+from llamarun.llm.sync import LLM, TextIterator
+from llamarun.llm.text_stream import Completion, StreamChunk, TokenLogprob
 from llamarun.sampling.params import SamplingParams
 
-__all__ = ["LLM", "AsyncLLM", "Completion", "SamplingParams", "StreamChunk", "TextIterator", "TokenLogprob"]
+__all__ = ["LLM", "AsyncLLM", "ChatRequest", "ChatService", "Completion", "Message", "SamplingParams", "StreamChunk",
+           "TextIterator", "TokenLogprob", "ToolCall"]

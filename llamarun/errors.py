@@ -44,3 +44,14 @@ class DoesNotFitError(LlamarunError):
 
 class DownloadError(LlamarunError):
     """A download failed, was refused (gated repo), or did not verify."""
+
+
+class RequestError(LlamarunError):
+    """A request that cannot run as asked. `param` names the request field at fault (OpenAI's names, which
+    the OpenAI API reports), `code` is a machine-readable reason such as "context_length_exceeded"."""
+
+    def __init__(self, message: str, hint: str | None = None, *, param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.param = param
+        self.code = code

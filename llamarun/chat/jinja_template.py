@@ -100,7 +100,8 @@ class JinjaChatTemplate(ChatTemplate):
     """Renders a chat with a model's Jinja template, exactly as Transformers' `apply_chat_template` would.
 
     `special_tokens` adds more template variables (e.g. {"pad_token": "<pad>"}), like the special-token map
-    Transformers passes. The tool-result role reaches the template as "tool", the name HF templates use.
+    Transformers passes. Messages reach the template as HF templates expect them (role, content, name,
+    tool_calls, tool_call_id).
     """
 
     def __init__(
@@ -140,7 +141,7 @@ class JinjaChatTemplate(ChatTemplate):
         tools: list[dict] | None = None,
     ) -> str:
         """The prompt text the template writes for `messages`."""
-        chat = [_template_message(m) for m in parse_messages(messages)]
+        chat = [template_message(m) for m in parse_messages(messages)]
         if tools is not None:
             if not self.supports_tools:
                 raise LlamarunError(
@@ -193,11 +194,14 @@ class JinjaChatTemplate(ChatTemplate):
         return ids
 
 
-def _template_message(message: Message) -> dict[str, Any]:
+def template_message(message: Message) -> dict[str, Any]:
+    """A message as HF-style templates see it (role, content, name, tool_calls, tool_call_id)."""
     out: dict[str, Any] = {
-        "role": "tool" if message.role == "ipython" else message.role,
+        "role": message.role,
         "content": message.content,
     }
+    if message.name is not None:
+        out["name"] = message.name
     if message.tool_calls:
         calls = []
         for call in message.tool_calls:

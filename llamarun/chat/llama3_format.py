@@ -143,7 +143,8 @@ def _header(role: str) -> list[Piece]:
 
 
 def _message_pieces(message: Message) -> list[Piece]:
-    out = _header(message.role)
+    # Meta's format calls the tool-result role "ipython"; everywhere else in llamarun it is "tool".
+    out = _header("ipython" if message.role == "tool" else message.role)
     calls = message.tool_calls
     # Meta tags a turn with <|python_tag|> only when its first call is the code interpreter.
     if calls and calls[0].name == _CODE_INTERPRETER:

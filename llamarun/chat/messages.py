@@ -16,15 +16,16 @@ from typing import Any, Literal
 from llamarun.errors import LlamarunError
 from llamarun.text.tokenizer import Tokenizer
 
-Role = Literal["system", "user", "assistant", "ipython"]
+Role = Literal["system", "user", "assistant", "tool"]
 
-# "tool" is the OpenAI/Hugging Face name of the role Meta calls "ipython"; both are accepted.
+# "ipython" is Meta's name for the tool-result role; it is accepted here, and only the Llama 3 formatter
+# (llama3_format.py) writes it, so the rest of llamarun knows one name.
 _ROLE_ALIASES: dict[str, Role] = {
     "system": "system",
     "user": "user",
     "assistant": "assistant",
-    "ipython": "ipython",
-    "tool": "ipython",
+    "tool": "tool",
+    "ipython": "tool",
 }
 
 
@@ -39,12 +40,13 @@ class ToolCall:
 
 @dataclass(frozen=True)
 class Message:
-    """One turn of a chat. `role` is canonical: the tool-result role is always "ipython"."""
+    """One turn of a chat. The tool-result role is always "tool"; `name` is the speaker's (or tool's) name."""
 
     role: Role
     content: str
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
+    name: str | None = None
 
 
 class ChatTemplate(ABC):
@@ -93,6 +95,7 @@ def _parse_one(index: int, message: Message | Mapping[str, Any]) -> Message:
             "content": message.content,
             "tool_calls": list(message.tool_calls),
             "tool_call_id": message.tool_call_id,
+            "name": message.name,
         }
     if not isinstance(message, Mapping):
         raise LlamarunError(
@@ -125,7 +128,10 @@ def _parse_one(index: int, message: Message | Mapping[str, Any]) -> Message:
         raise LlamarunError(
             f"{where} tool_call_id must be a string", hint="copy the id of the tool call it answers"
         )
-    return Message(role=role, content=content, tool_calls=tool_calls, tool_call_id=tool_call_id)
+    name = message.get("name")
+    if name is not None and not isinstance(name, str):
+        raise LlamarunError(f"{where} name must be a string", hint="give the speaker's or tool's name as text")
+    return Message(role=role, content=content, tool_calls=tool_calls, tool_call_id=tool_call_id, name=name)
 
 
 def _parse_tool_calls(where: str, raw: Any) -> tuple[ToolCall, ...]:

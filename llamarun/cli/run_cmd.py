@@ -69,19 +69,28 @@ def run(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else None
     llm = LLM(args.model, context_length=args.ctx, device=args.device, dtype=dtype, weights=args.weights,
               progress=sys.stderr.isatty())
-    prompt = " ".join(args.prompt)
-    if not prompt and not sys.stdin.isatty():
-        prompt = sys.stdin.read().strip()
-    if prompt:
-        stream = _one_shot(llm, prompt, args, params)
-        if args.verbose:
-            print_stats(stream.stats, llm.device, llm.load_seconds)
-        return 0
-    return _interactive(llm, args, params)
+    try:
+        prompt = " ".join(args.prompt)
+        if not prompt and not sys.stdin.isatty():
+            prompt = sys.stdin.read().strip()
+        if prompt:
+            stream = _one_shot(llm, prompt, args, params)
+            if args.verbose:
+                print_stats(stream.stats, llm.device, llm.load_seconds)
+            return 0
+        return _interactive(llm, args, params)
+    finally:
+        llm.close()
 
 
-def _messages(system: str | None, turns: list[dict[str, str]]) -> list[dict[str, str]]:
-    return ([{"role": "system", "content": system}] if system else []) + turns
+def _request(llm, args: argparse.Namespace, params, system: str | None, turns: list):
+    """The chat service's request for this turn (a raw prompt with --raw)."""
+    from llamarun.chat.messages import Message
+    from llamarun.llm.chat_service import ChatRequest
+
+    if args.raw:
+        return ChatRequest(llm.name, prompts=[turns[-1].content], params=params)
+    return ChatRequest(llm.name, messages=([Message("system", system)] if system else []) + turns, params=params)
 
 
 def _emit(stream) -> None:
@@ -93,15 +102,15 @@ def _emit(stream) -> None:
 
 
 def _one_shot(llm, prompt: str, args: argparse.Namespace, params):
-    if args.raw:
-        stream = llm.stream_ids(llm.prompt_ids(prompt), params)
-    else:
-        stream = llm.stream_chat(_messages(args.system, [{"role": "user", "content": prompt}]), params)
+    from llamarun.chat.messages import Message
+
+    stream = llm.stream(_request(llm, args, params, args.system, [Message("user", prompt)]))
     _emit(stream)
     return stream
 
 
 def _interactive(llm, args: argparse.Namespace, params) -> int:
+    from llamarun.chat.messages import Message
     from llamarun.cli.verbose import print_stats
 
     system, turns, load = args.system, [], llm.load_seconds
@@ -132,8 +141,8 @@ def _interactive(llm, args: argparse.Namespace, params) -> int:
         if text.startswith("/"):
             print(f"Unknown command '{text.split()[0]}'. Type /? for help.")
             continue
-        turns.append({"role": "user", "content": line})
-        stream = llm.stream_chat(_messages(system, turns), params)
+        turns.append(Message("user", line))
+        stream = llm.stream(_request(llm, args, params, system, turns))
         try:
             _emit(stream)
         except KeyboardInterrupt:
@@ -141,7 +150,7 @@ def _interactive(llm, args: argparse.Namespace, params) -> int:
             print()
             turns.pop()
             continue
-        turns.append({"role": "assistant", "content": stream.text})
+        turns.append(Message("assistant", stream.text))
         if args.verbose:
             # Like Ollama, the load is reported once, with the request that paid for it.
             print_stats(stream.stats, llm.device, load)

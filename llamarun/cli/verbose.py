@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import resource
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llamarun.engine.stats import RequestStats
 
 
 def format_duration(seconds: float) -> str:
@@ -24,23 +27,22 @@ def peak_memory_bytes(device: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def stats_lines(stats: Any, load_seconds: float, total_seconds: float, peak_bytes: int) -> list[str]:
-    prompt_eval = stats.prompt_tokens - stats.cached_tokens
+def stats_lines(stats: RequestStats, load_seconds: float, total_seconds: float, peak_bytes: int) -> list[str]:
     rows = [
         ("total duration", format_duration(total_seconds)),
         ("load duration", format_duration(load_seconds)),
-        ("prompt eval count", f"{prompt_eval} token(s)"),
+        ("prompt eval count", f"{stats.computed_prompt_tokens} token(s)"),
         ("prompt eval duration", format_duration(stats.prompt_seconds)),
-        ("prompt eval rate", f"{prompt_eval / max(stats.prompt_seconds, 1e-9):.2f} tokens/s"),
+        ("prompt eval rate", f"{stats.prompt_tokens_per_second:.2f} tokens/s"),
         ("eval count", f"{stats.generated_tokens} token(s)"),
         ("eval duration", format_duration(stats.decode_seconds)),
-        ("eval rate", f"{stats.generated_tokens / max(stats.decode_seconds, 1e-9):.2f} tokens/s"),
+        ("eval rate", f"{stats.decode_tokens_per_second:.2f} tokens/s"),
         ("peak memory", f"{peak_bytes / 2**20:.0f} MiB"),
     ]
     return [f"{name + ':':<22}{value}" for name, value in rows]
 
 
-def print_stats(stats: Any, device: str, load_seconds: float) -> None:
+def print_stats(stats: RequestStats, device: str, load_seconds: float) -> None:
     """Print the statistics to stderr; `load_seconds` is 0 for requests that did not pay for the load."""
     load = load_seconds
     total = load + stats.prompt_seconds + stats.decode_seconds

@@ -1,4 +1,4 @@
-"""Per-request timings, in the terms Ollama and the OpenAI usage block report."""
+"""Per-request timings, in the terms Ollama and the OpenAI usage block report, derived here once."""
 
 from __future__ import annotations
 
@@ -17,3 +17,16 @@ class RequestStats:
     decode_seconds: float = 0.0  # first token -> finish
     first_token_seconds: float = 0.0  # arrival -> first token (time to first token)
     done_reason: str = ""
+
+    @property
+    def computed_prompt_tokens(self) -> int:
+        """Prompt tokens the model ran (the cached ones were looked up, not computed)."""
+        return self.prompt_tokens - self.cached_tokens
+
+    @property
+    def prompt_tokens_per_second(self) -> float:
+        return self.computed_prompt_tokens / max(self.prompt_seconds, 1e-9)
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        return self.generated_tokens / max(self.decode_seconds, 1e-9)

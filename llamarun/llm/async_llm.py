@@ -1,9 +1,9 @@
-"""`AsyncLLM`: a model on the batched engine, one async stream per request.
+"""`AsyncLLM`: one loaded model on the batched engine, one async token stream per request (a ServedModel).
 
 The engine is single-threaded; only the hub's driving thread touches it (engine_hub.py). Requests and
 aborts reach it as calls queued on the hub, and its outputs go back to each request's asyncio queue
-on that request's event loop. Closing a stream (a client that disconnected) aborts the request and
-frees its KV blocks.
+on that request's event loop. Cancelling a stream (a stop string, a client that disconnected) aborts
+the request and frees its KV blocks.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from collections.abc import AsyncIterator
 import torch
 
 from llamarun.engine.llm_engine import EngineMetrics, EngineOutput
+from llamarun.engine.stats import RequestStats
 from llamarun.llm.engine_hub import EngineHub, default_hub
 from llamarun.llm.loading import load_model
-from llamarun.llm.text_stream import StreamChunk, TextStream, TokenLogprob  # noqa: F401 (re-exported)
+from llamarun.llm.text_stream import StreamChunk, text_chunks
 from llamarun.sampling.params import SamplingParams
+from llamarun.store.resolve import ResolvedModel
 
 log = logging.getLogger(__name__)
 
@@ -28,68 +30,54 @@ log = logging.getLogger(__name__)
 class AsyncLLM:
     """A loaded model served by the batched engine; an EngineHub steps it (see engine_hub.py)."""
 
-    def __init__(self, model: str, *, context_length: int | None = None, device: str | None = None,
+    def __init__(self, model: str | ResolvedModel, *, context_length: int | None = None, device: str | None = None,
                  dtype: torch.dtype | None = None, weights: str = "auto", max_kv_tokens: int | None = None,
-                 hub: EngineHub | None = None) -> None:
-        self._hub = hub or default_hub()
+                 hub: EngineHub | None = None, progress: bool = False) -> None:
+        self.hub = hub or default_hub()
         # Loaded on the hub's thread: the one thread that runs this model's torch kernels (see engine_hub.py).
-        lm = self._hub.run_sync(lambda: load_model(model, context_length=context_length, device=device,
-                                                   dtype=dtype, weights=weights, kv_tokens=max_kv_tokens))
+        lm = self.hub.run_sync(lambda: load_model(model, context_length=context_length, device=device,
+                                                   dtype=dtype, weights=weights, kv_tokens=max_kv_tokens,
+                                                   progress=progress))
         self.loaded = lm
-        self.name, self.config, self.checkpoint, self.tokenizer = lm.name, lm.config, lm.checkpoint, lm.tokenizer
-        self.template, self.stop_ids, self.context_length = lm.template, lm.stop_ids, lm.context_length
+        self.name, self.config, self.tokenizer, self.template = lm.name, lm.config, lm.tokenizer, lm.template
+        self.format, self.quantization = lm.checkpoint.format, str(lm.checkpoint.quantization)
+        self.stop_ids, self.context_length, self.weights = lm.stop_ids, lm.context_length, lm.weights
         self.load_seconds, self.memory_bytes, self.device = lm.load_seconds, lm.memory_bytes, lm.device
         self.engine = lm.engine
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._ids = itertools.count()
-        self._hub.attach(self)
-
-    # ----- text side -----
-
-    def chat_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-        return self.loaded.chat_ids(messages, tools)
+        self.hub.attach(self)
 
     def prompt_ids(self, prompt: str) -> list[int]:
+        """A raw prompt, no template: bos is added when the tokenizer's convention says so."""
         return self.loaded.prompt_ids(prompt)
 
-    async def stream(self, prompt_ids: list[int], params: SamplingParams,
-                     request_id: str | None = None) -> AsyncIterator[StreamChunk]:
-        """Text chunks of one generation; errors for prompts that cannot run come before the first chunk."""
+    def tokens(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None
+               ) -> _TokenStream:
+        """Start a request; its engine outputs arrive on the returned stream (errors at the first step)."""
         request_id = request_id or f"req-{next(self._ids)}"
         outputs: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = (asyncio.get_running_loop(), outputs)
         ids = list(prompt_ids)
-        self._hub.call(lambda: self._add(request_id, ids, params))
-        text = TextStream(self.tokenizer, params)
-        finished = False
-        try:
-            while not finished:
-                item = await outputs.get()
-                if isinstance(item, BaseException):
-                    raise item
-                chunk = text.feed(item)
-                if text.stopped and not item.finished:
-                    # A stop string ended it: abort in the engine, and wait for the abort's stats.
-                    self._hub.call(lambda: self._abort(request_id))
-                    while not (item := await outputs.get()).finished:
-                        pass
-                    chunk.stats = item.stats
-                    if chunk.stats is not None:
-                        chunk.stats.done_reason = "stop"
-                finished = chunk.finished
-                yield chunk
-        finally:
-            if not finished:
-                self._hub.call(lambda: self._abort(request_id))
-            self._streams.pop(request_id, None)
+        self.hub.call(lambda: self._add(request_id, ids, params))
+        return _TokenStream(self, request_id, outputs)
+
+    def stream(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None
+               ) -> AsyncIterator[StreamChunk]:
+        """Text chunks of one generation (stop strings applied); closing it early aborts the request."""
+        return text_chunks(self.tokens(prompt_ids, params, request_id), self.tokenizer, params)
 
     def metrics(self) -> EngineMetrics:
         return self.engine.metrics()
 
     def shutdown(self) -> None:
         """Abort what is running and stop stepping this model."""
-        self._hub.call(lambda: self._fail_all(None))
-        self._hub.detach(self)
+        self.hub.call(lambda: self._fail_all(None))
+        self.hub.detach(self)
+
+    def barrier(self) -> None:
+        """Wait until every call queued on the hub so far (aborts included) has run."""
+        self.hub.run_sync(lambda: None)
 
     # ----- on the hub's thread -----
 
@@ -131,3 +119,48 @@ class AsyncLLM:
             return
         for out in outputs:
             self._post(out.request_id, out)
+
+
+class _TokenStream:
+    """One request's engine outputs, read from its asyncio queue (see llm/served.py's TokenStream).
+
+    A plain async iterator rather than an async generator: a generator dropped mid-loop is closed later
+    by the garbage collector, which would race with `cancel` for the request's outputs.
+    """
+
+    def __init__(self, llm: AsyncLLM, request_id: str, outputs: asyncio.Queue) -> None:
+        self._llm, self.request_id, self._outputs = llm, request_id, outputs
+        self._done = False
+        self._stats: RequestStats | None = None
+
+    def __aiter__(self) -> _TokenStream:
+        return self
+
+    async def __anext__(self) -> EngineOutput:
+        if self._done:
+            raise StopAsyncIteration
+        item = await self._outputs.get()
+        if isinstance(item, BaseException):
+            self._end(None)
+            raise item
+        if item.finished:
+            self._end(item.stats)
+        return item
+
+    async def cancel(self) -> RequestStats | None:
+        if self._done:
+            return self._stats
+        self._llm.hub.call(lambda: self._llm._abort(self.request_id))
+        item: EngineOutput | BaseException | None = None
+        try:
+            while True:  # the abort's own output carries the stats; token outputs before it are dropped
+                item = await self._outputs.get()
+                if isinstance(item, BaseException) or item.finished:
+                    break
+        finally:  # cancelled while waiting: the abort is queued all the same
+            self._end(item.stats if isinstance(item, EngineOutput) else None)
+        return self._stats
+
+    def _end(self, stats: RequestStats | None) -> None:
+        self._done, self._stats = True, stats
+        self._llm._streams.pop(self.request_id, None)

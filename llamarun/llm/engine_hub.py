@@ -13,6 +13,7 @@ event loop) the hub starts a background thread of its own on first use.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -55,7 +56,14 @@ class EngineHub:
                 done.set_exception(err)
 
         self.call(task)
-        return done.result()
+        try:
+            return done.result()
+        except KeyboardInterrupt:
+            # The work goes on (a load, say); leaving now could end the process while this hub's thread is
+            # inside torch kernels, which aborts it. Let the work finish, then pass the interrupt on.
+            with contextlib.suppress(BaseException):
+                done.result()
+            raise
 
     def attach(self, model: Any) -> None:
         self.call(lambda: self._models.append(model))
@@ -66,6 +74,15 @@ class EngineHub:
     def stop(self) -> None:
         """End `run_forever` (or the background thread) once pending work is handed over."""
         self._inbox.put((None,))
+
+    def close(self) -> None:
+        """Stop the background thread and wait for it: a thread left inside torch kernels at interpreter exit
+        takes the process down ("terminate called"). A later call starts a new one."""
+        with self._lock:
+            thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            self.stop()
+            thread.join()
 
     def run_forever(self) -> None:
         """Drive the engines on the calling thread (the main thread, in `llamarun serve`) until `stop()`."""

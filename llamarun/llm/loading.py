@@ -10,6 +10,7 @@ import torch
 
 from llamarun.engine.llm_engine import EngineConfig, LLMEngine
 from llamarun.errors import LlamarunError
+from llamarun.store.resolve import ResolvedModel, resolve_model
 
 DEFAULT_CONTEXT = 4096  # Ollama's default num_ctx
 WEIGHT_MODES = ("auto", "exact", "int8")
@@ -92,7 +93,7 @@ class LoadedModel:
         return self.tokenizer.encode(prompt, add_bos=self.tokenizer.add_bos, allow_special=True)
 
 
-def load_model(model: str, *, context_length: int | None = None, device: str | None = None,
+def load_model(model: str | ResolvedModel, *, context_length: int | None = None, device: str | None = None,
                dtype: torch.dtype | None = None, weights: str = "auto", kv_tokens: int | None = None,
                progress: bool = False) -> LoadedModel:
     """Resolve `model` (store name or path), check it fits, and build it with its engine.
@@ -103,12 +104,11 @@ def load_model(model: str, *, context_length: int | None = None, device: str | N
     from llamarun.loaders.registry import open_checkpoint
     from llamarun.models.build import build_model
     from llamarun.quant.int8_cpu import pack_int8
-    from llamarun.store.resolve import resolve_model
     from llamarun.utils.memory import plan_memory
     from llamarun.utils.progress import count_bar
 
     t0 = time.perf_counter()
-    resolved = resolve_model(model)
+    resolved = model if isinstance(model, ResolvedModel) else resolve_model(model)
     ckpt = open_checkpoint(resolved.path, resolved.format)
     config = ckpt.config
     device = check_device(device or default_device())

@@ -1,63 +1,100 @@
-"""`LLM`: the blocking Python API and the CLI's way in: `LLM("smollm2:135m").chat([...])`."""
+"""`LLM`: the blocking Python API and the CLI's way in: `LLM("smollm2:135m").chat([...])`.
+
+A thin facade: one `AsyncLLM` and the `ChatService`, driven from a private event loop, so a blocking
+call takes exactly the path a server request takes. Ctrl-C while a stream is being read cancels the
+request in the engine (asyncio.Runner turns SIGINT into a cancellation of the running step).
+"""
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator, Sequence
+import asyncio
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
+from llamarun.chat.messages import Message, parse_messages
 from llamarun.engine.stats import RequestStats
-from llamarun.llm.loading import load_model
-from llamarun.llm.text_stream import StreamChunk, TextStream
+from llamarun.llm.async_llm import AsyncLLM
+from llamarun.llm.chat_service import ChatRequest, ChatService, Reply
+from llamarun.llm.served import ServedModel
+from llamarun.llm.text_stream import Completion
 from llamarun.sampling.params import SamplingParams
 
-
-@dataclass
-class Completion:
-    """A finished generation: its text, token ids and statistics."""
-
-    text: str
-    token_ids: list[int]
-    stats: RequestStats
-    finish_reason: str | None
+T = TypeVar("T")
 
 
-@dataclass
+@dataclass(eq=False)
+class _Held:
+    """The one model an LLM holds, as a lease of the ModelSource protocol."""
+
+    served: ServedModel
+    load_seconds: float = 0.0
+
+
+class SingleModel:
+    """A ModelSource that always lends the same loaded model, whatever name is asked for."""
+
+    def __init__(self, model: ServedModel) -> None:
+        self.lease = _Held(model)
+
+    async def acquire(self, name: str, *, num_ctx: int | None = None, keep_alive: float | None = None) -> _Held:
+        return self.lease
+
+    def release(self, lease: Any) -> None:
+        pass
+
+
+@dataclass(eq=False)
 class TextIterator:
     """Iterate for text pieces as they are generated; `text`, `token_ids`, `stats` fill in as it goes."""
 
-    chunks: Iterator[StreamChunk]
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)
-    stats: RequestStats = field(default_factory=RequestStats)
-    finish_reason: str | None = None
+    llm: LLM
+    reply: Reply
+    completion: Completion = field(default_factory=Completion)
+
+    @property
+    def text(self) -> str:
+        return self.completion.text
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.completion.token_ids
+
+    @property
+    def stats(self) -> RequestStats:
+        return self.completion.stats
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.completion.finish_reason
 
     def __iter__(self) -> Iterator[str]:
-        for chunk in self.chunks:
-            self.text += chunk.text
-            self.token_ids += chunk.token_ids
-            if chunk.finished:
-                self.stats, self.finish_reason = chunk.stats or self.stats, chunk.finish_reason
-            if chunk.text:
-                yield chunk.text
+        chunks = self.reply.chunks()
+        try:
+            while (item := self.llm._run(anext(chunks, None))) is not None:
+                _, chunk = item
+                self.completion.add(chunk)
+                if chunk.text:
+                    yield chunk.text
+        finally:
+            self.close()
 
     def close(self) -> None:
         """Stop generating now (e.g. on Ctrl-C): the engine request is aborted and its blocks freed."""
-        close = getattr(self.chunks, "close", None)
-        if close is not None:
-            close()
+        if not self.reply.closed:
+            self.llm._run(self.reply.close())
+            self.llm.served.barrier()  # the abort has reached the engine when this returns
 
     def result(self) -> Completion:
         for _ in self:
             pass
-        return Completion(self.text, self.token_ids, self.stats, self.finish_reason)
+        return self.completion
 
 
 class LLM:
-    """A loaded model answering one request at a time (the server uses AsyncLLM for many).
+    """A loaded model answering one request at a time (the server uses AsyncLLM and many at once).
 
     model: a store name (`smollm2:135m`, `llama3.1:8b`) or a local path to any supported checkpoint.
     """
@@ -66,49 +103,49 @@ class LLM:
                  dtype: torch.dtype | None = None, weights: str = "auto", progress: bool = False) -> None:
         # One conversation at a time: a KV cache of one context is enough, and the prefix cache
         # keeps the previous turns of a chat so the next turn only prefills what is new.
-        self.loaded = load_model(model, context_length=context_length, device=device, dtype=dtype,
-                                 weights=weights, kv_tokens=context_length, progress=progress)
-        lm = self.loaded
-        self.name, self.config, self.tokenizer, self.template = lm.name, lm.config, lm.tokenizer, lm.template
-        self.stop_ids, self.device, self.weights = lm.stop_ids, lm.device, lm.weights
-        self.context_length, self.load_seconds = lm.context_length, lm.load_seconds
-        self.engine = lm.engine
-        self._ids = itertools.count()
+        self.served = AsyncLLM(model, context_length=context_length, device=device, dtype=dtype, weights=weights,
+                               max_kv_tokens=context_length, progress=progress)
+        s = self.served
+        self.name, self.config, self.tokenizer, self.template = s.name, s.config, s.tokenizer, s.template
+        self.stop_ids, self.device, self.weights = s.stop_ids, s.device, s.weights
+        self.context_length, self.load_seconds, self.engine = s.context_length, s.load_seconds, s.engine
+        self.service = ChatService(SingleModel(s))
+        self._runner = asyncio.Runner()
 
-    def chat_ids(self, messages: Sequence[dict[str, Any]], tools: list[dict] | None = None) -> list[int]:
-        return self.loaded.chat_ids(list(messages), tools)
+    def _run(self, step: Awaitable[T]) -> T:
+        async def wrapped() -> T:
+            return await step
+
+        return self._runner.run(wrapped())
+
+    def chat_ids(self, messages: Sequence[Message | dict[str, Any]], tools: list[dict] | None = None) -> list[int]:
+        """Prompt ids of a chat, through the model's template, ending with the assistant's turn opened."""
+        return self.template.encode(parse_messages(messages), self.tokenizer, tools=tools)
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        return self.loaded.prompt_ids(prompt)
+        return self.served.prompt_ids(prompt)
+
+    def stream(self, request: ChatRequest) -> TextIterator:
+        """Start `request` (errors raise here, before any text) and iterate over its text."""
+        return TextIterator(self, self._run(self.service.start(request)))
 
     def stream_ids(self, prompt_ids: list[int], params: SamplingParams | None = None) -> TextIterator:
-        params = params or SamplingParams()
-        request_id = f"sync-{next(self._ids)}"
-        self.engine.add_request(prompt_ids, params, self.stop_ids, request_id)  # raises before any work
-        return TextIterator(self._chunks(request_id, params))
+        return self.stream(ChatRequest(self.name, prompts=[list(prompt_ids)], params=params or SamplingParams()))
 
-    def stream_chat(self, messages: Sequence[dict[str, Any]], params: SamplingParams | None = None) -> TextIterator:
-        return self.stream_ids(self.chat_ids(messages), params)
+    def stream_chat(self, messages: Sequence[Message | dict[str, Any]], params: SamplingParams | None = None,
+                    tools: list[dict] | None = None) -> TextIterator:
+        return self.stream(ChatRequest(self.name, messages=parse_messages(messages), tools=tools,
+                                       params=params or SamplingParams()))
 
-    def chat(self, messages: Sequence[dict[str, Any]], params: SamplingParams | None = None) -> Completion:
+    def chat(self, messages: Sequence[Message | dict[str, Any]], params: SamplingParams | None = None) -> Completion:
         return self.stream_chat(messages, params).result()
 
     def generate(self, prompt: str, params: SamplingParams | None = None) -> Completion:
-        return self.stream_ids(self.prompt_ids(prompt), params).result()
+        return self.stream(ChatRequest(self.name, prompts=[prompt], params=params or SamplingParams())).result()
 
-    def _chunks(self, request_id: str, params: SamplingParams) -> Iterator[StreamChunk]:
-        text = TextStream(self.tokenizer, params)
-        try:
-            while self.engine.has_unfinished:
-                for out in self.engine.step():
-                    if out.request_id != request_id:
-                        continue
-                    chunk = text.feed(out)
-                    if text.stopped and not out.finished:
-                        chunk.stats = self.engine.abort(request_id).stats
-                        chunk.stats.done_reason = "stop"
-                    yield chunk
-                    if chunk.finished:
-                        return
-        finally:
-            self.engine.abort(request_id)  # a no-op once finished; frees blocks if the caller stopped early
+    def close(self) -> None:
+        """Stop the model's engine, the hub thread that stepped it, and the private event loop."""
+        self.served.shutdown()
+        self.served.barrier()
+        self.served.hub.close()
+        self._runner.close()

@@ -22,6 +22,9 @@ from fastapi.responses import FileResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamarun import __version__
+from llamarun.llm.chat_service import ChatRequest, ChatService
+from llamarun.llm.served import ServedModel
+from llamarun.llm.text_stream import Completion
 from llamarun.server import ollama_model_routes, ollama_routes, openai_routes
 from llamarun.server.errors import error_response, install_error_handlers
 from llamarun.server.metrics import CONTENT_TYPE, ServerMetrics
@@ -63,7 +66,12 @@ def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any 
             await manager.close()
 
     app = FastAPI(title="llamarun", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    def finished(model: ServedModel, req: ChatRequest, result: Completion) -> None:
+        stats = result.stats if result.finish_reason is not None else None  # None: cut off before it finished
+        metrics.generation_finished(model.name, req.api, result.finish_reason, stats)
+
     app.state.manager = manager
+    app.state.service = ChatService(manager, on_finish=finished)
     app.state.metrics = metrics
     app.state.store = store if store is not None else ModelStore()
     app.state.pull = pull or pull_model
@@ -78,11 +86,11 @@ def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
         models = []
-        for lm in manager.loaded():
+        for slot in manager.loaded():
             try:
-                models.append((lm.name, lm.llm.metrics(), lm.memory_bytes))
+                models.append((slot.name, slot.served.metrics(), slot.memory_bytes))
             except Exception:  # a model stopping right now has no engine to ask
-                log.debug("no metrics from %s", lm.name, exc_info=True)
+                log.debug("no metrics from %s", slot.name, exc_info=True)
         return PlainTextResponse(metrics.render(models), media_type=CONTENT_TYPE)
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from llamarun.errors import LlamarunError, ModelNotFoundError
+from llamarun.errors import LlamarunError, ModelNotFoundError, RequestError
 
 log = logging.getLogger("llamarun.server")
 
@@ -73,6 +73,8 @@ def from_llamarun_error(err: LlamarunError) -> ApiError:
     if isinstance(err, ModelNotFoundError):
         return ApiError(404, str(err), param="model", code="model_not_found")
     message = str(err)
+    if isinstance(err, RequestError):
+        return ApiError(400, message, param=err.param, code=err.code)
     # SamplingParamsError names its field ("max_tokens=0 is below 1", "a stop string is empty").
     found = [(m.start(), name) for name in _PARAM_NAMES if (m := re.search(rf"\b{name}\b", message))]
     return ApiError(400, message, param=min(found)[1] if found else None)

@@ -18,24 +18,29 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from llamarun.errors import DoesNotFitError
+
+if TYPE_CHECKING:  # the server imports no torch until a model loads
+    from llamarun.llm.served import ServedModel
+    from llamarun.store.resolve import ResolvedModel
 
 DEFAULT_KEEP_ALIVE = 300.0  # Ollama's 5 minutes
 FOREVER = -1.0
 
-Loader = Callable[[str, "int | None"], Any]  # (resolved name, context length or None) -> AsyncLLM
+# (the resolved model, or its canonical name with a custom resolver; context length or None) -> model
+Loader = Callable[["ResolvedModel | str", "int | None"], "ServedModel"]
 Resolver = Callable[[str], str]  # what a user typed -> the canonical name (raises ModelNotFoundError)
-Estimator = Callable[[str], int]  # canonical name -> bytes it will take loaded, before its first load
+Estimator = Callable[["ResolvedModel | str"], int]  # -> bytes it will take loaded, before its first load
 
 
 @dataclass(eq=False)
-class LoadedModel:
+class ModelSlot:
     """One model in memory and its bookkeeping."""
 
     name: str
-    llm: Any
+    served: ServedModel
     requested_ctx: int | None
     loaded_at: float
     keep_alive: float
@@ -46,38 +51,30 @@ class LoadedModel:
 
     @property
     def memory_bytes(self) -> int:
-        return int(getattr(self.llm, "memory_bytes", 0))
+        return self.served.memory_bytes
 
     def fits_ctx(self, num_ctx: int | None) -> bool:
-        return num_ctx is None or num_ctx in (self.requested_ctx, self.llm.context_length)
+        return num_ctx is None or num_ctx in (self.requested_ctx, self.served.context_length)
 
 
 @dataclass(eq=False)
 class Lease:
     """A request's hold on a loaded model; `load_seconds` is what this request waited for the load."""
 
-    model: LoadedModel
+    model: ModelSlot
     keep_alive: float
     load_seconds: float = 0.0
     released: bool = field(default=False, repr=False)
 
     @property
-    def llm(self) -> Any:
-        return self.model.llm
+    def served(self) -> ServedModel:
+        return self.model.served
 
 
-def _default_resolver(name: str) -> str:
-    from llamarun.server.store_info import resolve
-
-    return resolve(name).name
-
-
-def _file_size(name: str) -> int:
+def _file_size(target: ResolvedModel | str) -> int:
     """The checkpoint's size on disk: loaded weights take at least that."""
-    from llamarun.server.store_info import resolve
-
     try:
-        path = resolve(name).path
+        path = target.path  # type: ignore[union-attr]
         if path.is_dir():
             return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         return path.stat().st_size
@@ -93,20 +90,29 @@ class ModelManager:
                  context_length: int | None = None, clock: Callable[[], float] = time.time,
                  on_load: Callable[[str], None] | None = None, estimate: Estimator | None = None) -> None:
         self.loader = loader or default_loader()
-        self.resolve = resolve or _default_resolver
+        self.resolve = resolve or self._resolve_in_store
         self.estimate = estimate or (_file_size if resolve is None else (lambda _name: 0))
+        self._resolved: dict[str, ResolvedModel] = {}  # what the last acquire found, for the load that follows
         self.memory_budget = memory_budget
         self.keep_alive = keep_alive
         self.context_length = context_length
         self.clock = clock
         self.on_load = on_load
-        self._models: dict[str, LoadedModel] = {}
-        self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
+        self._models: dict[str, ModelSlot] = {}
+        self._loading: dict[str, asyncio.Task[ModelSlot]] = {}
         self._wanted: Counter[str] = Counter()  # requests waiting for a load: never evict those models
         self._sizes: dict[str, int] = {}  # memory of earlier loads, to plan the next one
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Future] = set()
         self._closed = False
+
+    def _resolve_in_store(self, name: str) -> str:
+        """The canonical name; where it lives is kept so the load does not resolve it again."""
+        from llamarun.server.store_info import resolve
+
+        resolved = resolve(name)
+        self._resolved[resolved.name] = resolved
+        return resolved.name
 
     # ----- leases -----
 
@@ -161,19 +167,20 @@ class ModelManager:
 
     # ----- loading and unloading -----
 
-    async def _load(self, key: str, ctx: int | None, keep: float) -> LoadedModel:
+    async def _load(self, key: str, ctx: int | None, keep: float) -> ModelSlot:
         try:
+            target = self._resolved.get(key, key)
             if self.memory_budget is not None and key not in self._sizes:
-                self._sizes[key] = await asyncio.to_thread(self.estimate, key)
+                self._sizes[key] = await asyncio.to_thread(self.estimate, target)
             await self._make_room(key)
             try:
-                llm = await asyncio.to_thread(self.loader, key, ctx)
+                served = await asyncio.to_thread(self.loader, target, ctx)
             except DoesNotFitError:
                 if not await self._make_room(key, everything=True):
                     raise
-                llm = await asyncio.to_thread(self.loader, key, ctx)
+                served = await asyncio.to_thread(self.loader, target, ctx)
             now = self.clock()
-            lm = LoadedModel(key, llm, ctx, now, keep, last_used=now)
+            lm = ModelSlot(key, served, ctx, now, keep, last_used=now)
             lm.expires_at = None if keep < 0 else now + keep
             async with self._lock:
                 self._models[key] = lm
@@ -191,7 +198,7 @@ class ModelManager:
             idle = sorted((m for m in self._models.values()
                            if m.active == 0 and m.name not in self._wanted and m.name != key),
                           key=lambda m: m.last_used)
-            victims: list[LoadedModel] = []
+            victims: list[ModelSlot] = []
             if everything:
                 victims = idle
             elif self.memory_budget is not None:
@@ -207,13 +214,13 @@ class ModelManager:
             await self._shutdown(victim)
         return bool(victims)
 
-    def _drop(self, lm: LoadedModel) -> None:
+    def _drop(self, lm: ModelSlot) -> None:
         if self._models.get(lm.name) is lm:
             del self._models[lm.name]
 
-    async def _shutdown(self, lm: LoadedModel) -> None:
+    async def _shutdown(self, lm: ModelSlot) -> None:
         with contextlib.suppress(Exception):  # a model that fails to stop is gone all the same
-            await asyncio.to_thread(lm.llm.shutdown)
+            await asyncio.to_thread(lm.served.shutdown)
 
     async def unload(self, name: str) -> bool:
         """Unload `name` now if it is loaded and idle (after its leases end otherwise); True if found."""
@@ -248,7 +255,7 @@ class ModelManager:
             await self.expire()
             await asyncio.sleep(interval)
 
-    async def preload(self, name: str, *, keep_alive: float = FOREVER) -> LoadedModel:
+    async def preload(self, name: str, *, keep_alive: float = FOREVER) -> ModelSlot:
         """Load `name` now (the model given to `llamarun serve`), kept for `keep_alive`."""
         lease = await self.acquire(name, keep_alive=keep_alive)
         self.release(lease)
@@ -268,14 +275,14 @@ class ModelManager:
 
     # ----- reporting -----
 
-    def loaded(self) -> list[LoadedModel]:
+    def loaded(self) -> list[ModelSlot]:
         """The loaded models, most recently used first."""
         return sorted(self._models.values(), key=lambda m: -m.last_used)
 
-    def get(self, key: str) -> LoadedModel | None:
+    def get(self, key: str) -> ModelSlot | None:
         return self._models.get(key)
 
-    def expires_at(self, lm: LoadedModel) -> float | None:
+    def expires_at(self, lm: ModelSlot) -> float | None:
         """When `lm` will unload if no request comes (None: never); leased models count from now."""
         if lm.expires_at is not None:
             return lm.expires_at
@@ -286,7 +293,7 @@ def default_loader(*, device: str | None = None, weights: str = "auto",
                    max_kv_tokens: int | None = None) -> Loader:
     """Loads models with the batched engine (torch is imported on the first load only)."""
 
-    def load(name: str, context_length: int | None) -> Any:
+    def load(name: ResolvedModel | str, context_length: int | None) -> ServedModel:
         from llamarun.llm.async_llm import AsyncLLM
 
         return AsyncLLM(name, context_length=context_length, device=device, weights=weights,

@@ -73,16 +73,16 @@ async def ps(request: Request) -> dict[str, Any]:
     manager = request.app.state.manager
     digests = {e.name: e.digest for e in await asyncio.to_thread(list_entries, request.app.state.store)}
     models = []
-    for lm in manager.loaded():
-        size = lm.memory_bytes
-        on_gpu = str(getattr(lm.llm, "device", "cpu")).startswith("cuda")
-        expires = manager.expires_at(lm)
+    for slot in manager.loaded():
+        size = slot.memory_bytes
+        expires = manager.expires_at(slot)
         models.append({
-            "name": lm.name, "model": lm.name, "size": size,
-            "digest": digests.get(lm.name) or hashlib.sha256(lm.name.encode()).hexdigest(),
-            "details": loaded_details(lm.llm),
+            "name": slot.name, "model": slot.name, "size": size,
+            "digest": digests.get(slot.name) or hashlib.sha256(slot.name.encode()).hexdigest(),
+            "details": loaded_details(slot.served),
             "expires_at": rfc3339(expires if expires is not None else time.time() + 10**10),
-            "size_vram": size if on_gpu else 0, "context_length": lm.llm.context_length,
+            "size_vram": size if slot.served.device.startswith("cuda") else 0,
+            "context_length": slot.served.context_length,
         })
     return {"models": models}
 

@@ -1,18 +1,21 @@
-"""Ollama request bodies (pydantic) and their translation to SamplingParams, keep_alive and num_ctx.
+"""Ollama request bodies (pydantic) and their translation into the chat service's ChatRequest.
 
 Field names and meanings follow Ollama's API docs and its Python client. Unknown fields and options
 are ignored, as Ollama does; fields that would change the answer but that llamarun cannot honour yet
-(`format`, images, custom templates, `suffix`, thinking) are refused with a 400, never ignored.
+(images, custom templates, `suffix`, thinking; `format` in the chat service) are refused with a 400.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from llamarun.chat.messages import Message, ToolCall
+from llamarun.llm.chat_service import ChatRequest
 from llamarun.sampling.params import SamplingParams
 from llamarun.server.errors import ApiError
 
@@ -50,19 +53,25 @@ class ToolFunction(_Lenient):
     arguments: dict[str, Any] | str = Field(default_factory=dict)
 
 
-class ToolCall(_Lenient):
+class OllamaToolCall(_Lenient):
     function: ToolFunction
 
 
-class Message(_Lenient):
+class OllamaMessage(_Lenient):
     """One chat message."""
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str | None = ""
     images: list[str] | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[OllamaToolCall] | None = None
     tool_name: str | None = None
     thinking: str | None = None
+
+    def to_message(self) -> Message:
+        if self.images:
+            raise ApiError(400, "images are not supported: llamarun runs text-only models", param="messages.images")
+        calls = tuple(ToolCall(c.function.name, _arguments(c.function.arguments)) for c in self.tool_calls or ())
+        return Message(self.role, self.content or "", calls, name=self.tool_name)
 
 
 class _GenerateBase(_Lenient):
@@ -84,7 +93,7 @@ class _GenerateBase(_Lenient):
         return data
 
 
-class GenerateRequest(_GenerateBase):
+class GenerateBody(_GenerateBase):
     """POST /api/generate."""
 
     prompt: str | None = None
@@ -96,10 +105,10 @@ class GenerateRequest(_GenerateBase):
     images: list[str] | None = None
 
 
-class ChatRequest(_GenerateBase):
+class ChatBody(_GenerateBase):
     """POST /api/chat."""
 
-    messages: list[Message] | None = None
+    messages: list[OllamaMessage] | None = None
     tools: list[dict[str, Any]] | None = None
 
 
@@ -156,11 +165,7 @@ def _go_duration(text: str) -> float:
 
 
 def check_supported(req: _GenerateBase, images: bool = False) -> None:
-    """Refuse, loudly, what would change the answer but is not implemented yet."""
-    if req.format not in (None, ""):
-        what = "JSON mode (format: \"json\")" if req.format == "json" else "a JSON schema format"
-        raise ApiError(400, f"{what} is not supported yet: structured output is not implemented",
-                       param="format")
+    """Refuse, loudly, what would change the answer but is not implemented yet (`format`: the chat service)."""
     if req.think not in (None, False):
         raise ApiError(400, f"\"{req.model}\" does not support thinking", param="think")
     if images:
@@ -192,18 +197,41 @@ def sampling_params(options: Options | None, logprobs: bool | None = None,
     return params, o.num_ctx
 
 
-def chat_messages(messages: list[Message]) -> list[dict[str, Any]]:
-    """Messages as the chat template takes them."""
-    out = []
-    for m in messages:
-        if m.images:
-            raise ApiError(400, "images are not supported: llamarun runs text-only models",
-                           param="messages.images")
-        msg: dict[str, Any] = {"role": m.role, "content": m.content or ""}
-        if m.tool_calls:
-            msg["tool_calls"] = [{"type": "function", "function": c.function.model_dump()}
-                                 for c in m.tool_calls]
-        if m.tool_name:
-            msg["name"] = m.tool_name
-        out.append(msg)
-    return out
+def _arguments(value: dict[str, Any] | str) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value) if value.strip() else {}
+    except json.JSONDecodeError as err:
+        raise ApiError(400, f"tool call arguments are not valid JSON: {err.msg}", param="messages") from None
+    if not isinstance(parsed, dict):
+        raise ApiError(400, "tool call arguments must be a JSON object", param="messages")
+    return parsed
+
+
+def chat_request(body: ChatBody) -> ChatRequest:
+    """An /api/chat body as the chat service's request (Ollama's sampling defaults)."""
+    check_supported(body)
+    params, num_ctx = sampling_params(body.options, body.logprobs, body.top_logprobs)
+    return ChatRequest(body.model, messages=[m.to_message() for m in body.messages or []], tools=body.tools or None,
+                       format=body.format or None, params=params, num_ctx=num_ctx,
+                       keep_alive=parse_keep_alive(body.keep_alive), api="ollama")
+
+
+def generate_request(body: GenerateBody) -> ChatRequest:
+    """An /api/generate body: the prompt through the chat template (with `system`), or as is when `raw`."""
+    check_supported(body, images=bool(body.images))
+    if body.suffix:
+        raise ApiError(400, "suffix (fill-in-the-middle) is not supported", param="suffix")
+    if body.template:
+        raise ApiError(400, "custom templates are not supported: the model's own chat template is used",
+                       param="template")
+    params, num_ctx = sampling_params(body.options, body.logprobs, body.top_logprobs)
+    req = ChatRequest(body.model, format=body.format or None, params=params, context=body.context, num_ctx=num_ctx,
+                      keep_alive=parse_keep_alive(body.keep_alive), api="ollama")
+    if body.raw:
+        req.prompts = [body.prompt or ""]
+    else:
+        system = [Message("system", body.system)] if body.system else []
+        req.messages = [*system, Message("user", body.prompt or "")]
+    return req

@@ -1,4 +1,4 @@
-"""OpenAI request bodies (pydantic) and their translation to SamplingParams.
+"""OpenAI request bodies (pydantic) and their translation into the chat service's ChatRequest.
 
 OpenAI's defaults apply here, not Ollama's: temperature 1, top_p 1, and no top-k, min-p or
 repetition penalty unless a client sends the common extensions (`top_k`, `min_p`,
@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llamarun.chat.messages import Message, parse_messages
+from llamarun.llm.chat_service import ChatRequest
 from llamarun.sampling.params import SamplingParams
 from llamarun.server.errors import ApiError
 
@@ -58,7 +60,7 @@ class _Common(_Lenient):
     repetition_penalty: float | None = None
 
 
-class ChatCompletionRequest(_Common):
+class ChatCompletionBody(_Common):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessage] = Field(min_length=1)
@@ -70,7 +72,7 @@ class ChatCompletionRequest(_Common):
     tool_choice: str | dict[str, Any] | None = None
 
 
-class CompletionRequest(_Common):
+class CompletionBody(_Common):
     """POST /v1/completions."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
@@ -96,12 +98,8 @@ def sampling_params(req: _Common, max_tokens: int | None, logprobs: int | None) 
     return SamplingParams(**given)
 
 
-def chat_params(req: ChatCompletionRequest) -> SamplingParams:
+def chat_params(req: ChatCompletionBody) -> SamplingParams:
     """Sampling for a chat request, after refusing what is not implemented."""
-    fmt = (req.response_format or {}).get("type", "text")
-    if fmt != "text":
-        raise ApiError(400, f"response_format '{fmt}' is not supported yet: structured output is not "
-                            "implemented", param="response_format")
     choice = req.tool_choice
     if choice is not None and choice not in ("none", "auto"):
         raise ApiError(400, "only tool_choice 'auto' and 'none' are supported", param="tool_choice")
@@ -114,7 +112,7 @@ def chat_params(req: ChatCompletionRequest) -> SamplingParams:
     return sampling_params(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None)
 
 
-def completion_params(req: CompletionRequest) -> SamplingParams:
+def completion_params(req: CompletionBody) -> SamplingParams:
     """Sampling for a completion request, after refusing what is not implemented."""
     if req.suffix:
         raise ApiError(400, "suffix (fill-in-the-middle) is not supported", param="suffix")
@@ -125,26 +123,41 @@ def completion_params(req: CompletionRequest) -> SamplingParams:
     return sampling_params(req, req.max_tokens, req.logprobs)
 
 
-def chat_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
-    """Messages as the chat template takes them: text only, `developer` as `system`."""
-    out = []
-    for i, m in enumerate(messages):
-        content = m.content
-        if isinstance(content, list):
-            texts = []
-            for part in content:
-                if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise ApiError(400, f"content part of type '{part.get('type')}' is not supported: "
-                                        "llamarun runs text-only models", param=f"messages.{i}.content")
-                texts.append(part["text"])
-            content = "".join(texts)
-        role = {"developer": "system", "function": "tool"}.get(m.role, m.role)
-        msg: dict[str, Any] = {"role": role, "content": content or ""}
-        for key in ("name", "tool_calls", "tool_call_id"):
-            if getattr(m, key) is not None:
-                msg[key] = getattr(m, key)
-        out.append(msg)
-    return out
+def _text(i: int, content: str | list[dict[str, Any]] | None) -> str:
+    """A message's text; content parts other than text are refused (text-only models)."""
+    if not isinstance(content, list):
+        return content or ""
+    texts = []
+    for part in content:
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise ApiError(400, f"content part of type '{part.get('type')}' is not supported: "
+                                "llamarun runs text-only models", param=f"messages.{i}.content")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def chat_messages(messages: list[ChatMessage]) -> list[Message]:
+    """The chat's messages: text only, `developer` as `system`, `function` as `tool`, names and tool calls kept."""
+    raw = [{"role": {"developer": "system", "function": "tool"}.get(m.role, m.role), "content": _text(i, m.content),
+            "name": m.name, "tool_calls": m.tool_calls, "tool_call_id": m.tool_call_id}
+           for i, m in enumerate(messages)]
+    return parse_messages(raw)  # LlamarunError (a 400) names the message at fault
+
+
+def chat_completion_request(body: ChatCompletionBody) -> ChatRequest:
+    """A /v1/chat/completions body as the chat service's request (OpenAI's defaults)."""
+    params = chat_params(body)
+    fmt = body.response_format or {}
+    return ChatRequest(body.model, messages=chat_messages(body.messages),
+                       tools=body.tools if body.tools and body.tool_choice != "none" else None,
+                       format=None if fmt.get("type", "text") == "text" else fmt, params=params, n=body.n,
+                       strict_max_tokens=True, api="openai")
+
+
+def completion_request(body: CompletionBody) -> ChatRequest:
+    """A /v1/completions body: raw prompts (text or token ids), no template."""
+    return ChatRequest(body.model, prompts=prompt_list(body.prompt), params=completion_params(body), n=body.n,
+                       strict_max_tokens=True, api="openai")
 
 
 def prompt_list(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:

@@ -12,11 +12,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llamarun.errors import LlamarunError, ModelNotFoundError
 from llamarun.store.describe import ModelInfo, describe_model, format_parameters
 from llamarun.store.home import Manifest, ModelStore
+
+if TYPE_CHECKING:
+    from llamarun.llm.served import ServedModel
 
 
 @dataclass(frozen=True)
@@ -91,12 +94,11 @@ def details(info: ModelInfo | None, fmt: str) -> dict[str, Any]:
             "quantization_level": info.quantization if info else "unknown"}
 
 
-def loaded_details(llm: Any) -> dict[str, Any]:
+def loaded_details(model: ServedModel) -> dict[str, Any]:
     """`details` of a loaded model, from its config and checkpoint."""
-    ckpt = llm.checkpoint
-    return {"parent_model": "", "format": ckpt.format, "family": "llama", "families": ["llama"],
-            "parameter_size": format_parameters(llm.config.num_parameters),
-            "quantization_level": str(ckpt.quantization)}
+    return {"parent_model": "", "format": model.format, "family": "llama", "families": ["llama"],
+            "parameter_size": format_parameters(model.config.num_parameters),
+            "quantization_level": model.quantization}
 
 
 def model_info(info: ModelInfo) -> dict[str, Any]:

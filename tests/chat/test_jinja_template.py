@@ -323,3 +323,22 @@ def test_our_gguf_reader_and_tokenizer_give_transformers_ids(default_gguf, smoll
             template.encode(dialog, tok)
             == hf.apply_chat_template(dialog, add_generation_prompt=True)["input_ids"]
         )
+
+
+NAMED = "{% for m in messages %}[{{ m.role }}{% if m.name %}:{{ m.name }}{% endif %}]{{ m.content }}{% endfor %}"
+
+
+def test_message_names_reach_the_template_as_transformers_renders_them():
+    chat = [{"role": "user", "content": "hi", "name": "ann"}, {"role": "assistant", "content": "yo"},
+            {"role": "tool", "content": "42", "name": "calc", "tool_call_id": "c1"},
+            {"role": "ipython", "content": "7", "name": "calc"}]  # Meta's name for the tool role
+    ours = JinjaChatTemplate(NAMED, bos_token=None, eos_token=None).render(chat, add_generation_prompt=False)
+    assert ours == "[user:ann]hi[assistant]yo[tool:calc]42[tool:calc]7"
+    hf_chat = [{**m, "role": "tool" if m["role"] == "ipython" else m["role"]} for m in chat]
+    theirs, _ = render_jinja_template(conversations=[hf_chat], chat_template=NAMED, add_generation_prompt=False)
+    assert ours == theirs[0]
+
+
+def test_a_message_name_must_be_text():
+    with pytest.raises(LlamarunError, match="name must be a string"):
+        JinjaChatTemplate(NAMED, bos_token=None, eos_token=None).render([{"role": "user", "content": "x", "name": 5}])

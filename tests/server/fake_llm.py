@@ -1,27 +1,27 @@
-"""A fake AsyncLLM: the interface the server programs against, with a scripted reply instead of a model.
+"""A fake served model (llm/served.py's ServedModel) that scripts its tokens instead of running a model.
 
-It behaves like the engine where the server depends on it: one chunk per byte token (so multi-byte
-characters arrive as an empty chunk then the character), stop strings cut the text, `max_tokens`
-ends with "length", logprobs come per token when asked, errors come before the first chunk, and
-closing the stream early counts as an abort. It records every request so tests can check what the
-server asked for.
+It fakes only the token level, like the engine: one byte token per step, `max_tokens` ends with
+"length", an end token ends with "stop", logprobs come per token when asked, errors come before the
+first token, and cancelling a stream counts as an abort. Everything above tokens (templates, text,
+stop strings, finish reasons, stats) is the real code, so the server tests cannot drift from it. It
+records every request so tests can check what the server asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from llamarun.chat.jinja_template import template_message
+from llamarun.chat.messages import ChatTemplate, parse_messages
 from llamarun.config import ModelConfig
-from llamarun.engine.llm_engine import EngineMetrics
+from llamarun.engine.llm_engine import EngineMetrics, EngineOutput
+from llamarun.engine.runner import SampledToken
 from llamarun.engine.stats import RequestStats
 from llamarun.errors import DoesNotFitError, LlamarunError
-from llamarun.llm.text_stream import StreamChunk, TokenLogprob
 from llamarun.sampling.params import SamplingParams
 from llamarun.text.tokenizer import Tokenizer
 
@@ -56,12 +56,21 @@ class ByteTokenizer(Tokenizer):
         return {"<s>": BOS, "</s>": EOS}.get(token)
 
 
-@dataclass
-class FakeCheckpoint:
-    format: str = "gguf"
-    quantization: str = "Q4_1"
-    chat_template: str = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}<|assistant|>"
-    path: Path = Path("/fake/model.gguf")
+class FakeTemplate(ChatTemplate):
+    """`<|role|>content` lines; records what it saw, and breaks on a message saying BREAK THE TEMPLATE."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def render(self, messages, *, add_generation_prompt=True, tools=None) -> str:
+        chat = parse_messages(messages)
+        self.seen.append(([template_message(m) for m in chat], tools))
+        if any(m.content == "BREAK THE TEMPLATE" for m in chat):
+            raise ValueError("conversation roles must alternate user/assistant")
+        return "".join(f"<|{m.role}|>{m.content}\n" for m in chat) + "<|assistant|>"
+
+    def encode(self, messages, tokenizer, *, add_generation_prompt=True, tools=None) -> list[int]:
+        return tokenizer.encode(self.render(messages, tools=tools), add_bos=True)
 
 
 @dataclass
@@ -77,7 +86,7 @@ class Call:
 
 @dataclass
 class FakeAsyncLLM:
-    """Implements the AsyncLLM interface; `reply`, `token_delay` and `fail_*` script its behaviour."""
+    """A ServedModel; `reply`, `token_delay` and `fail_*` script its behaviour."""
 
     name: str
     context_length: int = 512
@@ -88,8 +97,9 @@ class FakeAsyncLLM:
     fail_before_first: Exception | None = None
     fail_after_tokens: int | None = None
     device: str = "cpu"
+    format: str = "gguf"
+    quantization: str = "Q4_1"
     calls: list[Call] = field(default_factory=list)
-    messages_seen: list[Any] = field(default_factory=list)
     running: int = 0
     shut_down: bool = False
     _last_prompt: list[int] = field(default_factory=list)
@@ -101,92 +111,30 @@ class FakeAsyncLLM:
     def __post_init__(self) -> None:
         self.config = ModelConfig(vocab_size=258, hidden_size=64, intermediate_size=128, num_layers=2,
                                   num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=8192)
-        self.checkpoint = FakeCheckpoint()
         self.tokenizer = ByteTokenizer()
+        self.template = FakeTemplate()
+
+    @property
+    def messages_seen(self) -> list[Any]:
+        return self.template.seen
 
     def chat_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-        self.messages_seen.append((messages, tools))
-        if any(m.get("content") == "BREAK THE TEMPLATE" for m in messages):
-            raise ValueError("conversation roles must alternate user/assistant")
-        text = "".join(f"<|{m['role']}|>{m.get('content', '')}\n" for m in messages) + "<|assistant|>"
-        return self.tokenizer.encode(text, add_bos=True)
-
-    def prompt_ids(self, prompt: str) -> list[int]:
-        return self.tokenizer.encode(prompt, add_bos=True)
+        """What the chat service sends for `messages` (for tests to compare against)."""
+        return self.template.encode(messages, self.tokenizer, tools=tools)
 
     def reply_for(self, params: SamplingParams) -> str:
         return self.reply if params.seed is None else f"{self.reply} [seed {params.seed}]"
 
-    async def stream(self, prompt_ids: list[int], params: SamplingParams,
-                     request_id: str | None = None) -> AsyncIterator[StreamChunk]:
-        t0 = time.perf_counter()
-        call = Call(list(prompt_ids), params, request_id)
-        self.calls.append(call)
-        if self.shut_down:
-            raise LlamarunError("the model was shut down")
-        if len(prompt_ids) >= self.context_length:
-            raise LlamarunError(f"the prompt has {len(prompt_ids)} tokens, but the context holds "
-                                f"{self.context_length}", "shorten the prompt")
-        if self.fail_before_first is not None:
-            raise self.fail_before_first
-        text, reason = self.reply_for(params), "stop"
-        for s in params.stop:
-            if s in text:
-                text = text[:text.index(s)]
-        tokens = list(text.encode())
-        if params.max_tokens is not None and len(tokens) >= params.max_tokens:
-            tokens, reason = tokens[:params.max_tokens], "length"
-        cached = 0
-        while cached < min(len(prompt_ids), len(self._last_prompt)) and \
-                prompt_ids[cached] == self._last_prompt[cached]:
-            cached += 1
-        self._last_prompt = list(prompt_ids)
-        self._queries += len(prompt_ids) // 16
-        self._hits += cached // 16
-        stats = RequestStats(prompt_tokens=len(prompt_ids), cached_tokens=cached, prompt_seconds=0.001)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.running += 1
-        done = False
-        try:
-            for i, tok in enumerate(tokens):
-                if self.token_delay:
-                    await asyncio.sleep(self.token_delay)
-                else:
-                    await asyncio.sleep(0)
-                if self.fail_after_tokens is not None and i >= self.fail_after_tokens:
-                    raise RuntimeError("the fake engine broke mid-stream")
-                if stats.first_token_seconds is None:
-                    stats.first_token_seconds = time.perf_counter() - t0
-                stats.generated_tokens += 1
-                self._generated += 1
-                last = i == len(tokens) - 1 and reason == "length"
-                if last:
-                    stats.decode_seconds = time.perf_counter() - t0
-                    done = True
-                    call.finish_reason = reason
-                yield StreamChunk(decoder.decode(bytes([tok])), [tok], self._logprobs(tok, i, params), last,
-                                  reason if last else None, stats if last else None)
-                if last:
-                    return
-            stats.decode_seconds = time.perf_counter() - t0
-            done = True
-            call.finish_reason = reason
-            yield StreamChunk(decoder.decode(b"", final=True), [], [], True, reason, stats)  # eos
-        finally:
-            self.running -= 1
-            if done:
-                self._finished += 1
-            else:
-                call.aborted = True
+    def tokens(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> FakeTokens:
+        return FakeTokens(self, Call(list(prompt_ids), params, request_id))
 
-    def _logprobs(self, tok: int, i: int, params: SamplingParams) -> list[TokenLogprob]:
+    def _logprobs(self, tok: int, i: int, params: SamplingParams) -> SampledToken:
         if params.logprobs is None:
-            return []
+            return SampledToken(tok)
         lp = -0.25 * (i % 4) - 0.05
         others = [t for t in range(97, 97 + params.logprobs) if t != tok]
-        alternatives = [(t, chr(t), lp - 1.0 - k) for k, t in enumerate(others)]
-        top = [(tok, chr(tok) if tok < 128 else "", lp), *alternatives][:params.logprobs]
-        return [TokenLogprob(tok, chr(tok) if tok < 128 else "", lp, top)]
+        top = [(tok, lp), *((t, lp - 1.0 - k) for k, t in enumerate(others))][:params.logprobs]
+        return SampledToken(tok, lp, top)
 
     def metrics(self) -> EngineMetrics:
         return EngineMetrics(running=self.running, waiting=0, kv_blocks_total=64,
@@ -197,6 +145,87 @@ class FakeAsyncLLM:
 
     def shutdown(self) -> None:
         self.shut_down = True
+
+
+class FakeTokens:
+    """One request's scripted engine outputs (llm/served.py's TokenStream)."""
+
+    def __init__(self, llm: FakeAsyncLLM, call: Call) -> None:
+        self.llm, self.call = llm, call
+        self.stats = RequestStats(prompt_tokens=len(call.prompt_ids), prompt_seconds=0.001)
+        self.done = False
+        self.started = False
+
+    async def __aiter__(self):
+        llm, call = self.llm, self.call
+        llm.calls.append(call)
+        t0 = time.perf_counter()
+        await asyncio.sleep(0)
+        if llm.shut_down:
+            raise LlamarunError("the model was shut down")
+        if len(call.prompt_ids) >= llm.context_length:
+            raise LlamarunError(f"the prompt has {len(call.prompt_ids)} tokens, but the context holds "
+                                f"{llm.context_length}", "shorten the prompt")
+        if llm.fail_before_first is not None:
+            raise llm.fail_before_first
+        self._count_cached()
+        tokens, limit = list(llm.reply_for(call.params).encode()), call.params.max_tokens
+        llm.running += 1
+        self.started = True
+        try:
+            for i, tok in enumerate(tokens):
+                await asyncio.sleep(llm.token_delay)
+                if llm.fail_after_tokens is not None and i >= llm.fail_after_tokens:
+                    raise RuntimeError("the fake engine broke mid-stream")
+                if i == 0:
+                    self.stats.first_token_seconds = time.perf_counter() - t0
+                self.stats.generated_tokens += 1
+                llm._generated += 1
+                last = limit is not None and i + 1 >= limit
+                out = EngineOutput(call.request_id or "", [llm._logprobs(tok, i, call.params)])
+                if last:
+                    self._finish("length", t0, out)
+                yield out
+                if last:
+                    return
+            out = EngineOutput(call.request_id or "")
+            self._finish("stop", t0, out)  # the end token: not part of the text
+            yield out
+        finally:
+            if not self.done:
+                self._abort()
+
+    def _count_cached(self) -> None:
+        llm, prompt = self.llm, self.call.prompt_ids
+        cached = 0
+        while cached < min(len(prompt), len(llm._last_prompt)) and prompt[cached] == llm._last_prompt[cached]:
+            cached += 1
+        llm._last_prompt = list(prompt)
+        llm._queries += len(prompt) // 16
+        llm._hits += cached // 16
+        self.stats.cached_tokens = cached
+
+    def _finish(self, reason: str, t0: float, out: EngineOutput) -> None:
+        self.stats.decode_seconds = time.perf_counter() - t0
+        self.stats.done_reason = reason
+        out.finished, out.finish_reason, out.stats = True, reason, self.stats
+        self.call.finish_reason = reason
+        self.done = True
+        self.llm._finished += 1
+        self.llm.running -= 1
+
+    def _abort(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.call.aborted = True
+        if self.started:
+            self.llm.running -= 1
+        self.stats.done_reason = "abort"
+
+    async def cancel(self) -> RequestStats | None:
+        self._abort()
+        return self.stats
 
 
 class FakeLoader:

@@ -43,7 +43,7 @@ def test_concurrent_first_requests_share_one_load() -> None:
         m = manager(loader)
         leases = await asyncio.gather(*(m.acquire("a") for _ in range(5)), m.acquire("a:latest"))
         assert len(loader.instances) == 1
-        assert {id(lease.llm) for lease in leases} == {id(loader.instances[0])}
+        assert {id(lease.served) for lease in leases} == {id(loader.instances[0])}
         assert m.get("a").active == 6 and all(lease.load_seconds > 0.1 for lease in leases)
         for lease in leases:
             m.release(lease)
@@ -158,14 +158,14 @@ def test_num_ctx_reloads_an_idle_model_but_not_a_busy_one() -> None:
         m.release(await m.acquire("a"))
         assert loader.last().context_length == 512
         lease = await m.acquire("a", num_ctx=1024)
-        assert len(loader.instances) == 2 and lease.llm.context_length == 1024
+        assert len(loader.instances) == 2 and lease.served.context_length == 1024
         assert loader.instances[0].shut_down
         other = await m.acquire("a", num_ctx=2048)  # busy: served by the loaded one
-        assert other.llm is lease.llm
+        assert other.served is lease.served
         m.release(lease)
         m.release(other)
         same = await m.acquire("a", num_ctx=1024)
-        assert same.llm is lease.llm and len(loader.instances) == 2
+        assert same.served is lease.served and len(loader.instances) == 2
 
     run(scenario())
 

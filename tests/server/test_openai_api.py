@@ -180,3 +180,16 @@ def test_models(client: TestClient) -> None:
     assert client.get(f"/v1/models/{DEFAULT}").json()["id"] == DEFAULT
     r = client.get("/v1/models/missing:1b")
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def test_message_names_and_tool_call_ids_reach_the_template(client, loader) -> None:
+    messages = [{"role": "developer", "content": "Be terse."}, {"role": "user", "content": "Hi", "name": "ann"},
+                {"role": "assistant", "content": None,
+                 "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]},
+                {"role": "tool", "content": "42", "tool_call_id": "c1", "name": "f"}]
+    r = client.post("/v1/chat/completions", json={"model": DEFAULT, "messages": messages})
+    assert r.status_code == 200, r.text
+    seen, _ = loader.last().messages_seen[-1]
+    assert [m["role"] for m in seen] == ["system", "user", "assistant", "tool"]
+    assert seen[1]["name"] == "ann" and seen[3]["name"] == "f" and seen[3]["tool_call_id"] == "c1"
+    assert seen[2]["tool_calls"] == [{"type": "function", "id": "c1", "function": {"name": "f", "arguments": {"a": 1}}}]

@@ -1,4 +1,4 @@
-"""The streaming plumbing on its own: errors before the first chunk, closing aborts, n-way merge, cleanup."""
+"""The streaming plumbing on its own: errors before the first chunk, closing aborts, n-way merge, stages, cleanup."""
 
 from __future__ import annotations
 
@@ -9,15 +9,10 @@ from fake_llm import DEFAULT_REPLY, FakeAsyncLLM
 from starlette.requests import ClientDisconnect
 
 from llamarun.errors import LlamarunError
+from llamarun.llm.generation import Generation, collect_all, merged, start_all
+from llamarun.llm.text_stream import StreamChunk
 from llamarun.sampling.params import SamplingParams
-from llamarun.server.streaming import (
-    CleanupStreamingResponse,
-    Generation,
-    collect_all,
-    merged,
-    start_all,
-    unless_disconnected,
-)
+from llamarun.server.streaming import CleanupStreamingResponse, unless_disconnected
 
 pytestmark = pytest.mark.timeout(30)
 PROMPT = [256, 104, 105]
@@ -160,5 +155,28 @@ def test_collect_all_stops_every_choice_when_one_fails() -> None:
         llm.fail_after_tokens = None
         gens = await start_all(llm, [PROMPT] * 2, [SamplingParams(max_tokens=3)] * 2, "ok")
         assert [r.text for r in await collect_all(gens)] == ["yyy", "yyy"]
+
+    run(scenario())
+
+
+class _Shout:
+    """A stage that rewrites text (upper case) and cuts the stream at the first 'A' it passes on."""
+
+    def feed(self, chunk: StreamChunk) -> StreamChunk:
+        chunk.text = chunk.text.upper()
+        if "A" in chunk.text and not chunk.finished:
+            chunk.text = chunk.text[:chunk.text.index("A") + 1]
+            chunk.finished, chunk.finish_reason = True, "stop"
+        return chunk
+
+
+def test_a_stage_rewrites_and_cuts_and_the_request_is_cancelled() -> None:
+    llm = FakeAsyncLLM("m", reply="hello again, and more")
+
+    async def scenario() -> None:
+        gen = await Generation.start(llm, PROMPT, SamplingParams(), "staged", [_Shout()])
+        result = await gen.collect()
+        assert result.text == "HELLO A" and result.finish_reason == "stop"
+        assert llm.running == 0 and llm.calls[-1].aborted  # the engine request did not run on
 
     run(scenario())

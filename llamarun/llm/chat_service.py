@@ -1,0 +1,217 @@
+"""The one request path: a typed ChatRequest in, a Reply of running generations out.
+
+Every front end (the OpenAI routes, Ollama's chat and generate, `llamarun run`, the Python API) builds a
+`ChatRequest` and calls `ChatService.start`, which owns, in order: acquiring the model, the chat
+template, the prompt checks, fitting max_tokens into the context, and starting the generations. The
+`Reply` streams their text (through any `StreamStage`s), collects it, and on `close` cancels what still
+runs, gives the model back and reports each generation once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from llamarun.chat.messages import Message
+from llamarun.errors import LlamarunError, RequestError
+from llamarun.llm.generation import Generation, StageFactory, collect_all, merged, start_all
+from llamarun.llm.served import ServedModel
+from llamarun.llm.text_stream import Completion, StreamChunk
+from llamarun.sampling.params import SamplingParams
+
+
+@dataclass
+class ChatRequest:
+    """What a client asks for, whatever API it came through.
+
+    Either `messages` (rendered through the model's chat template, with `tools`) or `prompts` (raw text
+    or token ids, no template; one generation set per prompt). `n` generations run per prompt; seeded
+    ones use seed, seed+1, ... so they differ yet repeat. `context` is token ids put before the prompt
+    (Ollama's generate). `strict_max_tokens`: asking for more than the context holds is an error (OpenAI)
+    rather than silently lowered (Ollama). `api` labels the request in metrics.
+    """
+
+    model: str
+    messages: list[Message] | None = None
+    prompts: list[str | list[int]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    format: str | dict[str, Any] | None = None
+    params: SamplingParams = field(default_factory=SamplingParams)
+    n: int = 1
+    context: list[int] | None = None
+    num_ctx: int | None = None
+    keep_alive: float | None = None
+    strict_max_tokens: bool = False
+    api: str = "python"
+
+
+class Lease(Protocol):
+    """A request's hold on a loaded model."""
+
+    served: ServedModel
+    load_seconds: float  # what this request waited for the model to load
+
+
+class ModelSource(Protocol):
+    """Where models come from: the server's ModelManager, or one model held by `LLM`."""
+
+    async def acquire(self, name: str, *, num_ctx: int | None = None, keep_alive: float | None = None
+                      ) -> Lease: ...
+
+    def release(self, lease: Lease) -> None: ...
+
+
+OnFinish = Callable[[ServedModel, ChatRequest, Completion], None]
+
+
+class ChatService:
+    """Starts ChatRequests on the models of a ModelSource."""
+
+    def __init__(self, models: ModelSource, *, on_finish: OnFinish | None = None,
+                 stages: Sequence[StageFactory] = ()) -> None:
+        self.models, self.on_finish, self.stages = models, on_finish, tuple(stages)
+
+    async def start(self, req: ChatRequest, request_id: str | None = None) -> Reply:
+        """Acquire the model, build and check the prompts, start every generation; errors come before any text."""
+        _check_request(req)
+        started = time.perf_counter()
+        lease = await self.models.acquire(req.model, num_ctx=req.num_ctx, keep_alive=req.keep_alive)
+        try:
+            model = lease.served
+            prompts = await asyncio.to_thread(prompt_ids, model, req)
+            params = [fit_max_tokens(model, ids, req.params, strict=req.strict_max_tokens) for ids in prompts]
+            rid = request_id or f"req-{uuid.uuid4().hex[:24]}"
+            all_ids = [ids for ids in prompts for _ in range(req.n)]
+            all_params = [_seeded(p, i) for p in params for i in range(req.n)]
+            gens = await start_all(model, all_ids, all_params, rid, self.stages)
+        except BaseException:
+            self.models.release(lease)
+            raise
+        return Reply(self, req, rid, lease, prompts, gens, started)
+
+
+@dataclass(eq=False)
+class Reply:
+    """A started ChatRequest: `n` generations per prompt, in order, on one leased model."""
+
+    service: ChatService
+    request: ChatRequest
+    request_id: str
+    lease: Lease
+    prompts: list[list[int]]
+    generations: list[Generation]
+    started: float  # perf_counter when the request arrived at the service
+    closed: bool = False
+
+    @property
+    def model(self) -> ServedModel:
+        return self.lease.served
+
+    def chunks(self) -> AsyncIterator[tuple[int, StreamChunk]]:
+        """(generation index, chunk) as they come."""
+        return merged(self.generations)
+
+    async def collect(self) -> list[Completion]:
+        return await collect_all(self.generations)
+
+    def usage(self) -> dict[str, int]:
+        """Token counts: each distinct prompt once, every generation's output, cached prompt tokens."""
+        done = [g.result for g in self.generations]
+        completion = sum(c.stats.generated_tokens or len(c.token_ids) for c in done)
+        cached = sum(done[k].stats.cached_tokens for k in range(0, len(done), self.request.n))
+        prompt = sum(len(ids) for ids in self.prompts)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "cached_tokens": cached}
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    async def close(self) -> None:
+        """Cancel what still runs, give the model back, report each generation once. Safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        for g in self.generations:
+            await g.close()
+        self.service.models.release(self.lease)
+        if self.service.on_finish is not None:
+            for g in self.generations:
+                self.service.on_finish(self.model, self.request, g.result)
+
+
+def _check_request(req: ChatRequest) -> None:
+    if (req.messages is None) == (req.prompts is None):
+        raise RequestError("a request needs either messages or a prompt", param="messages")
+    if req.format not in (None, ""):
+        json_mode = req.format == "json" or (isinstance(req.format, dict) and req.format.get("type") == "json_object")
+        what = "JSON mode" if json_mode else "a JSON schema format"
+        raise RequestError(f"{what} is not supported yet: structured output is not implemented",
+                           param="response_format")
+    if req.n < 1:
+        raise RequestError(f"n={req.n} is below 1", param="n")
+
+
+def prompt_ids(model: ServedModel, req: ChatRequest) -> list[list[int]]:
+    """The token ids of each prompt of `req`, checked against the vocabulary and the context."""
+    if req.messages is not None:
+        try:
+            ids = model.template.encode(req.messages, model.tokenizer, add_generation_prompt=True, tools=req.tools)
+        except LlamarunError:
+            raise
+        except Exception as err:  # a template's own failure is about these messages
+            raise RequestError(f"the chat template cannot render these messages: {err}", param="messages") from None
+        prompts = [ids]
+    else:
+        prompts = [_raw_ids(model, p) for p in req.prompts or []]
+    if req.context:
+        _check_vocab(model, req.context, "context")
+        bos = model.tokenizer.bos_id
+        prompts = [list(req.context) + (ids[1:] if ids and ids[0] == bos else ids) for ids in prompts]
+    for ids in prompts:
+        check_prompt(model, ids, "messages" if req.messages is not None else "prompt")
+    return prompts
+
+
+def _raw_ids(model: ServedModel, prompt: str | list[int]) -> list[int]:
+    if isinstance(prompt, str):
+        return model.tokenizer.encode(prompt, add_bos=model.tokenizer.add_bos, allow_special=True)
+    _check_vocab(model, prompt, "prompt")
+    return list(prompt)
+
+
+def _check_vocab(model: ServedModel, ids: list[int], param: str) -> None:
+    vocab = model.tokenizer.vocab_size
+    bad = next((i for i in ids if not 0 <= i < vocab), None)
+    if bad is not None:
+        raise RequestError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})", param=param)
+
+
+def check_prompt(model: ServedModel, ids: list[int], param: str) -> None:
+    """An empty prompt, or one that leaves no room to generate, is the client's error."""
+    if not ids:
+        raise RequestError("the prompt is empty", param=param)
+    ctx = model.context_length
+    if len(ids) >= ctx:
+        raise RequestError(f"the prompt has {len(ids)} tokens, but the context holds {ctx}; shorten the prompt "
+                           "or load the model with a larger context", param=param, code="context_length_exceeded")
+
+
+def fit_max_tokens(model: ServedModel, ids: list[int], params: SamplingParams, *, strict: bool) -> SamplingParams:
+    """Limit generation to the room left in the context: an error when `strict`, else lowered silently."""
+    room = model.context_length - len(ids)
+    if params.max_tokens is None:
+        return params.replace(max_tokens=room)
+    if params.max_tokens <= room:
+        return params
+    if strict:
+        raise RequestError(f"this model's context holds {model.context_length} tokens, but {len(ids)} are in the "
+                           f"prompt and {params.max_tokens} were asked for in the completion; lower the maximum "
+                           "tokens or shorten the prompt", param="max_tokens", code="context_length_exceeded")
+    return params.replace(max_tokens=room)
+
+
+def _seeded(params: SamplingParams, i: int) -> SamplingParams:
+    return params if params.seed is None or i == 0 else params.replace(seed=(params.seed + i) % 2**64)
