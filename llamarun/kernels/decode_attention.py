@@ -23,6 +23,7 @@ LOG2E = 1.4426950408889634
 BLOCK_N = 64  # tokens per K/V tile: four 16-token pages
 MIN_SPLIT_TOKENS = 128  # shorter splits cost more in merging than they win in parallelism
 MAX_SPLITS = 64
+NUM_WARPS, NUM_STAGES = 4, 3  # launch tuning, read at call time (benchmarks/gpu_kernels.py --sweep varies them)
 
 
 @triton.jit
@@ -152,7 +153,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         out.stride(0), out.stride(1),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, PAGE=block_size,
         BLOCK_N=BLOCK_N, NUM_SPLITS=num_splits, DIRECT=direct, PRECISION=dot_precision(k_cache.dtype),
-        num_warps=4, num_stages=3)
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if not direct:
         _decode_merge_kernel[(batch, heads)](
             parts, lse, out, out.stride(0), out.stride(1),

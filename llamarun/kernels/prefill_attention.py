@@ -20,6 +20,7 @@ from llamarun.kernels.decode_attention import LOG2E, _check_layout, gather_seque
 
 BLOCK_M = 128  # query rows (tokens x group heads) per program
 BLOCK_N = 64  # keys per tile
+NUM_WARPS, NUM_STAGES = 8, 2  # launch tuning, read at call time (benchmarks/gpu_kernels.py --sweep varies them)
 
 
 @triton.jit
@@ -96,7 +97,7 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), k_cache.stride(0), v_cache.stride(0),
         block_tables.stride(0),
         GROUP=group, BLOCK_G=block_g, BLOCK_Q=block_q, HEAD_DIM=head_dim, PAGE=block_size, BLOCK_N=BLOCK_N,
-        PRECISION=dot_precision(k_cache.dtype), num_warps=8, num_stages=2)
+        PRECISION=dot_precision(k_cache.dtype), num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return out
 
 
