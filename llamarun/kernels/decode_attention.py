@@ -6,7 +6,8 @@ its log-sum-exp; a second small kernel merges the splits. CUDA-graph safety: the
 number of splits depend only on shapes (batch, heads, block-table width) and the card, never on
 this step's sequence lengths; each split finds its own token range from `seq_lens` inside the
 kernel, so a split past the end writes a neutral partial (lse = -inf) and a seq_len-0 row writes
-zeros. With one split the first kernel writes the output itself and the merge is skipped.
+zeros. With one split the first kernel writes the output itself and the merge is skipped. The split
+count is a run-time argument, so graphs captured for many batch sizes share one compiled kernel.
 """
 
 from __future__ import annotations
@@ -28,16 +29,15 @@ NUM_WARPS, NUM_STAGES = 4, 3  # launch tuning, read at call time (benchmarks/gpu
 
 @triton.jit
 def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, seq_lens_ptr, out_ptr, part_ptr, lse_ptr, qk_scale,
-                         stride_qb, stride_qh, stride_kh, stride_vh, stride_tb, stride_ob, stride_oh,
+                         num_splits, stride_qb, stride_qh, stride_kh, stride_vh, stride_tb, stride_ob, stride_oh,
                          GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr,
-                         BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, DIRECT: tl.constexpr,
-                         PRECISION: tl.constexpr):
+                         BLOCK_N: tl.constexpr, DIRECT: tl.constexpr, PRECISION: tl.constexpr):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
     # Whole tiles per split, so only a split's last tile needs masking.
-    tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), NUM_SPLITS)
+    tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), num_splits)
     start = split * tiles_per_split * BLOCK_N
     end = tl.minimum(start + tiles_per_split * BLOCK_N, seq_len)
     full_end = start + tl.maximum(end - start, 0) // BLOCK_N * BLOCK_N
@@ -66,26 +66,26 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, seq_lens_ptr, out_ptr,
         tl.store(dst, partial.to(out_ptr.dtype.element_ty), mask=live[:, None])
     else:
         # Workspace rows [batch, heads, splits], each HEAD_DIM wide and contiguous.
-        rows = (seq * (tl.num_programs(1) * GROUP) + heads) * NUM_SPLITS + split  # [BLOCK_G]
+        rows = (seq * (tl.num_programs(1) * GROUP) + heads) * num_splits + split  # [BLOCK_G]
         tl.store(part_ptr + rows[:, None] * HEAD_DIM + dims[None, :], partial, mask=live[:, None])
         lse = tl.where(denom > 0, m + tl.log2(tl.where(denom > 0, denom, 1.0)), float("-inf"))
         tl.store(lse_ptr + rows, lse, mask=live)
 
 
 @triton.jit
-def _decode_merge_kernel(part_ptr, lse_ptr, out_ptr, stride_ob, stride_oh,
-                         HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr):
+def _decode_merge_kernel(part_ptr, lse_ptr, out_ptr, num_splits, stride_ob, stride_oh,
+                         HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
     seq = tl.program_id(0)
     head = tl.program_id(1)
     row = seq * tl.num_programs(1) + head
     splits = tl.arange(0, BLOCK_S)
     dims = tl.arange(0, HEAD_DIM)
-    live = splits < NUM_SPLITS
-    lse = tl.load(lse_ptr + row * NUM_SPLITS + splits, mask=live, other=float("-inf"))  # [BLOCK_S]
+    live = splits < num_splits
+    lse = tl.load(lse_ptr + row * num_splits + splits, mask=live, other=float("-inf"))  # [BLOCK_S]
     top = tl.max(lse, 0)
     top = tl.where(top == float("-inf"), 0.0, top)  # all splits empty (seq_len 0): weights all 0
     weight = tl.exp2(lse - top)
-    parts = tl.load(part_ptr + (row * NUM_SPLITS + splits)[:, None] * HEAD_DIM + dims[None, :],
+    parts = tl.load(part_ptr + (row * num_splits + splits)[:, None] * HEAD_DIM + dims[None, :],
                     mask=live[:, None], other=0.0)  # [BLOCK_S, HEAD_DIM]
     total = tl.sum(weight, 0)
     merged = tl.sum(parts * weight[:, None], 0) / tl.where(total > 0, total, 1.0)
@@ -148,16 +148,16 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
             raise ValueError(f"decode workspace {tuple(parts.shape)} does not fit {(batch, heads, num_splits)}")
     group = heads // kv_heads
     _decode_split_kernel[(batch, kv_heads, num_splits)](
-        q, k_cache, v_cache, block_tables, seq_lens, out, parts, lse, scale * LOG2E,
+        q, k_cache, v_cache, block_tables, seq_lens, out, parts, lse, scale * LOG2E, num_splits,
         q.stride(0), q.stride(1), k_cache.stride(0), v_cache.stride(0), block_tables.stride(0),
         out.stride(0), out.stride(1),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, PAGE=block_size,
-        BLOCK_N=BLOCK_N, NUM_SPLITS=num_splits, DIRECT=direct, PRECISION=dot_precision(k_cache.dtype),
+        BLOCK_N=BLOCK_N, DIRECT=direct, PRECISION=dot_precision(k_cache.dtype),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     if not direct:
         _decode_merge_kernel[(batch, heads)](
-            parts, lse, out, out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, NUM_SPLITS=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), num_warps=4)
+            parts, lse, out, num_splits, out.stride(0), out.stride(1),
+            HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(num_splits), num_warps=4)
     return out
 
 
