@@ -3,10 +3,11 @@
 Per step the runner fills an AttentionMetadata (decodes first, then prefill chunks) and calls
 `begin(meta)` once; every layer's `forward` then stores its keys/values (one launch), runs the
 split-K decode kernel over rows [0, num_decodes) and the flash prefill kernel over the rest. The
-decode workspace is allocated once, at construction, for the largest decode batch; `begin` only
-takes views of it and picks the split count from shapes, so a CUDA graph captured over a decode
-step replays with new lengths and no host work. Prefill steps use the host's max_query_len for
-their grid and are run eagerly.
+decode workspace is allocated once (at construction when given num_heads, else at the first decode)
+for the largest decode batch; steps only take views of it, and `begin` picks the split count from
+shapes, so a CUDA graph captured over a decode step replays with new lengths and no host work.
+Prefill steps use the host's max_query_len for their grid and are run eagerly. Per layer the only
+allocation is the output, which inside a graph capture comes from the graph's own pool.
 """
 
 from __future__ import annotations
