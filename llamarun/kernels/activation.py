@@ -1,0 +1,45 @@
+"""SwiGLU's middle: silu(gate) * up from the merged gate/up projection [T, 2 * intermediate].
+
+One read of the merged row, one write of half its width, instead of torch's chunk + silu + mul
+(three kernels, two intermediates). Rounding follows torch: silu in float32 rounded to the
+dtype, then the product in float32 rounded again.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+BLOCK = 1024
+
+
+@triton.jit
+def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, width, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < width
+    gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(x_ptr + row * stride_x + width + cols, mask=mask, other=0.0).to(tl.float32)
+    act = (gate / (1.0 + tl.exp(-gate))).to(out_ptr.dtype.element_ty).to(tl.float32)
+    tl.store(out_ptr + row * stride_o + cols, (act * up).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x [T, 2I] (gate then up) -> silu(gate) * up [T, I] in x's dtype."""
+    tokens, double = x.shape
+    if double % 2 or x.stride(1) != 1:
+        raise ValueError(f"silu_and_mul needs [T, 2I] with contiguous rows, got {tuple(x.shape)}")
+    width = double // 2
+    out = torch.empty(tokens, width, dtype=x.dtype, device=x.device) if out is None else out
+    if tokens:
+        _silu_and_mul_kernel[(tokens, triton.cdiv(width, BLOCK))](
+            x, out, x.stride(0), out.stride(0), width, BLOCK=BLOCK, num_warps=4)
+    return out
+
+
+def silu_and_mul_reference(x: torch.Tensor) -> torch.Tensor:
+    """models/llama.py's LlamaMLP middle: chunk, silu, multiply."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up

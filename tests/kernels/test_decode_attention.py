@@ -1,0 +1,100 @@
+"""Split-K paged decode attention against its torch reference: GQA groups, ragged lengths, padded rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llamarun.kernels.decode_attention import (
+    decode_attention,
+    decode_attention_reference,
+    decode_workspace,
+    default_num_splits,
+)
+
+# Lengths: a single token, ragged (not a multiple of the block), a padded row, several tiles, an exact tile.
+LENGTHS = [1, 17, 0, 150, 64]
+
+
+@pytest.mark.parametrize(("kv_heads", "group", "head_dim", "block_size"),
+                         [(2, 1, 64, 16), (2, 4, 128, 16), (1, 8, 64, 8), (1, 3, 64, 32)])
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_decode_matches_reference(paged_cache, assert_close, device, dtype, kv_heads, group, head_dim, block_size,
+                                  num_splits):
+    c = paged_cache(LENGTHS, kv_heads, head_dim, block_size, dtype, device, seed=group)
+    q = torch.randn(len(LENGTHS), kv_heads * group, head_dim, device=device).to(dtype)
+    scale = head_dim**-0.5
+    out = decode_attention(q, c.k, c.v, c.block_tables, c.seq_lens, scale, block_size, num_splits=num_splits)
+    expected = decode_attention_reference(q, c.k, c.v, c.block_tables, c.seq_lens, scale, block_size)
+    assert_close(out, expected)
+    assert torch.equal(out[2], torch.zeros_like(out[2]))  # seq_len 0: zeros, not NaN
+
+
+def test_every_output_and_partial_is_written(paged_cache, assert_close, device, dtype):
+    """NaN-poisoned output and workspace: more splits than tiles must still leave nothing unwritten."""
+    lengths = [3, 0, 70]
+    c = paged_cache(lengths, 2, 64, 16, dtype, device, seed=5)
+    q = torch.randn(3, 4, 64, device=device).to(dtype)  # group 2
+    splits = 6  # the 3-token row has 1 tile, so 5 of its splits are empty
+    workspace = decode_workspace(3, 4, splits, 64, device)
+    for t in (*workspace, out := torch.empty_like(q)):
+        t.fill_(float("nan"))
+    decode_attention(q, c.k, c.v, c.block_tables, c.seq_lens, 0.125, 16, out=out, num_splits=splits,
+                     workspace=workspace)
+    assert not workspace[0].isnan().any() and not workspace[1].isnan().any()
+    assert_close(out, decode_attention_reference(q, c.k, c.v, c.block_tables, c.seq_lens, 0.125, 16))
+
+
+def test_lengths_change_between_calls_with_fixed_launch(paged_cache, assert_close, device, dtype):
+    """What a CUDA-graph replay does: same buffers, split count and grid; only seq_lens' contents move."""
+    c = paged_cache([90, 40], 1, 64, 16, dtype, device, seed=7)
+    q = torch.randn(2, 4, 64, device=device).to(dtype)
+    out = torch.empty_like(q)
+    workspace = decode_workspace(2, 4, 4, 64, device)
+    for lengths in ([90, 40], [5, 33], [0, 1]):
+        c.seq_lens.copy_(torch.tensor(lengths, dtype=torch.int32))
+        decode_attention(q, c.k, c.v, c.block_tables, c.seq_lens, 0.125, 16, out=out, num_splits=4,
+                         workspace=workspace)
+        assert_close(out, decode_attention_reference(q, c.k, c.v, c.block_tables, c.seq_lens, 0.125, 16))
+
+
+def test_strided_queries_from_a_merged_projection(paged_cache, assert_close, device, dtype):
+    """q as the model hands it over: a view into the qkv output, rows strided past k and v."""
+    c = paged_cache([20, 9], 2, 64, 16, dtype, device, seed=3)
+    qkv = torch.randn(2, (8 + 2 * 2) * 64, device=device).to(dtype)
+    q = qkv[:, : 8 * 64].view(2, 8, 64)
+    out = decode_attention(q, c.k, c.v, c.block_tables, c.seq_lens, 0.125, 16, num_splits=2)
+    assert_close(out, decode_attention_reference(q, c.k, c.v, c.block_tables, c.seq_lens, 0.125, 16))
+
+
+def test_default_splits_fill_the_card_from_shapes_only():
+    sms = 132
+    assert default_num_splits(1, 8, 131072, sms) * 8 >= 2 * sms  # one long sequence: split to fill the card
+    assert default_num_splits(64, 8, 131072, sms) == 1  # a big batch fills it alone: no merge pass
+    assert default_num_splits(1, 8, 256, sms) == 2  # never shorter than MIN_SPLIT_TOKENS of capacity
+    assert default_num_splits(1, 1, 10**7, sms) == 64  # capped
+
+
+def test_rejects_layouts_the_kernel_cannot_address(device):
+    k = torch.zeros(2, 64, 48, device=device)
+    q = torch.zeros(1, 4, 48, device=device)
+    tables = torch.zeros(1, 4, dtype=torch.int32, device=device)
+    lens = torch.ones(1, dtype=torch.int32, device=device)
+    with pytest.raises(ValueError, match="power of two"):
+        decode_attention(q, k, k, tables, lens, 0.1, 16)
+    k = torch.zeros(2, 64, 64, device=device)
+    with pytest.raises(ValueError, match="do not split evenly"):
+        decode_attention(torch.zeros(1, 3, 64, device=device), k, k, tables, lens, 0.1, 16)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("num_splits", [None, 1, 16])
+def test_decode_llama_8b_shapes_bf16(paged_cache, num_splits):
+    """Llama 3.1 8B attention (32 q heads, 8 kv heads, d 128), long ragged contexts."""
+    lengths = [1, 4097, 0, 333, 16384, 1024]
+    c = paged_cache(lengths, 8, 128, 16, torch.bfloat16, "cuda", seed=11)
+    q = torch.randn(len(lengths), 32, 128, device="cuda", dtype=torch.bfloat16)
+    out = decode_attention(q, c.k, c.v, c.block_tables, c.seq_lens, 128**-0.5, 16, num_splits=num_splits)
+    expected = decode_attention_reference(q, c.k, c.v, c.block_tables, c.seq_lens, 128**-0.5, 16)
+    torch.testing.assert_close(out.float(), expected.float(), atol=1e-2, rtol=1e-2)

@@ -1,0 +1,102 @@
+"""TritonPagedAttention against the torch PagedAttention on the same step: mixed, decode-only, prefill-only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llamarun.attention.metadata import AttentionMetadata
+from llamarun.attention.paged_torch import PagedAttention, PagedKVCache, SeqSlice
+from llamarun.attention.paged_triton import TritonPagedAttention
+from llamarun.config import ModelConfig
+
+HEADS, KV_HEADS, HEAD_DIM, BLOCK = 8, 2, 64, 16
+
+
+def _cache(dtype: torch.dtype, device: str) -> PagedKVCache:
+    config = ModelConfig(vocab_size=8, hidden_size=HEADS * HEAD_DIM, intermediate_size=8, num_layers=2,
+                         num_heads=HEADS, num_kv_heads=KV_HEADS, head_dim=HEAD_DIM)
+    cache = PagedKVCache(config, num_blocks=24, block_size=BLOCK, dtype=dtype, device=device)
+    gen = torch.Generator().manual_seed(0)
+    cache.k.copy_(torch.randn(cache.k.shape, generator=gen))  # cached prefixes hold real-looking values
+    cache.v.copy_(torch.randn(cache.v.shape, generator=gen))
+    return cache
+
+
+def _step(specs: list[tuple[int, int]], num_decodes: int, device: str) -> tuple[AttentionMetadata, list[SeqSlice]]:
+    """Metadata for sequences (cached tokens, new tokens); (0, 0) is a padded decode row (seq_len 0, slot -1)."""
+    order = torch.randperm(24, generator=torch.Generator().manual_seed(1)).tolist()
+    slots, starts, lens, tables, seqs = [], [0], [], [], []
+    for prefix, new in specs:
+        padded = new == 0
+        end = prefix + new
+        blocks = [order.pop() for _ in range(-(-end // BLOCK))]
+        tables.append(blocks)
+        pos = torch.arange(end)
+        token_slots = torch.tensor(blocks, dtype=torch.long)[pos // BLOCK] * BLOCK + pos % BLOCK  # [end]
+        slots += [-1] if padded else token_slots[prefix:].tolist()
+        starts.append(starts[-1] + max(new, 1))
+        lens.append(end)
+        if not padded:
+            seqs.append(SeqSlice(starts[-2], new, end, token_slots.to(device) if new > 1 else None,
+                                 torch.tensor(blocks, device=device)))
+    width = max(len(t) for t in tables) + 1
+    table = torch.zeros(len(specs), width, dtype=torch.int32)
+    for b, blocks in enumerate(tables):
+        table[b, : len(blocks)] = torch.tensor(blocks, dtype=torch.int32)
+    meta = AttentionMetadata(
+        slot_mapping=torch.tensor(slots, device=device), query_start=torch.tensor(starts, dtype=torch.int32,
+                                                                                  device=device),
+        seq_lens=torch.tensor(lens, dtype=torch.int32, device=device), block_tables=table.to(device),
+        num_decodes=num_decodes, max_query_len=max(n for _, n in specs), max_seq_len=max(lens))
+    return meta, seqs
+
+
+@pytest.mark.parametrize(("specs", "num_decodes"), [
+    ([(0, 1), (16, 1), (40, 1), (0, 20), (33, 7), (5, 1)], 3),  # mixed, a one-token chunk among the prefills
+    ([(50, 1), (0, 1), (17, 1), (0, 0)], 4),  # decodes only, the last a padded graph row
+    ([(0, 37), (20, 12)], 0),  # prefills only
+], ids=["mixed", "decode", "prefill"])
+@pytest.mark.parametrize("num_splits", [None, 1])
+def test_backend_matches_torch_paged_attention(assert_close, device, dtype, specs, num_decodes, num_splits):
+    torch_cache, triton_cache = _cache(dtype, device), _cache(dtype, device)
+    meta, seqs = _step(specs, num_decodes, device)
+    real = meta.slot_mapping >= 0  # the torch backend has no padded rows
+    reference = PagedAttention(torch_cache, meta.slot_mapping[real], seqs)
+    backend = TritonPagedAttention(triton_cache, max_batch=8, num_splits=num_splits)
+    backend.begin(meta)
+    tokens = meta.slot_mapping.shape[0]
+    for layer in range(2):  # the second layer must address its own slab
+        q = torch.randn(tokens, HEADS, HEAD_DIM, device=device).to(dtype)
+        k = torch.randn(tokens, KV_HEADS, HEAD_DIM, device=device).to(dtype)
+        v = torch.randn(tokens, KV_HEADS, HEAD_DIM, device=device).to(dtype)
+        out = backend.forward(layer, q, k, v)
+        expected = reference.forward(layer, q[real], k[real], v[real])
+        assert_close(out[real], expected)
+        assert not out[~real].any()  # padded rows: zeros
+    assert torch.equal(triton_cache.k, torch_cache.k) and torch.equal(triton_cache.v, torch_cache.v)
+
+
+def test_workspace_is_sized_once_and_reused(device, dtype):
+    cache = _cache(dtype, device)
+    backend = TritonPagedAttention(cache, max_batch=4, num_heads=HEADS, num_splits=3)
+    parts = backend._parts
+    assert parts.numel() == 4 * HEADS * 3 * HEAD_DIM
+    for specs in ([(10, 1), (3, 1)], [(1, 1), (2, 1), (70, 1), (0, 0)]):
+        meta, _ = _step(specs, len(specs), device)
+        backend.begin(meta)
+        q = torch.randn(len(specs), HEADS, HEAD_DIM, device=device).to(dtype)
+        kv = torch.randn(len(specs), KV_HEADS, HEAD_DIM, device=device).to(dtype)
+        backend.forward(0, q, kv, kv)
+    assert backend._parts is parts
+
+
+def test_too_many_decodes_and_forward_before_begin_are_errors(device, dtype):
+    backend = TritonPagedAttention(_cache(dtype, device), max_batch=2)
+    q = torch.zeros(1, HEADS, HEAD_DIM, device=device, dtype=dtype)
+    kv = torch.zeros(1, KV_HEADS, HEAD_DIM, device=device, dtype=dtype)
+    with pytest.raises(RuntimeError, match="before begin"):
+        backend.forward(0, q, kv, kv)
+    meta, _ = _step([(1, 1), (2, 1), (3, 1)], 3, device)
+    with pytest.raises(ValueError, match="max_batch"):
+        backend.begin(meta)
