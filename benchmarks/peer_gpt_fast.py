@@ -46,8 +46,6 @@ def import_gpt_fast(folder: Path) -> tuple[types.ModuleType, types.ModuleType]:
     generate.py imports its tokenizer module (sentencepiece, tiktoken) at the top; prompts here are random
     ids, so a stand-in module answers that import and no tokenizer package is needed.
     """
-    if not (folder / "model.py").is_file() or not (folder / "generate.py").is_file():
-        raise SystemExit(f"error: {folder} holds no gpt-fast checkout (model.py, generate.py)")
     sys.path.insert(0, str(folder.resolve()))
     stand_in = types.ModuleType("tokenizer")
 
@@ -182,8 +180,8 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     out["bandwidth_gb_s_gpt_fast"] = round(model_bytes * out["tokens_per_s"] / 1e9, 1)  # as generate.py prints
     if opts.copy_bandwidth and "decode_tokens_per_s" in out:
         out["copy_gb_s"] = opts.copy_bandwidth
-        out["decode_bw_fraction"] = round(
-            out["decode_step_bytes"] * out["decode_tokens_per_s"] / (opts.copy_bandwidth * 1e9), 4)
+        fraction = out["decode_step_bytes"] * out["decode_tokens_per_s"] / (opts.copy_bandwidth * 1e9)
+        out["decode_bw_fraction"] = float(f"{fraction:.4g}")
     if cuda:
         out["memory_gb"] = round(torch.cuda.max_memory_reserved(device) / 1e9, 2)
     out["total_s"] = round(time.perf_counter() - t_start, 1)
@@ -214,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--copy-bandwidth", type=float, metavar="GB/S", help="to rate decode against (read + write)")
     ap.add_argument("--json", metavar="PATH", help="also write the result here")
     opts = ap.parse_args(argv)
+    folder = Path(opts.gpt_fast)
+    if not (folder / "model.py").is_file() or not (folder / "generate.py").is_file():
+        ap.error(f"{folder} holds no gpt-fast checkout (model.py, generate.py)")
     for name in ("prompt_tokens", "new_tokens", "samples"):
         if getattr(opts, name) < 1 or (name == "new_tokens" and opts.new_tokens < 2):
             ap.error(f"--{name.replace('_', '-')} is too small")

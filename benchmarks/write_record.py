@@ -37,7 +37,7 @@ def _fraction(step_bytes: float | None, tokens_per_s: float | None, copy_gb_s: f
     """Decode bytes per step x steps per second over the copy bandwidth (one rule for both engines)."""
     if step_bytes is None or tokens_per_s is None or not copy_gb_s:
         return None
-    return round(step_bytes * tokens_per_s / (copy_gb_s * 1e9), 4)
+    return float(f"{step_bytes * tokens_per_s / (copy_gb_s * 1e9):.4g}")
 
 
 def _level(record: dict | None, concurrency: int) -> dict | None:

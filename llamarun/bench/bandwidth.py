@@ -83,6 +83,6 @@ def annotate_levels(levels: list[LevelResult], config: ModelConfig, bytes_per_el
         tpot = percentile(level.tpot, 50)
         fraction = None
         if copy_bytes_per_s and tpot > 0:  # NaN (no decodes) compares False
-            fraction = round(decode_bandwidth_fraction(step, 1 / tpot, copy_bytes_per_s), 4)
+            fraction = float(f"{decode_bandwidth_fraction(step, 1 / tpot, copy_bytes_per_s):.4g}")
         level.extra["decode_bytes_per_step"] = int(step)
         level.extra["decode_bw_fraction"] = fraction

@@ -184,3 +184,27 @@ def write_record(path: str | Path, record: dict[str, Any]) -> Path:
         raise LlamarunError(f"cannot write the benchmark record to {path}: {err.strerror or err}",
                             "pass --json a path in a writable folder") from err
     return path
+
+
+class RunRecord:
+    """The JSON record of a run in progress, rewritten after every level (`write(..., complete=False)`),
+    so a run stopped midway keeps what it measured; `complete` says whether it got to the end."""
+
+    def __init__(self, path: str | Path | None, model: str, settings: dict[str, Any], mode: str = "offline") -> None:
+        self.path, self.model, self.mode = path, model, mode
+        self.settings = dict(settings)
+        self.top: dict[str, Any] = {}  # top-level fields: weights, bandwidth, skipped levels
+        self.notes: list[str] = []  # lines printed under the table
+        self.machine: dict[str, Any] | None = None
+
+    def describe_machine(self) -> None:
+        """Describe the machine now (its load average before the measurement), once."""
+        self.machine = self.machine or describe_machine()
+
+    def write(self, levels: Sequence[LevelResult], complete: bool) -> Path | None:
+        """Write the record with `levels` so far; nothing without a path."""
+        if not self.path:
+            return None
+        self.describe_machine()
+        return write_record(self.path, build_record(self.model, self.mode, self.settings, levels, self.machine,
+                                                    extra={**self.top, "complete": complete}))

@@ -13,9 +13,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llamarun.errors import LlamarunError
+
+if TYPE_CHECKING:
+    from llamarun.bench.report import RunRecord
 
 DEFAULT_CONTEXT = 4096  # as llamarun.llm.loading (not imported here: it imports torch)
 
@@ -116,17 +119,20 @@ def _check_args(args: argparse.Namespace, levels: list[int], counts: list[int]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from llamarun.bench.report import format_table
+    from llamarun.bench.report import RunRecord, format_table
 
     start = time.perf_counter()
     levels = parse_levels(args.concurrency)
     counts = parse_requests(args.requests, levels)
     _check_args(args, levels, counts)
     deadline = start + args.time_budget if args.time_budget else None
-    record = _Recorder(args, levels, counts)
+    record = RunRecord(args.json_path, model=args.model or "", settings={
+        "prompt_tokens": args.prompt_tokens, "output_tokens": args.output_tokens, "seed": args.seed,
+        "concurrency": levels, "requests": counts})
     if args.url or args.serve:
         record.mode = "serving"
-        record.model, results, record.settings = _serving(args, levels, counts)
+        record.model, results, settings = _serving(args, levels, counts)
+        record.settings.update(settings)
     elif args.random_weights:
         results = _offline_random(args, levels, counts, deadline, record)
     else:
@@ -141,31 +147,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Recorder:
-    """The JSON record, rewritten after every offline level, so a run stopped midway keeps what it measured."""
-
-    def __init__(self, args: argparse.Namespace, levels: list[int], counts: list[int]) -> None:
-        self.path, self.mode, self.model = args.json_path, "offline", args.model or ""
-        self.base = {"prompt_tokens": args.prompt_tokens, "output_tokens": args.output_tokens,
-                     "seed": args.seed, "concurrency": levels, "requests": counts}
-        self.settings: dict[str, Any] = {}
-        self.top: dict[str, Any] = {}  # top-level fields: weights, bandwidth, skipped levels
-        self.notes: list[str] = []  # lines printed under the table
-        self.machine: dict[str, Any] | None = None
-
-    def write(self, results: list, complete: bool) -> Any:
-        from llamarun.bench.report import build_record, describe_machine, write_record
-
-        if not self.path:
-            return None
-        self.machine = self.machine or describe_machine()  # once: the load average before the run
-        record = build_record(self.model, self.mode, {**self.base, **self.settings}, results, self.machine,
-                              extra={**self.top, "complete": complete})
-        return write_record(self.path, record)
-
-
 def _offline(args: argparse.Namespace, levels: list[int], counts: list[int], deadline: float | None,
-             record: _Recorder) -> list:
+             record: RunRecord) -> list:
     from llamarun.bench.offline import check_settings, run_levels, warm_up
     from llamarun.llm.loading import load_model
     from llamarun.store.catalog import DEFAULT_MODEL
@@ -179,8 +162,9 @@ def _offline(args: argparse.Namespace, levels: list[int], counts: list[int], dea
     check_settings(requests=1, concurrency=1, prompt_tokens=args.prompt_tokens,
                    output_tokens=args.output_tokens, context_length=lm.context_length)
     record.model = lm.name
-    record.settings = {"device": lm.device, "dtype": str(lm.dtype).removeprefix("torch."), "weights": lm.weights,
-                       "context_length": lm.context_length, "load_seconds": round(lm.load_seconds, 3)}
+    record.settings.update(device=lm.device, dtype=str(lm.dtype).removeprefix("torch."), weights=lm.weights,
+                           context_length=lm.context_length, load_seconds=round(lm.load_seconds, 3))
+    record.describe_machine()
     vocab = lm.config.vocab_size
     warm_up(lm.engine, vocab)
     results, skipped = run_levels(lm.engine, vocab_size=vocab, levels=levels, requests=counts,
@@ -193,7 +177,7 @@ def _offline(args: argparse.Namespace, levels: list[int], counts: list[int], dea
 
 
 def _offline_random(args: argparse.Namespace, levels: list[int], counts: list[int], deadline: float | None,
-                    record: _Recorder) -> list:
+                    record: RunRecord) -> list:
     """A model of a named shape with random weights: build on the device, bench, rate against bandwidth."""
     from llamarun.bench.bandwidth import annotate_levels, decode_weight_bytes, measure_copy_bandwidth
     from llamarun.bench.offline import run_levels, warm_up
@@ -215,9 +199,10 @@ def _offline_random(args: argparse.Namespace, levels: list[int], counts: list[in
     element = rm.dtype.itemsize
     dtype = str(rm.dtype).removeprefix("torch.")
     record.model = args.random_weights
-    record.settings = {"device": rm.device, "dtype": dtype, "weights": "random", "context_length": ctx,
-                       "kv_tokens": rm.engine.config.kv_tokens, "max_running": rm.engine.config.max_running,
-                       "load_seconds": round(rm.load_seconds, 3), "time_budget": args.time_budget}
+    record.settings.update(device=rm.device, dtype=dtype, weights="random", context_length=ctx,
+                           kv_tokens=rm.engine.config.kv_tokens, max_running=rm.engine.config.max_running,
+                           load_seconds=round(rm.load_seconds, 3), time_budget=args.time_budget)
+    record.describe_machine()
     record.top["weights"] = "random"
     record.top["random_weights"] = {"shape": args.random_weights, "std": WEIGHT_STD, "seed": args.seed,
                                     "parameters": config.num_parameters, "weight_bytes": rm.weight_bytes,

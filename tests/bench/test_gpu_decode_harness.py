@@ -51,6 +51,7 @@ def smoke_run(tmp_path_factory):
     return out, proc
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(320)
 def test_smoke_run_writes_every_stage_and_one_summary(smoke_run):
     out, proc = smoke_run
@@ -76,6 +77,7 @@ def test_smoke_run_writes_every_stage_and_one_summary(smoke_run):
         assert stages["peer"]["ok"] is False and "no gpt-fast checkout" in proc.stdout
 
 
+@pytest.mark.slow
 def test_record_from_a_run_folder_has_ratios_to_the_peer(smoke_run, tmp_path):
     out, _ = smoke_run
     folder = tmp_path / "run"
@@ -138,4 +140,4 @@ def test_peer_runs_gpt_fast_eagerly_on_a_tiny_shape(tmp_path):
     assert result["tokens_per_s"] > 0 and result["decode_tokens_per_s"] > 0 and result["warmup_s"] > 0
     assert result["parameters"] == PRESETS["tiny"].num_parameters  # the same toy shape as llamarun's
     assert result["decode_bw_fraction"] == pytest.approx(
-        result["decode_step_bytes"] * result["decode_tokens_per_s"] / 10e9, rel=0.01, abs=1e-4)
+        result["decode_step_bytes"] * result["decode_tokens_per_s"] / 10e9, rel=0.01, abs=1e-6)
