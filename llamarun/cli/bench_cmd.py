@@ -46,7 +46,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--prompt-tokens", type=int, default=128,
                    help="prompt length (serving: words, about 1 token each)")
     p.add_argument("--output-tokens", type=int, default=64, help="tokens to generate per request")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic prompts")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic prompts (and of --random-weights)")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="also write a JSON record to PATH")
     p.add_argument("--api-key", help="Bearer key for the server (--url)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds one HTTP request may take")
