@@ -8,9 +8,11 @@ the prefix cache never turns a prefill into a lookup.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from llamarun.bench.report import LevelResult
@@ -38,23 +40,27 @@ def check_settings(*, requests: int, concurrency: int, prompt_tokens: int, outpu
                             "lower --prompt-tokens/--output-tokens or raise --ctx")
 
 
-def warm_up(engine: Any, vocab_size: int, seed: int = 10_000) -> None:
-    """One short request first, so lazy initialisation (allocations, kernel choice) is not timed."""
+def warm_up(engine: Any, vocab_size: int, seed: int = 10_000, prompt_tokens: int = 16) -> None:
+    """One short request first, so lazy initialisation (allocations, kernel choice) is not timed.
+
+    On a GPU, pass the benchmark's prompt length: the first prefill of a new shape also picks kernels.
+    """
     from llamarun.sampling.params import SamplingParams
 
-    length = min(16, engine.config.context_length // 2)
+    length = max(1, min(prompt_tokens, engine.config.context_length // 2))
     engine.add_request(synthetic_prompts(1, length, vocab_size, seed)[0], SamplingParams.greedy(max_tokens=2))
     _drain(engine, lambda out: None)
 
 
 def run_offline(engine: Any, *, vocab_size: int, requests: int, concurrency: int, prompt_tokens: int,
-                output_tokens: int, seed: int = 0) -> LevelResult:
+                output_tokens: int, seed: int = 0, deadline: float | None = None) -> LevelResult:
     """Run `requests` requests through `engine` (an LLMEngine), `concurrency` at a time.
 
     A new request is added as soon as one finishes, so the engine always holds `concurrency`
     requests until the queue runs dry. TTFT is the engine's arrival -> first token (it includes
     waiting behind other requests' prefills, as a user would see it); TPOT is decode time over
-    the tokens after the first.
+    the tokens after the first. Past `deadline` (a `time.perf_counter()` value) the unfinished
+    requests are aborted and the level is marked cut short: its figures cover what finished.
     """
     from llamarun.sampling.params import SamplingParams
 
@@ -79,10 +85,14 @@ def run_offline(engine: Any, *, vocab_size: int, requests: int, concurrency: int
             if pending:
                 add_one()
 
+    def past_deadline() -> bool:
+        return deadline is not None and time.perf_counter() > deadline
+
     start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(min(concurrency, requests)):
         add_one()
-    _drain(engine, on_output)
+    cut_short = _drain(engine, on_output, stop=past_deadline)
+    aborted = [rid for rid in made if rid not in stats and engine.abort(rid) is not None] if cut_short else []
     wall = time.perf_counter() - start
     # CPU seconds of this process (all threads) over wall seconds: on a shared machine, a figure well
     # below the thread count says other jobs took cores during the measurement.
@@ -91,21 +101,77 @@ def run_offline(engine: Any, *, vocab_size: int, requests: int, concurrency: int
     after = engine.metrics()
     ttft = [s.first_token_seconds for s in stats.values()]
     tpot = [s.decode_seconds / (made[rid] - 1) for rid, s in stats.items() if made[rid] > 1]
+    # Tokens actually computed over the prefill's time (first scheduled -> first token), per request.
+    prompt_tps = [(s.prompt_tokens - s.cached_tokens) / s.prompt_seconds for s in stats.values()
+                  if s.prompt_seconds > 0]
+    extra = {"finish_reasons": reasons, "preemptions": after.preemptions - before.preemptions,
+             "prefix_hits": after.prefix_hits - before.prefix_hits, "cpu_per_wall": round(cpu_per_wall, 2)}
+    if cut_short:
+        extra.update(cut_short_at_deadline=True, aborted_requests=len(aborted),
+                     never_started=requests - len(made))
     return LevelResult(
-        mode="offline", concurrency=concurrency, requests=len(stats), prompt_tokens=requests * prompt_tokens,
-        output_tokens=sum(made.values()), wall_seconds=wall, ttft=ttft, tpot=tpot,
-        extra={"finish_reasons": reasons, "preemptions": after.preemptions - before.preemptions,
-               "prefix_hits": after.prefix_hits - before.prefix_hits, "cpu_per_wall": round(cpu_per_wall, 2)},
+        mode="offline", concurrency=concurrency, requests=len(stats), prompt_tokens=len(stats) * prompt_tokens,
+        output_tokens=sum(made.values()), wall_seconds=wall, ttft=ttft, tpot=tpot, extra=extra,
+        prompt_tps=prompt_tps,
     )
 
 
-def _drain(engine: Any, on_output: Any) -> None:
-    """Step until every request has finished, handing each output to `on_output`."""
+def _drain(engine: Any, on_output: Any, stop: Any = None) -> bool:
+    """Step until every request has finished, handing each output to `on_output`.
+
+    Returns True when `stop()` said to stop before that (requests may remain in the engine).
+    """
     idle = 0
     while engine.has_unfinished:
+        if stop is not None and stop():
+            return True
         outputs = engine.step()
         idle = 0 if outputs else idle + 1
         if idle > MAX_IDLE_STEPS:
             raise RuntimeError("the engine made no progress for 1000 steps with requests still queued")
         for out in outputs:
             on_output(out)
+    return False
+
+
+def estimate_seconds(last: LevelResult, requests: int) -> float:
+    """Wall time of a level of `requests` requests if it runs no faster per request than `last` did.
+
+    Pessimistic on purpose (batching usually raises throughput), so a level it admits fits its time.
+    """
+    if last.requests == 0:
+        return math.inf
+    return last.wall_seconds * requests / last.requests
+
+
+def run_levels(engine: Any, *, vocab_size: int, levels: list[int], requests: list[int], prompt_tokens: int,
+               output_tokens: int, seed: int = 0, deadline: float | None = None,
+               on_level: Callable[[list[LevelResult], list[dict]], None] | None = None,
+               ) -> tuple[list[LevelResult], list[dict]]:
+    """Run each concurrency level in turn; with a `deadline` (a `time.perf_counter()` value), skip a level
+    whose estimate (from the level before) does not fit the time left, and cut short one that overruns.
+
+    Returns the results and the skipped levels; `on_level(results, skipped)` is called after each level,
+    so a caller can save what was measured so far.
+    """
+    results: list[LevelResult] = []
+    skipped: list[dict] = []
+    for i, (concurrency, count) in enumerate(zip(levels, requests, strict=True)):
+        if deadline is not None:
+            left = deadline - time.perf_counter()
+            estimate = estimate_seconds(results[-1], count) if results else 0.0
+            if left <= 0 or estimate > left:
+                skipped.append({"concurrency": concurrency, "requests": count,
+                                "estimated_seconds": round(estimate, 1), "seconds_left": round(left, 1)})
+                print(f"concurrency {concurrency}: skipped, an estimated {estimate:.0f} s does not fit the "
+                      f"{max(left, 0):.0f} s left", flush=True)
+                continue
+        r = run_offline(engine, vocab_size=vocab_size, requests=count, concurrency=concurrency,
+                        prompt_tokens=prompt_tokens, output_tokens=output_tokens, seed=seed + i, deadline=deadline)
+        results.append(r)
+        note = " (cut short at the time budget)" if r.extra.get("cut_short_at_deadline") else ""
+        print(f"concurrency {concurrency}: {r.output_tps:.1f} output tokens/s over {r.wall_seconds:.1f} s{note}",
+              flush=True)
+        if on_level is not None:
+            on_level(results, skipped)
+    return results, skipped

@@ -49,6 +49,8 @@ class LevelResult:
     tpot: list[float] = field(default_factory=list)  # time per output token after the first, per request
     failed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # mode-specific counters (preemptions, errors)
+    # Prompt tokens / prefill seconds, per request; only the offline benchmark sees prefill times.
+    prompt_tps: list[float] = field(default_factory=list)
 
     @property
     def requests_per_s(self) -> float:
@@ -75,6 +77,11 @@ class LevelResult:
             for p in (50, 99):
                 out[f"{name}_p{p}_ms"] = _round(1000 * percentile(values, p))
             out[f"{name}_mean_ms"] = _round(1000 * sum(values) / len(values)) if values else None
+        # A request's own rates: prefill speed, and decode speed as 1 / TPOT (at concurrency 1, the
+        # single-stream decode rate; above it, what each of the concurrent streams sees).
+        out["prompt_tokens_per_s"] = _round(percentile(self.prompt_tps, 50))
+        tpot = percentile(self.tpot, 50)
+        out["decode_tokens_per_s"] = _round(1 / tpot) if tpot > 0 else None
         out.update(self.extra)
         return out
 
@@ -87,7 +94,8 @@ COLUMNS = [("concurrency", "conc", "{:d}"), ("requests", "reqs", "{:d}"),
            ("requests_per_s", "req/s", "{:.2f}"),
            ("output_tokens_per_s", "out tok/s", "{:.1f}"), ("total_tokens_per_s", "total tok/s", "{:.1f}"),
            ("ttft_p50_ms", "TTFT p50 ms", "{:.1f}"), ("ttft_p99_ms", "TTFT p99 ms", "{:.1f}"),
-           ("tpot_p50_ms", "TPOT p50 ms", "{:.1f}"), ("tpot_p99_ms", "TPOT p99 ms", "{:.1f}")]
+           ("tpot_p50_ms", "TPOT p50 ms", "{:.1f}"), ("tpot_p99_ms", "TPOT p99 ms", "{:.1f}"),
+           ("prompt_tokens_per_s", "prompt tok/s", "{:.0f}"), ("decode_tokens_per_s", "tok/s/req", "{:.1f}")]
 
 
 def format_table(levels: Sequence[LevelResult]) -> str:
@@ -96,7 +104,7 @@ def format_table(levels: Sequence[LevelResult]) -> str:
     rows = []
     for level in levels:
         s = level.summary()
-        rows.append(["-" if s[key] is None else fmt.format(s[key]) for key, _, fmt in COLUMNS])
+        rows.append(["-" if s.get(key) is None else fmt.format(s[key]) for key, _, fmt in COLUMNS])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)) for r in [header, *rows]]
     failed = sum(level.failed for level in levels)
@@ -106,18 +114,32 @@ def format_table(levels: Sequence[LevelResult]) -> str:
 
 
 def describe_machine() -> dict[str, Any]:
-    """CPU model and cores, torch threads, GPU name when CUDA is there, and the load average now."""
-    info: dict[str, Any] = {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()}
+    """CPU model and cores, torch threads, GPU name when CUDA is there, versions, and the load average now."""
+    info: dict[str, Any] = {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+                            "python": platform.python_version()}
     try:
         import torch
 
+        info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
+            info["cuda"] = torch.version.cuda
     except ImportError:  # the serving benchmark runs without torch
         pass
+    info["triton"] = _package_version("triton")
     info["load_average"] = load_average()
     return info
+
+
+def _package_version(name: str) -> str | None:
+    """An installed package's version from its metadata, without importing it (None when absent)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def load_average() -> list[float] | None:
@@ -139,15 +161,17 @@ def _cpu_model() -> str:
 
 
 def build_record(model: str, mode: str, settings: dict[str, Any], levels: Sequence[LevelResult],
-                 machine: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON record of one benchmark run."""
-    return {
+                 machine: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON record of one benchmark run; `extra` adds top-level fields (weights, bandwidth, ...)."""
+    record = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine or describe_machine(), "model": model, "mode": mode, "settings": settings,
         "levels": [level.summary() for level in levels],
-        "raw": [{k: v for k, v in asdict(level).items() if k in ("concurrency", "ttft", "tpot")}
+        "raw": [{k: v for k, v in asdict(level).items() if k in ("concurrency", "ttft", "tpot", "prompt_tps")}
                 for level in levels],
     }
+    record.update(extra or {})
+    return record
 
 
 def write_record(path: str | Path, record: dict[str, Any]) -> Path:
@@ -160,3 +184,27 @@ def write_record(path: str | Path, record: dict[str, Any]) -> Path:
         raise LlamarunError(f"cannot write the benchmark record to {path}: {err.strerror or err}",
                             "pass --json a path in a writable folder") from err
     return path
+
+
+class RunRecord:
+    """The JSON record of a run in progress, rewritten after every level (`write(..., complete=False)`),
+    so a run stopped midway keeps what it measured; `complete` says whether it got to the end."""
+
+    def __init__(self, path: str | Path | None, model: str, settings: dict[str, Any], mode: str = "offline") -> None:
+        self.path, self.model, self.mode = path, model, mode
+        self.settings = dict(settings)
+        self.top: dict[str, Any] = {}  # top-level fields: weights, bandwidth, skipped levels
+        self.notes: list[str] = []  # lines printed under the table
+        self.machine: dict[str, Any] | None = None
+
+    def describe_machine(self) -> None:
+        """Describe the machine now (its load average before the measurement), once."""
+        self.machine = self.machine or describe_machine()
+
+    def write(self, levels: Sequence[LevelResult], complete: bool) -> Path | None:
+        """Write the record with `levels` so far; nothing without a path."""
+        if not self.path:
+            return None
+        self.describe_machine()
+        return write_record(self.path, build_record(self.model, self.mode, self.settings, levels, self.machine,
+                                                    extra={**self.top, "complete": complete}))
