@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llamarun.layers.fused import add_rms_norm
+
 
 class RMSNorm(nn.Module):
     """y = x / rms(x) * weight, with the statistic taken in float32."""
@@ -14,8 +16,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual): decoder layers pass the residual stream through, so the add
+        and the norm can be one kernel on GPUs. With no residual: (norm(x), x)."""
+        return add_rms_norm(x, residual, self.weight, self.eps)

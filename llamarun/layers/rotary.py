@@ -38,7 +38,7 @@ class RotaryEmbedding(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [tokens, heads, head_dim] by cos/sin [tokens, head_dim]."""
+    """Rotate x [tokens, heads, head_dim] by cos/sin [tokens, head_dim] (torch; layers.fused.rotate picks kernels)."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)  # [tokens, heads, head_dim]
     return x * cos[:, None, :] + rotated * sin[:, None, :]

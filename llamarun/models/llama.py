@@ -9,14 +9,14 @@ so this file knows nothing of caches, batching, devices or quantization.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from llamarun.attention.backend import current_backend
 from llamarun.config import ModelConfig
+from llamarun.layers.fused import rotate, silu_and_mul
 from llamarun.layers.linear import MergedLinear
 from llamarun.layers.norm import RMSNorm
-from llamarun.layers.rotary import RotaryEmbedding, apply_rotary
+from llamarun.layers.rotary import RotaryEmbedding
 
 
 class LlamaAttention(nn.Module):
@@ -37,7 +37,7 @@ class LlamaAttention(nn.Module):
         q = q.view(n, self.num_heads, self.head_dim)  # [tokens, heads, head_dim]
         k = k.view(n, self.num_kv_heads, self.head_dim)  # [tokens, kv_heads, head_dim]
         v = v.reshape(n, self.num_kv_heads, self.head_dim)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = rotate(q, k, cos, sin)
         out = current_backend().forward(self.layer, q, k, v)  # [tokens, heads, head_dim]
         return self.o_proj(out.reshape(n, self.num_heads * self.head_dim))
 
@@ -52,8 +52,7 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(i, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [tokens, intermediate] each
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))  # [tokens, 2 * intermediate] -> [tokens, hidden]
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -64,9 +63,15 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: the previous layer's output, not yet added to `residual`, the stream before it (None at layer 0).
+
+        Returns this layer's output and the stream before it: each add is fused into the next norm.
+        """
+        h, residual = self.input_layernorm(x, residual)
+        h, residual = self.post_attention_layernorm(self.self_attn(h, cos, sin), residual)
+        return self.mlp(h), residual
 
 
 class LlamaModel(nn.Module):
@@ -80,9 +85,10 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         x = self.embed_tokens(input_ids)  # [tokens, hidden]
         cos, sin = self.rotary(positions, x.dtype)  # [tokens, head_dim] each
+        residual = None
         for layer in self.layers:
-            x = layer(x, cos, sin)
-        return self.norm(x)
+            x, residual = layer(x, residual, cos, sin)
+        return self.norm(x, residual)[0]
 
 
 class LlamaForCausalLM(nn.Module):

@@ -1,0 +1,66 @@
+"""Small per-token ops with a Triton kernel on CUDA and plain torch elsewhere.
+
+The model calls these and never asks which device it is on (DESIGN decision 2): on a GPU each op is
+one kernel launch instead of several (fewer launches and fewer passes over the activations, which is
+what a batch-1 decode step is made of); on CPUs, and where Triton is missing, the torch formulas run.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from llamarun.layers.rotary import apply_rotary
+
+
+@functools.cache
+def _triton_ready() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:  # not installed, or installed without a working backend
+        return False
+    return True
+
+
+def use_kernels(x: torch.Tensor) -> bool:
+    """Whether `x`'s ops should run as Triton kernels: CUDA tensors, with Triton importable."""
+    return x.is_cuda and _triton_ready()
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x + residual), x + residual); with no residual yet, (rms_norm(x), x). x [tokens, hidden]."""
+    if use_kernels(x):
+        from llamarun.kernels.norm import fused_add_rms_norm, rms_norm
+
+        if residual is None:
+            return rms_norm(x, weight, eps), x
+        return fused_add_rms_norm(x, residual, weight, eps)  # in place: x holds the norm, residual the sum
+    total = x if residual is None else x + residual
+    dtype = total.dtype
+    x32 = total.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(dtype), total
+
+
+def rotate(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary embedding of q [tokens, heads, head_dim] and k [tokens, kv_heads, head_dim] (HF half-split layout)."""
+    if use_kernels(q):
+        from llamarun.kernels.rotary import apply_rotary_
+
+        apply_rotary_(q, k, cos, sin)
+        return q, k
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up from the merged [tokens, 2 * intermediate] projection."""
+    if use_kernels(gate_up):
+        from llamarun.kernels.activation import silu_and_mul as kernel
+
+        return kernel(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)  # [tokens, intermediate] each
+    return F.silu(gate) * up
