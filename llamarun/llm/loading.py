@@ -104,6 +104,7 @@ def load_model(model: str | ResolvedModel, *, context_length: int | None = None,
     from llamarun.loaders.registry import open_checkpoint
     from llamarun.models.build import build_model
     from llamarun.quant.int8_cpu import pack_int8
+    from llamarun.store.catalog import smaller_variants
     from llamarun.utils.memory import plan_memory
     from llamarun.utils.progress import count_bar
 
@@ -120,8 +121,9 @@ def load_model(model: str | ResolvedModel, *, context_length: int | None = None,
     mode = choose_weights(weights, ckpt, device)
     element = torch.finfo(dtype).bits // 8
     wbytes = weight_bytes(config, mode, element)
+    smaller = [(e.ref, e.approx_bytes) for e in smaller_variants(resolved.name, wbytes)]
     plan_memory(config, wbytes, kv, device=device, kv_bytes_per_element=element,
-                model_name=resolved.name).check()
+                model_name=resolved.name, smaller=smaller).check()
     tokenizer = ckpt.tokenizer()
     template = select_chat_template(ckpt.chat_template, tokenizer)
     with count_bar("loading weights", len(ckpt.tensor_names), enabled=None if progress else False) as bar:

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from llamarun.errors import LlamarunError
+from llamarun.errors import RequestError
 
 MAX_STOP_STRINGS = 64  # generous: OpenAI allows 4, Ollama has no limit but nobody needs hundreds
 MAX_STOP_STRING_CHARS = 1000
@@ -28,8 +28,14 @@ MAX_LOGPROBS = 20  # OpenAI's top_logprobs limit
 _MAX_SEED = 2**64  # torch.Generator.manual_seed accepts seeds below this
 
 
-class SamplingParamsError(LlamarunError):
-    """A sampling parameter out of range (the server answers it with HTTP 400)."""
+class SamplingParamsError(RequestError):
+    """A sampling parameter out of range (the server answers it with HTTP 400).
+
+    `param` is the SamplingParams field at fault ("top_p", "stop"); the server reports it to OpenAI clients.
+    """
+
+    def __init__(self, message: str, hint: str | None = None, *, param: str) -> None:
+        super().__init__(message, hint, param=param)
 
 
 @dataclass(frozen=True)
@@ -94,41 +100,44 @@ class SamplingParams:
         _check_number("temperature", self.temperature)
         if self.temperature < 0:
             raise SamplingParamsError(f"temperature={self.temperature} is negative",
-                                      "use 0 for greedy decoding or a positive value such as 0.8")
+                                      "use 0 for greedy decoding or a positive value such as 0.8", param="temperature")
         _check_int("top_k", self.top_k)
         if self.top_k < 0:
-            raise SamplingParamsError(f"top_k={self.top_k} is negative", "use 0 to turn top-k off")
+            raise SamplingParamsError(f"top_k={self.top_k} is negative", "use 0 to turn top-k off", param="top_k")
         _check_number("top_p", self.top_p)
         if not 0.0 < self.top_p <= 1.0:
-            raise SamplingParamsError(f"top_p={self.top_p} is outside (0, 1]", "use 1.0 to turn top-p off")
+            raise SamplingParamsError(f"top_p={self.top_p} is outside (0, 1]", "use 1.0 to turn top-p off",
+                                      param="top_p")
         _check_number("min_p", self.min_p)
         if not 0.0 <= self.min_p <= 1.0:
-            raise SamplingParamsError(f"min_p={self.min_p} is outside [0, 1]", "use 0 to turn min-p off")
+            raise SamplingParamsError(f"min_p={self.min_p} is outside [0, 1]", "use 0 to turn min-p off",
+                                      param="min_p")
         _check_number("repetition_penalty", self.repetition_penalty)
         if self.repetition_penalty <= 0:
             raise SamplingParamsError(f"repetition_penalty={self.repetition_penalty} is not positive",
-                                      "use 1.0 to turn it off, or a value such as 1.1")
+                                      "use 1.0 to turn it off, or a value such as 1.1", param="repetition_penalty")
         _check_int("repeat_last_n", self.repeat_last_n)
         if self.repeat_last_n < -1:
             raise SamplingParamsError(f"repeat_last_n={self.repeat_last_n} is below -1",
-                                      "use a window in tokens, 0 or -1 for the whole context")
+                                      "use a window in tokens, 0 or -1 for the whole context", param="repeat_last_n")
         _check_number("presence_penalty", self.presence_penalty)
         _check_number("frequency_penalty", self.frequency_penalty)
         if self.seed is not None:
             _check_int("seed", self.seed)
             if not 0 <= self.seed < _MAX_SEED:
                 raise SamplingParamsError(f"seed={self.seed} is outside [0, 2**64)",
-                                          "leave the seed out for a random one")
+                                          "leave the seed out for a random one", param="seed")
         if self.max_tokens is not None:
             _check_int("max_tokens", self.max_tokens)
             if self.max_tokens < 1:
                 raise SamplingParamsError(f"max_tokens={self.max_tokens} is below 1",
-                                          "ask for at least one token, or leave it out to fill the context")
+                                          "ask for at least one token, or leave it out to fill the context",
+                                          param="max_tokens")
         if self.logprobs is not None:
             _check_int("logprobs", self.logprobs)
             if not 0 <= self.logprobs <= MAX_LOGPROBS:
                 raise SamplingParamsError(f"logprobs={self.logprobs} is outside [0, {MAX_LOGPROBS}]",
-                                          "ask for at most 20 top log-probabilities")
+                                          "ask for at most 20 top log-probabilities", param="logprobs")
         # Lists and a lone string are common in requests; store tuples so the params stay hashable.
         object.__setattr__(self, "stop", _normalise_stops(self.stop))
         object.__setattr__(self, "stop_token_ids", _normalise_stop_ids(self.stop_token_ids))
@@ -136,40 +145,42 @@ class SamplingParams:
 
 def _check_number(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SamplingParamsError(f"{name}={value!r} is not a number", f"give {name} as a number")
+        raise SamplingParamsError(f"{name}={value!r} is not a number", f"give {name} as a number", param=name)
     if not math.isfinite(value):
-        raise SamplingParamsError(f"{name}={value} is not finite", f"give {name} as a finite number")
+        raise SamplingParamsError(f"{name}={value} is not finite", f"give {name} as a finite number", param=name)
 
 
-def _check_int(name: str, value: object) -> None:
+def _check_int(name: str, value: object, param: str | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SamplingParamsError(f"{name}={value!r} is not an integer", f"give {name} as a whole number")
+        raise SamplingParamsError(f"{name}={value!r} is not an integer", f"give {name} as a whole number",
+                                  param=param or name)
 
 
 def _normalise_stops(stop: object) -> tuple[str, ...]:
     items = (stop,) if isinstance(stop, str) else stop
     if not isinstance(items, (tuple, list)):
-        raise SamplingParamsError(f"stop={stop!r} is not a list of strings", 'give stop as ["...", ...]')
+        raise SamplingParamsError(f"stop={stop!r} is not a list of strings", 'give stop as ["...", ...]',
+                                  param="stop")
     if len(items) > MAX_STOP_STRINGS:
         raise SamplingParamsError(f"{len(items)} stop strings given, at most {MAX_STOP_STRINGS} are allowed",
-                                  "keep the stop strings that matter")
+                                  "keep the stop strings that matter", param="stop")
     for s in items:
         if not isinstance(s, str):
-            raise SamplingParamsError(f"stop string {s!r} is not a string", 'give stop as ["...", ...]')
+            raise SamplingParamsError(f"stop string {s!r} is not a string", 'give stop as ["...", ...]', param="stop")
         if not s:
-            raise SamplingParamsError("a stop string is empty", "remove the empty string from stop")
+            raise SamplingParamsError("a stop string is empty", "remove the empty string from stop", param="stop")
         if len(s) > MAX_STOP_STRING_CHARS:
             raise SamplingParamsError(f"a stop string is {len(s)} characters long",
-                                      f"keep stop strings under {MAX_STOP_STRING_CHARS} characters")
+                                      f"keep stop strings under {MAX_STOP_STRING_CHARS} characters", param="stop")
     return tuple(items)
 
 
 def _normalise_stop_ids(ids: object) -> tuple[int, ...]:
     if not isinstance(ids, (tuple, list)):
         raise SamplingParamsError(f"stop_token_ids={ids!r} is not a list of integers",
-                                  "give stop_token_ids as [id, ...]")
+                                  "give stop_token_ids as [id, ...]", param="stop_token_ids")
     for i in ids:
-        _check_int("stop token id", i)
+        _check_int("stop token id", i, param="stop_token_ids")
         if i < 0:
-            raise SamplingParamsError(f"stop token id {i} is negative", "token ids start at 0")
+            raise SamplingParamsError(f"stop token id {i} is negative", "token ids start at 0", param="stop_token_ids")
     return tuple(ids)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -27,8 +26,6 @@ MAX_BODY_BYTES = 32 * 2**20  # far above any real prompt; stops a client from fi
 _OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
                  413: "invalid_request_error", 429: "rate_limit_error", 503: "server_error"}
 
-_PARAM_NAMES = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repeat_last_n",
-                "presence_penalty", "frequency_penalty", "seed", "max_tokens", "stop", "logprobs")
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict", "list"})
 
 M = TypeVar("M", bound=BaseModel)
@@ -69,15 +66,12 @@ def error_response(path: str, status: int, message: str, *, param: str | None = 
 
 
 def from_llamarun_error(err: LlamarunError) -> ApiError:
-    """User-caused engine errors: an unknown model is 404, every other one 400."""
+    """User-caused engine errors: an unknown model is 404, every other one 400 (naming the field at fault)."""
     if isinstance(err, ModelNotFoundError):
         return ApiError(404, str(err), param="model", code="model_not_found")
-    message = str(err)
-    if isinstance(err, RequestError):
-        return ApiError(400, message, param=err.param, code=err.code)
-    # SamplingParamsError names its field ("max_tokens=0 is below 1", "a stop string is empty").
-    found = [(m.start(), name) for name in _PARAM_NAMES if (m := re.search(rf"\b{name}\b", message))]
-    return ApiError(400, message, param=min(found)[1] if found else None)
+    if isinstance(err, RequestError):  # SamplingParamsError too: both name the request field at fault
+        return ApiError(400, str(err), param=err.param, code=err.code)
+    return ApiError(400, str(err))
 
 
 def describe_validation(errors: list[Any]) -> tuple[str, str | None]:

@@ -7,6 +7,7 @@ torch is imported only to ask a GPU for its free memory.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from llamarun.config import ModelConfig
@@ -33,6 +34,7 @@ class MemoryPlan:
     kv_bytes_per_token: int
     max_context: int
     model_name: str | None = None
+    smaller: tuple[tuple[str, int], ...] = ()  # smaller downloads of the same model: (ref, bytes)
 
     @property
     def total_bytes(self) -> int:
@@ -70,24 +72,22 @@ class MemoryPlan:
         raise DoesNotFitError(f"{what}{need}", "; or ".join(options))
 
     def _smaller_variants(self) -> list[tuple[str, int]]:
-        """Smaller catalog tags of the same family that would fit at some useful context (>= 2048)."""
-        if not self.model_name or self.available_bytes is None:
+        """The first two of `smaller` that would fit at some useful context (>= 2048 tokens)."""
+        if self.available_bytes is None:
             return []
-        from llamarun.store.catalog import smaller_variants
-
         min_kv = min(self.context_length, 2048) * self.kv_bytes_per_token
         room = self.available_bytes - self.overhead_bytes - min_kv
-        return [(e.ref, e.approx_bytes) for e in smaller_variants(self.model_name, self.weight_bytes)
-                if e.approx_bytes <= room][:2]
+        return [(ref, size) for ref, size in self.smaller if size <= room][:2]
 
 
 def plan_memory(config: ModelConfig, weight_bytes: int, context_length: int, *, device: str = "cpu",
                 kv_bytes_per_element: int = 2, available_bytes: int | None = None,
-                model_name: str | None = None) -> MemoryPlan:
+                model_name: str | None = None, smaller: Sequence[tuple[str, int]] = ()) -> MemoryPlan:
     """Plan memory for `config` with `weight_bytes` of weights and a KV cache of `context_length` tokens.
 
     `available_bytes` defaults to what the device reports (MemAvailable on CPU, free memory on CUDA).
-    `model_name` (a catalog ref) lets the advice name a smaller quantization of the same model.
+    `model_name` names the model in the advice; `smaller` lists (ref, bytes) of smaller quantizations of
+    it, largest first (the store's catalog knows them), so the advice can name one that fits.
     """
     per_token = config.kv_bytes_per_token(kv_bytes_per_element)
     kind = "cuda" if device.startswith("cuda") else "cpu"
@@ -100,7 +100,8 @@ def plan_memory(config: ModelConfig, weight_bytes: int, context_length: int, *, 
     return MemoryPlan(device=device, context_length=context_length, weight_bytes=weight_bytes,
                       kv_cache_bytes=per_token * context_length, overhead_bytes=overhead,
                       available_bytes=available_bytes, kv_bytes_per_token=per_token,
-                      max_context=config.max_position_embeddings, model_name=model_name)
+                      max_context=config.max_position_embeddings, model_name=model_name,
+                      smaller=tuple(smaller))
 
 
 def available_memory(device: str = "cpu") -> int | None:

@@ -84,6 +84,7 @@ def test_bad_values_raise_clear_errors(kwargs: dict, field: str) -> None:
     with pytest.raises(SamplingParamsError, match=field) as info:
         SamplingParams(**kwargs)
     assert isinstance(info.value, LlamarunError)
+    assert info.value.param == next(iter(kwargs))  # the field at fault, for the server's 400
     assert info.value.hint  # every error tells the user what to do
     assert "\n" not in str(info.value)
 

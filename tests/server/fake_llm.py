@@ -238,7 +238,8 @@ class FakeLoader:
         self.load_delay = 0.0
         self.per_model: dict[str, dict[str, Any]] = {}
 
-    def __call__(self, name: str, context_length: int | None) -> FakeAsyncLLM:
+    def __call__(self, target: Any, context_length: int | None) -> FakeAsyncLLM:
+        name = getattr(target, "name", target)  # a ResolvedModel from the store's resolver, or a name
         if self.load_delay:
             time.sleep(self.load_delay)
         if name in self.too_big and any(not m.shut_down for m in self.instances):

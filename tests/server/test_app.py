@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 from conftest import DEFAULT
 from fake_llm import DEFAULT_REPLY
 from fastapi.testclient import TestClient
+from prometheus_text import at, parse_metrics
 
 import llamarun.server.app as app_module
 
 pytestmark = pytest.mark.timeout(60)
 USER = [{"role": "user", "content": "hi"}]
-SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? '
-                    r"(-?[0-9.e+-]+|\+Inf|-Inf|NaN)$")
 
 
 def test_api_key_guards_every_route_but_health(make_app) -> None:
@@ -59,18 +57,6 @@ def test_health(client: TestClient) -> None:
     assert client.get("/health").json() == {"status": "ok", "models_loaded": 1}
 
 
-def parse_metrics(text: str) -> dict[str, float]:
-    """Sample lines -> value, keyed by the line's name and labels; every line must be valid exposition."""
-    samples = {}
-    for line in text.splitlines():
-        if line.startswith(("# HELP ", "# TYPE ")):
-            continue
-        assert SAMPLE.match(line), f"not a Prometheus sample: {line!r}"
-        key, value = line.rsplit(" ", 1)
-        samples[key] = float(value)
-    return samples
-
-
 def test_metrics_count_requests_tokens_and_engine_state(client: TestClient, loader) -> None:
     for _ in range(3):
         r = client.post("/api/chat", json={"model": DEFAULT, "messages": USER, "stream": False})
@@ -82,44 +68,24 @@ def test_metrics_count_requests_tokens_and_engine_state(client: TestClient, load
     r = client.get("/metrics")
     assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
     m = parse_metrics(r.text)
-    assert m['llamarun_http_requests_total{method="POST",route="/api/chat",status="200"}'] == 3
-    assert m['llamarun_http_requests_total{method="POST",route="/api/chat",status="404"}'] == 1
-    assert m['llamarun_http_requests_total{method="POST",route="/v1/chat/completions",status="200"}'] == 1
-    model = f'model="{DEFAULT}"'
-    assert m[f'llamarun_generations_total{{{model},api="ollama",finish_reason="stop"}}'] == 3
-    assert m[f'llamarun_generations_total{{{model},api="openai",finish_reason="length"}}'] == 1
-    assert m[f"llamarun_generated_tokens_total{{{model}}}"] == 3 * len(DEFAULT_REPLY.encode()) + 5
-    assert m[f'llamarun_time_to_first_token_seconds_count{{{model}}}'] == 4
-    assert m[f'llamarun_time_to_first_token_seconds_bucket{{{model},le="+Inf"}}'] == 4
-    assert m[f"llamarun_decode_tokens_per_second_count{{{model}}}"] == 4
-    assert m[f"llamarun_model_loads_total{{{model}}}"] == 1
-    assert m["llamarun_models_loaded"] == 1
+    http = "llamarun_http_requests_total"
+    assert at(m, http, method="POST", route="/api/chat", status="200") == 3
+    assert at(m, http, method="POST", route="/api/chat", status="404") == 1
+    assert at(m, http, method="POST", route="/v1/chat/completions", status="200") == 1
+    model = {"model": DEFAULT}
+    assert at(m, "llamarun_generations_total", **model, api="ollama", finish_reason="stop") == 3
+    assert at(m, "llamarun_generations_total", **model, api="openai", finish_reason="length") == 1
+    assert at(m, "llamarun_generated_tokens_total", **model) == 3 * len(DEFAULT_REPLY.encode()) + 5
+    assert at(m, "llamarun_time_to_first_token_seconds_count", **model) == 4
+    assert at(m, "llamarun_time_to_first_token_seconds_bucket", **model, le="+Inf") == 4
+    assert at(m, "llamarun_decode_tokens_per_second_count", **model) == 4
+    assert at(m, "llamarun_model_loads_total", **model) == 1
+    assert at(m, "llamarun_models_loaded") == 1
     engine = loader.last().metrics()
-    assert m[f"llamarun_kv_blocks_total{{{model}}}"] == engine.kv_blocks_total == 64
-    assert m[f"llamarun_kv_blocks_used{{{model}}}"] == 0 and m[f"llamarun_queue_length{{{model}}}"] == 0
-    assert m[f"llamarun_prefix_cache_hits_total{{{model}}}"] == engine.prefix_hits > 0
+    assert at(m, "llamarun_kv_blocks_total", **model) == engine.kv_blocks_total == 64
+    assert at(m, "llamarun_kv_blocks_used", **model) == 0 and at(m, "llamarun_queue_length", **model) == 0
+    assert at(m, "llamarun_prefix_cache_hits_total", **model) == engine.prefix_hits > 0
     rate = engine.prefix_hits / engine.prefix_queries
-    assert m[f"llamarun_prefix_cache_hit_rate{{{model}}}"] == pytest.approx(rate)
-    assert m[f"llamarun_engine_requests_finished_total{{{model}}}"] == 4
-    assert m[f"llamarun_engine_preemptions_total{{{model}}}"] == 0
-
-
-def test_metrics_escape_label_values() -> None:
-    from llamarun.server.metrics import ServerMetrics
-
-    metrics = ServerMetrics()
-    metrics.model_loaded('we"ird\\name\n')
-    text = metrics.render()
-    assert 'llamarun_model_loads_total{model="we\\"ird\\\\name\\n"} 1' in text
-    parse_metrics(text)
-
-
-def test_oversized_bodies_are_refused(client: TestClient, monkeypatch) -> None:
-    from llamarun.server import errors
-
-    monkeypatch.setattr(errors, "MAX_BODY_BYTES", 1000)
-    big = {"model": DEFAULT, "messages": [{"role": "user", "content": "x" * 2000}]}
-    r = client.post("/api/chat", json=big)
-    assert r.status_code == 413 and "larger than" in r.json()["error"]
-    r = client.post("/v1/chat/completions", json=big)
-    assert r.status_code == 413 and r.json()["error"]["type"] == "invalid_request_error"
+    assert at(m, "llamarun_prefix_cache_hit_rate", **model) == pytest.approx(rate)
+    assert at(m, "llamarun_engine_requests_finished_total", **model) == 4
+    assert at(m, "llamarun_engine_preemptions_total", **model) == 0

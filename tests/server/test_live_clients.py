@@ -167,7 +167,8 @@ def test_64_concurrent_streaming_clients(live) -> None:
     def finished() -> float:
         text = httpx.get(f"{url}/metrics", headers=AUTH).text
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith(f'llamarun_generations_total{{model="{DEFAULT}"') and "stop" in line)
+                   if line.startswith("llamarun_generations_total{") and f'model="{DEFAULT}"' in line
+                   and 'finish_reason="stop"' in line)
 
     before = finished()
     texts = asyncio.run(asyncio.wait_for(main(), 90))

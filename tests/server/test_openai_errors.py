@@ -6,6 +6,10 @@ import pytest
 from conftest import DEFAULT
 from fastapi.testclient import TestClient
 
+from llamarun.errors import LlamarunError
+from llamarun.sampling.params import SamplingParamsError
+from llamarun.server.errors import from_llamarun_error
+
 pytestmark = pytest.mark.timeout(60)
 USER = [{"role": "user", "content": "hi"}]
 CHAT = "/v1/chat/completions"
@@ -36,6 +40,10 @@ CASES = [
     (CHAT, chat(seed=-1), 400, "seed", "seed"),
     (CHAT, chat(stop=["a", ""]), 400, "stop", "stop"),
     (CHAT, chat(stop=[1]), 400, "stop", "stop"),
+    (CHAT, chat(top_k=-1), 400, "top_k", "top_k"),
+    (CHAT, chat(min_p=2), 400, "min_p", "min_p"),
+    (CHAT, chat(repetition_penalty=0), 400, "repetition_penalty", "repetition_penalty"),
+    (CHAT, chat(max_completion_tokens=0), 400, "max_tokens", "max_tokens"),
     (CHAT, chat(top_logprobs=3), 400, "top_logprobs", "logprobs"),
     (CHAT, chat(logprobs=True, top_logprobs=50), 400, "top_logprobs", "top_logprobs"),
     (CHAT, chat(response_format={"type": "json_object"}), 400, "response_format", "structured output"),
@@ -78,3 +86,11 @@ def test_bad_requests_answer_in_openais_shape(client: TestClient, path: str, bod
 def test_wrong_method(client: TestClient) -> None:
     r = client.get(CHAT)
     assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_only_sampling_errors_name_a_param() -> None:
+    err = SamplingParamsError("a stop string is empty", "remove it", param="stop")
+    assert from_llamarun_error(err).param == "stop"
+    # words that happen to be field names in another error's text do not make it about that field
+    plain = from_llamarun_error(LlamarunError("the seed of top_p is temperature", "stop"))
+    assert (plain.status, plain.param) == (400, None)

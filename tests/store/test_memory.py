@@ -10,6 +10,7 @@ import pytest
 
 from llamarun.config import ModelConfig, RopeScaling
 from llamarun.errors import DoesNotFitError
+from llamarun.store.catalog import smaller_variants
 from llamarun.utils.memory import available_memory, plan_memory
 
 GB = 1000**3
@@ -24,6 +25,12 @@ def _llama(hidden: int, inter: int, layers: int, heads: int) -> ModelConfig:
 
 LLAMA_70B = _llama(8192, 28672, 80, 64)
 LLAMA_8B = _llama(4096, 14336, 32, 32)
+LLAMA_70B_BF16 = int(141.1 * GB)
+
+
+def catalog_smaller(ref: str, weight_bytes: int) -> list[tuple[str, int]]:
+    """What llm.loading passes as `smaller`: the catalog's smaller downloads of the same model."""
+    return [(e.ref, e.approx_bytes) for e in smaller_variants(ref, weight_bytes)]
 
 
 def test_parts_add_up_and_kv_scales_with_context_and_element_size() -> None:
@@ -49,14 +56,14 @@ def test_too_long_context_names_the_largest_round_context_that_fits() -> None:
 
 
 def test_70b_bf16_on_one_h100_suggests_a_smaller_quantization() -> None:
-    plan = plan_memory(LLAMA_70B, int(141.1 * GB), 8192, device="cuda:0", available_bytes=79 * GB,
-                       model_name="llama3.3:70b")
+    plan = plan_memory(LLAMA_70B, LLAMA_70B_BF16, 8192, device="cuda:0", available_bytes=79 * GB,
+                       model_name="llama3.3:70b", smaller=catalog_smaller("llama3.3:70b", LLAMA_70B_BF16))
     with pytest.raises(DoesNotFitError) as err:
         plan.check()
     msg = str(err.value)
     assert "llama3.3:70b-q4_K_M" in msg and "llama3.3:70b-mlx-4bit" in msg
     assert "context of" not in msg  # weights alone do not fit: no context can help
-    assert "141.1 GB" in msg and "79.0 GB" in msg
+    assert "141.1 GB" in msg and "79.0 GB" in msg and msg.startswith("llama3.3:70b needs")
 
 
 def test_without_a_catalog_model_the_advice_is_generic() -> None:
@@ -67,10 +74,23 @@ def test_without_a_catalog_model_the_advice_is_generic() -> None:
 
 def test_smaller_variant_must_itself_fit() -> None:
     # 30 GB: the 42.5 GB Q4_K_M does not fit either, so it must not be suggested.
-    plan = plan_memory(LLAMA_70B, int(141.1 * GB), 8192, available_bytes=30 * GB, model_name="llama3.3:70b")
+    smaller = catalog_smaller("llama3.3:70b", LLAMA_70B_BF16)
+    assert any(ref.endswith("q4_K_M") for ref, _ in smaller)
+    plan = plan_memory(LLAMA_70B, LLAMA_70B_BF16, 8192, available_bytes=30 * GB, model_name="llama3.3:70b",
+                       smaller=smaller)
     with pytest.raises(DoesNotFitError) as err:
         plan.check()
     assert "q4_K_M" not in str(err.value)
+
+
+def test_only_the_two_largest_smaller_variants_that_fit_are_named() -> None:
+    smaller = [("m:huge", 90 * GB), ("m:q8", 40 * GB), ("m:q6", 30 * GB), ("m:q4", 20 * GB)]
+    plan = plan_memory(LLAMA_70B, LLAMA_70B_BF16, 8192, available_bytes=50 * GB, model_name="m",
+                       smaller=smaller)
+    with pytest.raises(DoesNotFitError) as err:
+        plan.check()
+    msg = str(err.value)
+    assert "m:q8" in msg and "m:q6" in msg and "m:huge" not in msg and "m:q4" not in msg
 
 
 def test_cpu_available_memory_comes_from_meminfo() -> None:
@@ -87,10 +107,19 @@ def test_unknown_device_memory_does_not_block() -> None:
     assert plan.available_bytes is None and plan.fits
 
 
-def test_planning_for_cpu_does_not_import_torch() -> None:
-    code = ("import sys; from llamarun.utils.memory import plan_memory;"
-            "from llamarun.config import ModelConfig;"
-            "c = ModelConfig(vocab_size=10, hidden_size=8, intermediate_size=16, num_layers=1, num_heads=2,"
-            " num_kv_heads=1, head_dim=4); plan_memory(c, 100, 16).check(); print('torch' in sys.modules)")
+def test_planning_for_cpu_imports_neither_torch_nor_the_store() -> None:
+    code = """
+import sys
+from llamarun.config import ModelConfig
+from llamarun.utils.memory import plan_memory
+c = ModelConfig(vocab_size=10, hidden_size=8, intermediate_size=16, num_layers=1, num_heads=2, num_kv_heads=1,
+                head_dim=4)
+plan_memory(c, 100, 16).check()
+try:
+    plan_memory(c, 10**10, 16, available_bytes=10**9, model_name="m:big", smaller=[("m:small", 1)]).check()
+except Exception as e:
+    print(type(e).__name__, "m:small" in str(e))
+print("torch" in sys.modules, "llamarun.store" in sys.modules)
+"""
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+    assert out.split() == ["DoesNotFitError", "True", "False", "False"]
