@@ -11,12 +11,11 @@ matmuls and SDPA take, without transposing copies.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from llamarun.attention.backend import AttentionBackend
+from llamarun.attention.metadata import AttentionMetadata
 from llamarun.config import ModelConfig
 
 
@@ -35,53 +34,50 @@ class PagedKVCache:
         return self.k.nbytes + self.v.nbytes
 
 
-@dataclass
-class SeqSlice:
-    """One sequence in the packed batch: its queries are rows [q_start, q_start + q_len)."""
-
-    q_start: int
-    q_len: int
-    context_len: int  # tokens of the sequence attended over, this step's included
-    slots: torch.Tensor | None  # [context_len] cache slots of its tokens, in order (prefill chunks only)
-    blocks: torch.Tensor  # [ceil(context_len / block_size)] its block table
-
-
 class PagedAttention(AttentionBackend):
-    """Attention of a packed batch of sequences over the paged cache (metadata built once per step)."""
+    """Attention of a packed batch of sequences over the paged cache, laid out by `AttentionMetadata`.
 
-    def __init__(self, cache: PagedKVCache, slot_mapping: torch.Tensor, seqs: list[SeqSlice]) -> None:
+    The per-sequence gathers are built once per step here, not per layer: the metadata's small
+    host-side facts (lengths, query offsets) are read back once, which costs nothing on a CPU. This
+    reference backend takes no padded rows (slot -1): the torch runner never pads its batches.
+    """
+
+    def __init__(self, cache: PagedKVCache, metadata: AttentionMetadata) -> None:
         self.cache = cache
-        self.slot_mapping = slot_mapping  # [tokens] where each new token's K/V goes
-        self.prefills = [s for s in seqs if s.q_len > 1]
-        decodes = [s for s in seqs if s.q_len == 1]
-        self.decode_rows = None
-        if decodes:
-            device = slot_mapping.device
-            most = max(s.blocks.numel() for s in decodes)
-            tables = torch.zeros(len(decodes), most, dtype=torch.long, device=device)  # [B, blocks]
-            for row, s in enumerate(decodes):
-                tables[row, :s.blocks.numel()] = s.blocks
-            lengths = torch.tensor([s.context_len for s in decodes], device=device)  # [B]
-            positions = torch.arange(most * cache.block_size, device=device)  # [L]
-            self.decode_valid = positions[None, :] < lengths[:, None]  # [B, L]
-            self.decode_rows = torch.tensor([s.q_start for s in decodes], device=device)  # [B]
-            self.decode_tables = tables
+        self.slot_mapping = metadata.slot_mapping  # [tokens] where each new token's K/V goes
+        bs = cache.block_size
+        device = metadata.slot_mapping.device
+        seq_lens = metadata.seq_lens.tolist()
+        query_start = metadata.query_start.tolist()
+        nd = self.num_decodes = metadata.num_decodes
+        # Prefill chunks gather their context by token slot: (first query row, last + 1, slots [context]).
+        self.prefills: list[tuple[int, int, torch.Tensor]] = []
+        for b in range(nd, metadata.num_seqs):
+            ctx = seq_lens[b]
+            blocks = metadata.block_tables[b, : -(-ctx // bs)].long()  # [blocks holding tokens [0, ctx)]
+            pos = torch.arange(ctx, device=device)  # [ctx]
+            self.prefills.append((query_start[b], query_start[b + 1], blocks[pos // bs] * bs + pos % bs))
+        if nd:
+            # Decodes (packed rows [0, nd)) gather whole blocks, as many as the longest decode needs.
+            width = -(-max(seq_lens[:nd]) // bs)
+            self.decode_tables = metadata.block_tables[:nd, :width].long()  # [B, blocks]
+            positions = torch.arange(width * bs, device=device)  # [L]
+            self.decode_valid = positions[None, :] < metadata.seq_lens[:nd, None]  # [B, L]
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         kc, vc = self.cache.k[layer], self.cache.v[layer]  # [kv_heads, slots, head_dim]
         kc.index_copy_(1, self.slot_mapping, k.transpose(0, 1))
         vc.index_copy_(1, self.slot_mapping, v.transpose(0, 1))
         out = torch.empty_like(q)  # [tokens, heads, head_dim]
-        for s in self.prefills:
-            rows = slice(s.q_start, s.q_start + s.q_len)
-            out[rows] = _prefill(q[rows], kc[:, s.slots], vc[:, s.slots])
-        if self.decode_rows is not None:
+        for first, last, slots in self.prefills:
+            out[first:last] = _prefill(q[first:last], kc[:, slots], vc[:, slots])
+        if self.num_decodes:
             kv_heads, _, d = kc.shape
             by_block = (kv_heads, self.cache.num_blocks, self.cache.block_size, d)
-            b = self.decode_tables.shape[0]
+            b = self.num_decodes
             keys = kc.view(by_block)[:, self.decode_tables].view(kv_heads, b, -1, d)  # [kv_heads, B, L, d]
             values = vc.view(by_block)[:, self.decode_tables].view(kv_heads, b, -1, d)
-            out[self.decode_rows] = _decode(q[self.decode_rows], keys, values, self.decode_valid)
+            out[:b] = _decode(q[:b], keys, values, self.decode_valid)
         return out
 
 

@@ -14,9 +14,10 @@ import torch
 from llamarun.attention.paged_torch import PagedKVCache
 from llamarun.cache.block_pool import BlockPool
 from llamarun.engine.request import Request
-from llamarun.engine.runner import ModelRunner, SampledToken
+from llamarun.engine.runner import ModelRunner
 from llamarun.engine.scheduler import Scheduler
 from llamarun.engine.stats import RequestStats
+from llamarun.engine.step import SampledToken
 from llamarun.errors import LlamarunError
 from llamarun.models.llama import LlamaForCausalLM
 from llamarun.sampling.params import SamplingParams
@@ -86,6 +87,8 @@ class LLMEngine:
             raise LlamarunError(f"the prompt has {len(prompt_ids)} tokens, but the context holds {limit}",
                                 "shorten the prompt or raise the context length (num_ctx / --ctx)")
         request_id = request_id or f"req-{next(self._ids)}"
+        if request_id in self.scheduler.requests:
+            raise LlamarunError(f"request id {request_id!r} is already in use", "give each request its own id")
         self.scheduler.add(Request(request_id, list(prompt_ids), params, frozenset(stop_ids), limit))
         return request_id
 
@@ -93,17 +96,19 @@ class LLMEngine:
         req = self.scheduler.abort(request_id)
         if req is None:
             return None
+        self._drop_states_when_idle()
         return EngineOutput(request_id, finished=True, finish_reason="abort", stats=req.stats)
 
     @property
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished
 
-    @torch.inference_mode()  # sampler state (penalty counts) is created and updated inside it too
     def step(self) -> list[EngineOutput]:
         """Run one batch; report new tokens and finished requests."""
         out = self.scheduler.schedule()
         if not out.seqs:
+            if out.finished_ids:
+                self.runner.run(out)  # nothing to run, but the runner still drops finished requests' state
             return []
         sampled = self.runner.run(out)
         touched = self.scheduler.update(out, {rid: t.token_id for rid, t in sampled.items()})
@@ -115,7 +120,15 @@ class LLMEngine:
                 result.finished, result.finish_reason, result.stats = True, req.finish_reason, req.stats
             self._generated += len(result.new_tokens)
             outputs.append(result)
+        self._drop_states_when_idle()
         return outputs
+
+    def _drop_states_when_idle(self) -> None:
+        """Finished requests' runner state goes with the next step; with no next step coming, send one now."""
+        if not self.scheduler.has_unfinished:
+            out = self.scheduler.schedule()  # nothing to schedule: only the ids to drop
+            if out.finished_ids:
+                self.runner.run(out)
 
     def metrics(self) -> EngineMetrics:
         return EngineMetrics(

@@ -1,4 +1,8 @@
-"""A request as the engine sees it: token ids in, token ids out, and where it stands."""
+"""A request as the engine sees it: token ids in, token ids out, and where it stands.
+
+Plain Python, no torch: the scheduler owns these objects; the runner's per-request state (seeded
+generator, penalty counts) lives in the runner and is created from the step's plain data.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ from dataclasses import dataclass, field
 
 from llamarun.engine.stats import RequestStats
 from llamarun.sampling.params import SamplingParams
-from llamarun.sampling.sampler import SamplerState
 
 
 class Status(enum.Enum):
@@ -38,7 +41,6 @@ class Request:
     first_token_at: float | None = None
 
     def __post_init__(self) -> None:
-        self.sampler_state = SamplerState(self.params, self.prompt_ids)
         self.stats.prompt_tokens = len(self.prompt_ids)
 
     @property
@@ -76,7 +78,6 @@ class Request:
             self.finish("stop")
             return False
         self.output_ids.append(token_id)
-        self.sampler_state.append(token_id)
         self.stats.generated_tokens += 1
         limit = self.params.max_tokens
         if (limit is not None and len(self.output_ids) >= limit) or self.num_tokens >= self.max_total_tokens:

@@ -1,78 +1,66 @@
-"""The model runner: one packed batch per step — inputs built, model run, next tokens sampled."""
+"""The model runner: one plain-data step in, sampled tokens out.
+
+It owns everything per request that lives next to the model: the sampler state (seeded generator,
+penalty counts) of every request the scheduler has sent it, created from the step's `new_requests`
+and dropped for its `finished_ids`. Inputs are packed by `engine.batch` (decodes first), attention
+reads them through `PagedAttention`, and the batched sampler picks the tokens.
+"""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
 from llamarun.attention.backend import use_backend
-from llamarun.attention.paged_torch import PagedAttention, PagedKVCache, SeqSlice
-from llamarun.engine.scheduler import SchedulerOutput
+from llamarun.attention.paged_torch import PagedAttention, PagedKVCache
+from llamarun.engine.batch import model_inputs, pack_step
+from llamarun.engine.step import SampledToken, SchedulerOutput
 from llamarun.models.llama import LlamaForCausalLM
-from llamarun.sampling.sampler import Sampler
+from llamarun.sampling.sampler import Sampler, SamplerOutput, SamplerState
 
-
-@dataclass
-class SampledToken:
-    token_id: int
-    logprob: float | None = None
-    top: list[tuple[int, float]] | None = None  # (token id, logprob), most likely first
+__all__ = ["ModelRunner", "SampledToken"]
 
 
 class ModelRunner:
-    """Turns a SchedulerOutput into model inputs and sampled tokens."""
+    """Runs a SchedulerOutput through the model on the paged cache and samples the next tokens."""
 
     def __init__(self, model: LlamaForCausalLM, cache: PagedKVCache) -> None:
         self.model, self.cache = model, cache
         self.device = cache.k.device
         self.sampler = Sampler()
+        self.states: dict[str, SamplerState] = {}  # request id -> its sampler state
 
-    @torch.inference_mode()
-    def run(self, out: SchedulerOutput) -> dict[str, SampledToken]:
-        bs = self.cache.block_size
-        ids: list[int] = []
-        positions: list[int] = []
-        new_slots: list[int] = []
-        seqs: list[SeqSlice] = []
-        rows: list[int] = []
-        sampling = []
-        for s in out.seqs:
-            req = s.request
-            start, end = req.num_computed, req.num_computed + s.num_tokens
-            ids.extend(req.token_slice(start, end))
-            positions.extend(range(start, end))
-            table = req.block_table
-            new_slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
-            blocks = torch.tensor(table[: -(-end // bs)], dtype=torch.long)  # [blocks] holding tokens [0, end)
-            slots = None
-            if s.num_tokens > 1:  # prefill chunks gather by token slot; decodes gather whole blocks
-                pos = torch.arange(end)
-                slots = (blocks[pos // bs] * bs + pos % bs).to(self.device)  # [end]
-            seqs.append(SeqSlice(len(ids) - s.num_tokens, s.num_tokens, end, slots, blocks.to(self.device)))
-            if s.samples:
-                rows.append(len(ids) - 1)
-                sampling.append(req)
-        slot_mapping = torch.tensor(new_slots, dtype=torch.long, device=self.device)  # [tokens]
-        backend = PagedAttention(self.cache, slot_mapping, seqs)
-        input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)  # [tokens]
-        pos_t = torch.tensor(positions, dtype=torch.long, device=self.device)
-        if not sampling:
-            with use_backend(backend):
-                self.model.model(input_ids, pos_t)  # prefill chunks only: fill the cache, no logits
+    @torch.inference_mode()  # penalty counts are made and updated in place here: keep them inference tensors
+    def run(self, step: SchedulerOutput) -> dict[str, SampledToken]:
+        """Apply the step's state changes, run its sequences, sample; {request id: token} for sampling ones."""
+        for request_id in step.finished_ids:
+            self.states.pop(request_id, None)
+        for new in step.new_requests:
+            self.states[new.request_id] = SamplerState(new.params, new.token_ids)
+        if not step.seqs:
             return {}
-        with use_backend(backend):
-            logits = self.model(input_ids, pos_t, torch.tensor(rows, device=self.device))  # [S, vocab]
-        result = self.sampler.sample(logits, [r.sampler_state for r in sampling])
+        batch = pack_step(step, self.cache.block_size)
+        inputs = model_inputs(batch, self.device)
+        with use_backend(PagedAttention(self.cache, inputs.attention)):
+            if inputs.logits_rows is None:
+                self.model.model(inputs.input_ids, inputs.positions)  # prefill chunks only: fill the cache
+                return {}
+            logits = self.model(inputs.input_ids, inputs.positions, inputs.logits_rows)  # [S, vocab]
+        states = [self.states[rid] for rid in batch.sample_ids]
+        result = self.sampler.sample(logits, states)
         tokens = result.token_ids.tolist()  # the one host sync of the step
         sampled = {}
-        for i, req in enumerate(sampling):
-            token = SampledToken(tokens[i])
-            if req.params.logprobs is not None and result.logprobs is not None:
-                token.logprob = float(result.logprobs[i])
-                n = req.params.logprobs
-                if n and result.top_token_ids is not None:
-                    ids, logps = result.top_token_ids[i, :n].tolist(), result.top_logprobs[i, :n].tolist()
-                    token.top = list(zip(ids, logps, strict=True))
-            sampled[req.request_id] = token
+        for i, (rid, state) in enumerate(zip(batch.sample_ids, states, strict=True)):
+            state.append(tokens[i])
+            sampled[rid] = _sampled_token(result, i, tokens[i], state.params.logprobs)
         return sampled
+
+
+def _sampled_token(result: SamplerOutput, row: int, token_id: int, logprobs: int | None) -> SampledToken:
+    token = SampledToken(token_id)
+    if logprobs is not None and result.logprobs is not None:
+        token.logprob = float(result.logprobs[row])
+        if logprobs and result.top_token_ids is not None and result.top_logprobs is not None:
+            ids = result.top_token_ids[row, :logprobs].tolist()
+            logps = result.top_logprobs[row, :logprobs].tolist()
+            token.top = list(zip(ids, logps, strict=True))
+    return token

@@ -11,37 +11,20 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
 from llamarun.cache.block_pool import BlockPool, chain_hash
 from llamarun.engine.request import Request, Status
+from llamarun.engine.step import NewRequest, ScheduledSeq, SchedulerOutput
 
-
-@dataclass
-class ScheduledSeq:
-    """Run `num_tokens` tokens of `request`, starting at its `num_computed`."""
-
-    request: Request
-    num_tokens: int
-
-    @property
-    def samples(self) -> bool:
-        """Whether this chunk reaches the end of the request's tokens, so a token is sampled after it."""
-        return self.request.num_computed + self.num_tokens == self.request.num_tokens
-
-
-@dataclass
-class SchedulerOutput:
-    seqs: list[ScheduledSeq] = field(default_factory=list)
-    preempted: list[Request] = field(default_factory=list)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(s.num_tokens for s in self.seqs)
+__all__ = ["ScheduledSeq", "Scheduler", "SchedulerOutput"]
 
 
 class Scheduler:
-    """Owns the waiting queue, the running list and the KV blocks of every request."""
+    """Owns the waiting queue, the running list and the KV blocks of every request.
+
+    It also tracks which requests the runner holds state for, so each step tells the runner which
+    states to create (`new_requests`) and which to drop (`finished_ids`).
+    """
 
     def __init__(self, pool: BlockPool, max_batch_tokens: int = 512, max_running: int = 64) -> None:
         self.pool = pool
@@ -49,23 +32,29 @@ class Scheduler:
         self.max_running = max_running
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in arrival order
+        self.requests: dict[str, Request] = {}  # every unfinished request, waiting or running
         self.num_preemptions = 0
+        self._runner_knows: set[str] = set()  # ids whose sampler state the runner holds
+        self._to_drop: list[str] = []  # finished since the last step; sent with the next one
 
     # ----- requests in and out -----
 
     def add(self, request: Request) -> None:
+        if request.request_id in self.requests:
+            raise ValueError(f"request id {request.request_id!r} is already in use")
+        self.requests[request.request_id] = request
         self.waiting.append(request)
 
     def abort(self, request_id: str) -> Request | None:
-        """Stop a request wherever it is and free its blocks."""
-        for queue in (self.waiting, self.running):
-            for req in queue:
-                if req.request_id == request_id:
-                    queue.remove(req)
-                    self._free(req)
-                    req.finish("abort")
-                    return req
-        return None
+        """Stop a request wherever it is and free its blocks; None if it is not here (any more)."""
+        req = self.requests.get(request_id)
+        if req is None:
+            return None
+        (self.running if req.status is Status.RUNNING else self.waiting).remove(req)
+        self._free(req)
+        req.finish("abort")
+        self._forget(req)
+        return req
 
     @property
     def has_unfinished(self) -> bool:
@@ -74,7 +63,10 @@ class Scheduler:
     # ----- one step -----
 
     def schedule(self) -> SchedulerOutput:
-        out = SchedulerOutput()
+        """This step's sequences: running requests first (oldest first), then waiting ones, FCFS."""
+        seqs: list[ScheduledSeq] = []
+        new: list[NewRequest] = []
+        preempted: list[str] = []
         budget = self.max_batch_tokens
         i = 0
         while i < len(self.running) and budget > 0:
@@ -82,16 +74,17 @@ class Scheduler:
             n = min(req.num_uncomputed, budget)
             while not self._reserve(req, req.num_computed + n):
                 victim = self.running[-1]
-                self._preempt(victim, out)
+                self._preempt(victim)
+                preempted.append(victim.request_id)
                 if victim is req:
                     break
             if req.status is not Status.RUNNING:
                 break
-            out.seqs.append(ScheduledSeq(req, n))
+            seqs.append(self._scheduled(req, n, new))
             budget -= n
             i += 1
         # Admit waiting requests only when nobody had to be preempted: preemption means memory is tight.
-        while self.waiting and budget > 0 and len(self.running) < self.max_running and not out.preempted:
+        while self.waiting and budget > 0 and len(self.running) < self.max_running and not preempted:
             req = self.waiting[0]
             if not req.block_table:
                 self._attach_cached_prefix(req)
@@ -104,9 +97,10 @@ class Scheduler:
             if req.first_scheduled is None:
                 req.first_scheduled = time.perf_counter()
             self.running.append(req)
-            out.seqs.append(ScheduledSeq(req, n))
+            seqs.append(self._scheduled(req, n, new))
             budget -= n
-        return out
+        dropped, self._to_drop = self._to_drop, []
+        return SchedulerOutput(seqs, new, dropped, preempted)
 
     def update(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[tuple[Request, bool]]:
         """Advance the scheduled requests, append sampled tokens, free finished ones.
@@ -115,17 +109,36 @@ class Scheduler:
         """
         touched = []
         for seq in out.seqs:
-            req = seq.request
-            if req.finished:  # aborted while the step ran
+            req = self.requests.get(seq.request_id)
+            if req is None:  # aborted while the step ran
                 continue
-            req.num_computed += seq.num_tokens
+            req.num_computed += len(seq.token_ids)
             self._register_full_blocks(req)
-            if req.request_id in sampled:
-                touched.append((req, req.append(sampled[req.request_id])))
+            token = sampled.get(req.request_id)
+            if token is not None:
+                touched.append((req, req.append(token)))
             if req.finished:
                 self.running.remove(req)
                 self._free(req)
+                self._forget(req)
         return touched
+
+    def _scheduled(self, req: Request, n: int, new: list[NewRequest]) -> ScheduledSeq:
+        """The plain-data view of running `n` tokens of `req`; a request the runner has not seen is new."""
+        if req.request_id not in self._runner_knows:
+            self._runner_knows.add(req.request_id)
+            new.append(NewRequest(req.request_id, req.params, req.tokens))
+        start = req.num_computed
+        end = start + n
+        blocks = req.block_table[: -(-end // self.pool.block_size)]  # a copy: the table grows later
+        return ScheduledSeq(req.request_id, req.token_slice(start, end), start, blocks, end == req.num_tokens)
+
+    def _forget(self, req: Request) -> None:
+        """A finished request leaves the scheduler; the runner drops its state with the next step."""
+        del self.requests[req.request_id]
+        if req.request_id in self._runner_knows:
+            self._runner_knows.remove(req.request_id)
+            self._to_drop.append(req.request_id)
 
     # ----- blocks -----
 
@@ -155,19 +168,18 @@ class Scheduler:
 
     def _register_full_blocks(self, req: Request) -> None:
         bs = self.pool.block_size
-        tokens = req.tokens
         for b in range(len(req.block_hashes), req.num_computed // bs):
             parent = req.block_hashes[-1] if req.block_hashes else None
-            h = chain_hash(parent, tokens[b * bs:(b + 1) * bs])
+            h = chain_hash(parent, req.token_slice(b * bs, (b + 1) * bs))
             req.block_hashes.append(h)
             self.pool.register(req.block_table[b], h)
 
-    def _preempt(self, req: Request, out: SchedulerOutput) -> None:
+    def _preempt(self, req: Request) -> None:
+        """Free a running request's blocks and queue it first, to be recomputed (its runner state stays)."""
         self.running.remove(req)
         self._free(req)
         req.status = Status.WAITING
         self.waiting.appendleft(req)
-        out.preempted.append(req)
         self.num_preemptions += 1
 
     def _free(self, req: Request) -> None:

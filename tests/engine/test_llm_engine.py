@@ -147,3 +147,34 @@ def test_stop_ids_and_length_limits(model, alone):
     # The context bounds prompt + output.
     got = run_all(make_engine(model, context_length=64), [PROMPTS[4]], SamplingParams.greedy())["r0"]
     assert len(PROMPTS[4]) + len(got) == 64
+
+
+def test_preempted_request_samples_as_if_never_preempted(model):
+    # Seeded sampling with penalties: the runner must keep each request's generator and counts across
+    # preemption; re-creating them on resume would restart the generator and change the tokens.
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.3, frequency_penalty=0.2,
+                            seed=11, max_tokens=20)
+    roomy = make_engine(model)
+    expected = run_all(roomy, PROMPTS, params)
+    tight = make_engine(model, kv_tokens=128, context_length=128)
+    assert run_all(tight, PROMPTS, params) == expected
+    assert tight.scheduler.num_preemptions > 0 and roomy.scheduler.num_preemptions == 0
+    assert tight.runner.states == {} and roomy.runner.states == {}  # dropped once everything finished
+
+
+def test_request_id_reused_after_finishing_gets_fresh_sampler_state(model):
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=3, max_tokens=4)
+    expected = run_all(make_engine(model), [PROMPTS[0]], params)["r0"]
+    engine = make_engine(model)
+    engine.add_request(PROMPTS[3], SamplingParams.greedy(max_tokens=30), request_id="long")
+    engine.add_request(PROMPTS[0], params, request_id="x")
+    first: list[int] = []
+    while "x" in engine.scheduler.requests:
+        first += [t.token_id for o in engine.step() if o.request_id == "x" for t in o.new_tokens]
+    engine.add_request(PROMPTS[0], params, request_id="x")  # same id, before the runner heard of the end
+    with pytest.raises(LlamarunError, match="already in use"):
+        engine.add_request(PROMPTS[0], params, request_id="x")
+    second: list[int] = []
+    while engine.has_unfinished:
+        second += [t.token_id for o in engine.step() if o.request_id == "x" for t in o.new_tokens]
+    assert first == second == expected
