@@ -55,6 +55,7 @@ class CudaModelRunner(ModelRunner):
         self._copied = torch.cuda.Event()  # the host buffers may be refilled once the last copy is done
         self._copied.record()
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}  # batch size -> (graph, logits)
+        self.steps = {"graph": 0, "eager": 0}  # how steps ran (tests and benchmarks read it)
         if use_graphs:
             self.capture([b for b in GRAPH_SIZES if b <= min(max_seqs, max_tokens)])
 
@@ -69,6 +70,7 @@ class CudaModelRunner(ModelRunner):
         graph_size = self._graph_size(batch)
         size = graph_size or batch.num_seqs
         self._fill(batch, size)
+        self.steps["graph" if graph_size else "eager"] += 1
         if graph_size:
             graph, logits = self.graphs[graph_size]
             graph.replay()

@@ -6,6 +6,7 @@ thread. Text never enters here: templates, detokenization and stop strings live 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 
@@ -14,7 +15,7 @@ import torch
 from llamarun.attention.paged_torch import PagedKVCache
 from llamarun.cache.block_pool import BlockPool
 from llamarun.engine.request import Request
-from llamarun.engine.runner import ModelRunner
+from llamarun.engine.runners import make_runner
 from llamarun.engine.scheduler import Scheduler
 from llamarun.engine.stats import RequestStats
 from llamarun.engine.step import SampledToken
@@ -28,7 +29,7 @@ class EngineConfig:
     context_length: int  # most tokens (prompt + output) of one request
     kv_tokens: int  # token slots in the whole KV cache, shared by all requests
     block_size: int = 16
-    max_batch_tokens: int = 512
+    max_batch_tokens: int | None = None  # tokens per step; None: 512 on CPUs, 8192 on GPUs (see LLMEngine)
     max_running: int = 64
     enable_prefix_cache: bool = True
 
@@ -67,12 +68,18 @@ class LLMEngine:
 
     def __init__(self, model: LlamaForCausalLM, config: EngineConfig, *, dtype: torch.dtype,
                  device: str | torch.device) -> None:
+        if config.max_batch_tokens is None:
+            # A GPU step of 8k prompt tokens still takes milliseconds and keeps the tensor cores busy; on a CPU
+            # a smaller step keeps running decodes from waiting long behind a prefill.
+            tokens = 8192 if torch.device(device).type == "cuda" else 512
+            config = dataclasses.replace(config, max_batch_tokens=tokens)
         self.config = config
         num_blocks = -(-config.kv_tokens // config.block_size)
         self.pool = BlockPool(num_blocks, config.block_size, config.enable_prefix_cache)
         self.cache = PagedKVCache(model.config, num_blocks, config.block_size, dtype, device)
         self.scheduler = Scheduler(self.pool, config.max_batch_tokens, config.max_running)
-        self.runner = ModelRunner(model, self.cache)
+        self.runner = make_runner(model, self.cache, max_tokens=config.max_batch_tokens,
+                                  max_seqs=config.max_running, context_length=config.context_length)
         self._ids = itertools.count()
         self._finished = 0
         self._generated = 0

@@ -32,10 +32,7 @@ class ModelRunner:
     @torch.inference_mode()  # penalty counts are made and updated in place here: keep them inference tensors
     def run(self, step: SchedulerOutput) -> dict[str, SampledToken]:
         """Apply the step's state changes, run its sequences, sample; {request id: token} for sampling ones."""
-        for request_id in step.finished_ids:
-            self.states.pop(request_id, None)
-        for new in step.new_requests:
-            self.states[new.request_id] = SamplerState(new.params, new.token_ids)
+        self._update_states(step)
         if not step.seqs:
             return {}
         batch = pack_step(step, self.cache.block_size)
@@ -46,10 +43,20 @@ class ModelRunner:
                 return {}
             logits = self.model(inputs.input_ids, inputs.positions, inputs.logits_rows)  # [S, vocab]
         states = [self.states[rid] for rid in batch.sample_ids]
-        result = self.sampler.sample(logits, states)
+        return self._answer(self.sampler.sample(logits, states), batch.sample_ids, states)
+
+    def _update_states(self, step: SchedulerOutput) -> None:
+        """Drop the sampler state of finished requests, then make it for new ones (in that order)."""
+        for request_id in step.finished_ids:
+            self.states.pop(request_id, None)
+        for new in step.new_requests:
+            self.states[new.request_id] = SamplerState(new.params, new.token_ids)
+
+    @staticmethod
+    def _answer(result: SamplerOutput, sample_ids: list[str], states: list[SamplerState]) -> dict[str, SampledToken]:
         tokens = result.token_ids.tolist()  # the one host sync of the step
         sampled = {}
-        for i, (rid, state) in enumerate(zip(batch.sample_ids, states, strict=True)):
+        for i, (rid, state) in enumerate(zip(sample_ids, states, strict=True)):
             state.append(tokens[i])
             sampled[rid] = _sampled_token(result, i, tokens[i], state.params.logprobs)
         return sampled

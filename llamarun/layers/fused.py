@@ -48,7 +48,8 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
 def rotate(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary embedding of q [tokens, heads, head_dim] and k [tokens, kv_heads, head_dim] (HF half-split layout)."""
-    if use_kernels(q):
+    head_dim = q.shape[-1]
+    if use_kernels(q) and head_dim & (head_dim - 1) == 0:  # the kernel takes power-of-two head dims
         from llamarun.kernels.rotary import apply_rotary_
 
         apply_rotary_(q, k, cos, sin)
