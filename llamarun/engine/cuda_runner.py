@@ -6,7 +6,9 @@ pass over 30-80 layers and a few hundred kernel launches per token. Here:
   host memory by two copies (int64 token data, int32 attention metadata);
 - decode-only steps replay a CUDA graph captured at start-up for the next bucket size (1, 2, 4, 8, ...),
   padded rows writing no cache slot (slot -1) and attending to nothing (length 0);
-- prefill and mixed steps run eagerly on the same buffers and kernels;
+- a step that is one prompt (or prompt chunk) of up to 512 tokens, the time to first token of a lone
+  request, replays a prefill graph for the next token bucket; its padded tokens belong to no sequence;
+- other prefill and mixed steps run eagerly on the same buffers and kernels;
 - sampling stays on the GPU and the step syncs once, when the sampled tokens are read.
 """
 
@@ -28,7 +30,8 @@ from llamarun.engine.step import SampledToken, SchedulerOutput
 from llamarun.models.llama import LlamaForCausalLM
 
 log = logging.getLogger(__name__)
-GRAPH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+GRAPH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)  # decode batch buckets
+PREFILL_SIZES = (16, 32, 64, 128, 256, 512)  # token buckets of a lone prompt step
 
 
 class CudaModelRunner(ModelRunner):
@@ -54,10 +57,12 @@ class CudaModelRunner(ModelRunner):
         self.tables = d32[2 * s + 1:].view(s, w)
         self._copied = torch.cuda.Event()  # the host buffers may be refilled once the last copy is done
         self._copied.record()
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}  # batch size -> (graph, logits)
+        # ("decode", batch size) or ("prefill", tokens) -> (graph, its logits output)
+        self.graphs: dict[tuple[str, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.steps = {"graph": 0, "eager": 0}  # how steps ran (tests and benchmarks read it)
         if use_graphs:
-            self.capture([b for b in GRAPH_SIZES if b <= min(max_seqs, max_tokens)])
+            self.capture([b for b in GRAPH_SIZES if b <= min(max_seqs, max_tokens)],
+                         [t for t in PREFILL_SIZES if t <= min(max_tokens, context_length)])
 
     # ----- one step -----
 
@@ -67,15 +72,16 @@ class CudaModelRunner(ModelRunner):
         if not step.seqs:
             return {}
         batch = pack_step(step, self.cache.block_size)
-        graph_size = self._graph_size(batch)
-        size = graph_size or batch.num_seqs
-        self._fill(batch, size)
-        self.steps["graph" if graph_size else "eager"] += 1
-        if graph_size:
-            graph, logits = self.graphs[graph_size]
+        key = self._graph_key(batch)
+        self.steps["graph" if key else "eager"] += 1
+        if key:
+            kind, size = key
+            self._fill(batch, size if kind == "decode" else 1, size)
+            graph, logits = self.graphs[key]
             graph.replay()
-            logits = logits[:batch.num_seqs]  # [S, vocab]: every decode row samples
+            logits = logits[:len(batch.sample_ids)]  # [S, vocab]
         else:
+            self._fill(batch, batch.num_seqs, len(batch.token_ids))
             meta = self._metadata(batch.num_seqs, batch.num_decodes, batch.max_query_len, batch.max_seq_len)
             self.backend.begin(meta)
             tokens = len(batch.token_ids)
@@ -87,20 +93,29 @@ class CudaModelRunner(ModelRunner):
                 logits = self.model(self.ids[:tokens], self.positions[:tokens], rows)  # [S, vocab]
         return self._sample(logits, batch.sample_ids)
 
-    def _graph_size(self, batch: HostBatch) -> int | None:
-        """The captured batch size a decode-only step replays in, or None to run eagerly."""
-        if batch.num_decodes != batch.num_seqs or len(batch.logits_rows) != batch.num_seqs:
-            return None
-        return next((b for b in sorted(self.graphs) if b >= batch.num_seqs), None)
+    def _graph_key(self, batch: HostBatch) -> tuple[str, int] | None:
+        """The graph a step replays in: all decodes that sample, or one sampling prompt chunk; else None."""
+        sizes = [size for kind, size in self.graphs]
+        if batch.num_decodes == batch.num_seqs and len(batch.logits_rows) == batch.num_seqs:
+            size = next((b for b in sorted(sizes) if b >= batch.num_seqs and ("decode", b) in self.graphs), None)
+            return ("decode", size) if size else None
+        if batch.num_seqs == 1 and batch.num_decodes == 0 and batch.logits_rows:
+            tokens = len(batch.token_ids)
+            size = next((t for t in sorted(sizes) if t >= tokens and ("prefill", t) in self.graphs), None)
+            return ("prefill", size) if size else None
+        return None
 
-    def _fill(self, batch: HostBatch, size: int) -> None:
-        """Copy the step into the device buffers; rows past the batch (graph padding) are inert."""
+    def _fill(self, batch: HostBatch, size: int, padded: int) -> None:
+        """Copy the step into the device buffers, padded to `size` sequences and `padded` tokens.
+
+        Padded sequences (decode graphs) have one query, length 0 and slot -1; padded tokens of a prompt
+        graph belong to no sequence and write no slot: whatever they compute is never read.
+        """
         n, t, m, s, w = batch.num_seqs, len(batch.token_ids), self.max_tokens, self.max_seqs, self.width
         if t > m or n > s:
             raise ValueError(f"a step of {t} tokens / {n} sequences exceeds the runner's {m} / {s}")
         self._copied.synchronize()
         h64, h32 = self._np64, self._np32
-        padded = max(t, size)
         h64[:t], h64[m:m + t], h64[2 * m:2 * m + t] = batch.token_ids, batch.positions, batch.slot_mapping
         h64[t:padded], h64[m + t:m + padded], h64[2 * m + t:2 * m + padded] = 0, 0, -1
         h64[3 * m:3 * m + len(batch.logits_rows)] = batch.logits_rows
@@ -128,27 +143,39 @@ class CudaModelRunner(ModelRunner):
     # ----- CUDA graphs -----
 
     @torch.inference_mode()
-    def capture(self, sizes: list[int]) -> None:
-        """Capture one decode graph per batch size, largest first so smaller ones reuse its memory pool."""
+    def capture(self, decode_sizes: list[int], prefill_sizes: list[int]) -> None:
+        """Capture the decode and prompt graphs, largest first so smaller ones reuse the shared memory pool."""
         t0 = time.perf_counter()
         pool = torch.cuda.graph_pool_handle()
-        for size in sorted(sizes, reverse=True):
-            self._fill(_idle_batch(size), size)
-            meta = self._metadata(size, size, 1, self.width * self.cache.block_size)
+        jobs = [("prefill", t) for t in prefill_sizes] + [("decode", b) for b in decode_sizes]
+        for kind, size in sorted(jobs, key=lambda job: -job[1]):
+            if kind == "decode":
+                self._fill(_idle_batch(size), size, size)
+                meta, tokens, rows = self._metadata(size, size, 1, self.width * self.cache.block_size), size, None
+            else:  # one prompt chunk that attends to the whole (empty) context: slot -1, no writes
+                self._fill(_idle_prompt(size, self.cache.block_size), 1, size)
+                meta, tokens, rows = self._metadata(1, 0, size, size), size, self.rows[:1]
             self.backend.begin(meta)
             with use_backend(self.backend):
-                self.model(self.ids[:size], self.positions[:size])  # warm-up: compiles kernels, picks GEMMs
+                self.model(self.ids[:tokens], self.positions[:tokens], rows)  # warm-up: compiles kernels
                 torch.cuda.synchronize()
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-                    logits = self.model(self.ids[:size], self.positions[:size])  # [size, vocab]
-            self.graphs[size] = (graph, logits)
+                    logits = self.model(self.ids[:tokens], self.positions[:tokens], rows)  # [rows, vocab]
+            self.graphs[(kind, size)] = (graph, logits)
         torch.cuda.synchronize()
-        log.info("captured %d decode graphs in %.1f s", len(sizes), time.perf_counter() - t0)
+        log.info("captured %d CUDA graphs in %.1f s", len(jobs), time.perf_counter() - t0)
 
 
 def _idle_batch(size: int) -> HostBatch:
-    """A decode batch whose rows write nothing and read nothing: what graphs are captured on."""
+    """A decode batch whose rows write nothing and read nothing: what decode graphs are captured on."""
     return HostBatch(token_ids=[0] * size, positions=[0] * size, slot_mapping=[-1] * size,
                      query_start=list(range(size + 1)), seq_lens=[0] * size, block_tables=[[] for _ in range(size)],
                      num_decodes=size, logits_rows=list(range(size)), sample_ids=[])
+
+
+def _idle_prompt(tokens: int, block_size: int) -> HostBatch:
+    """One prompt chunk of `tokens` that writes no slot (its keys are read from block 0, never stored)."""
+    return HostBatch(token_ids=[0] * tokens, positions=list(range(tokens)), slot_mapping=[-1] * tokens,
+                     query_start=[0, tokens], seq_lens=[tokens], block_tables=[[0] * -(-tokens // block_size)],
+                     num_decodes=0, logits_rows=[tokens - 1], sample_ids=[])

@@ -39,10 +39,15 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
             return rms_norm(x, weight, eps), x
         return fused_add_rms_norm(x, residual, weight, eps)  # in place: x holds the norm, residual the sum
     total = x if residual is None else x + residual
-    dtype = total.dtype
-    x32 = total.float()
+    return rms_norm_torch(total, weight, eps), total
+
+
+def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The reference RMSNorm: the statistic in float32, the weight applied in x's dtype (as HF Llama does)."""
+    dtype = x.dtype
+    x32 = x.float()
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(dtype), total
+    return weight * x32.to(dtype)
 
 
 def rotate(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor

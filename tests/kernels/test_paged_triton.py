@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llamarun.attention.metadata import AttentionMetadata
-from llamarun.attention.paged_torch import PagedAttention, PagedKVCache, SeqSlice
+from llamarun.attention.paged_torch import PagedAttention, PagedKVCache
 from llamarun.attention.paged_triton import TritonPagedAttention
 from llamarun.config import ModelConfig
 
@@ -23,33 +23,39 @@ def _cache(dtype: torch.dtype, device: str) -> PagedKVCache:
     return cache
 
 
-def _step(specs: list[tuple[int, int]], num_decodes: int, device: str) -> tuple[AttentionMetadata, list[SeqSlice]]:
-    """Metadata for sequences (cached tokens, new tokens); (0, 0) is a padded decode row (seq_len 0, slot -1)."""
+def _metadata(rows: list[tuple[list[int], int, int, list[int]]], num_decodes: int, device: str) -> AttentionMetadata:
+    """rows: (new tokens' slots, new tokens, seq_len, blocks) per sequence, packed in order."""
+    starts = [0]
+    for _, new, _, _ in rows:
+        starts.append(starts[-1] + max(new, 1))
+    width = max(len(blocks) for *_, blocks in rows) + 1
+    table = torch.zeros(len(rows), width, dtype=torch.int32)
+    for b, (*_, blocks) in enumerate(rows):
+        table[b, : len(blocks)] = torch.tensor(blocks, dtype=torch.int32)
+    return AttentionMetadata(
+        slot_mapping=torch.tensor([s for slots, *_ in rows for s in slots], device=device),
+        query_start=torch.tensor(starts, dtype=torch.int32, device=device),
+        seq_lens=torch.tensor([n for _, _, n, _ in rows], dtype=torch.int32, device=device),
+        block_tables=table.to(device), num_decodes=num_decodes,
+        max_query_len=max(new for _, new, _, _ in rows), max_seq_len=max(n for _, _, n, _ in rows))
+
+
+def _step(specs: list[tuple[int, int]], num_decodes: int, device: str) -> tuple[AttentionMetadata, AttentionMetadata]:
+    """Metadata for sequences (cached tokens, new tokens); (0, 0) is a padded decode row (seq_len 0, slot -1).
+
+    Also the same step without its padded rows, for the torch reference (whose runner never pads).
+    """
     order = torch.randperm(24, generator=torch.Generator().manual_seed(1)).tolist()
-    slots, starts, lens, tables, seqs = [], [0], [], [], []
+    rows = []
     for prefix, new in specs:
-        padded = new == 0
         end = prefix + new
         blocks = [order.pop() for _ in range(-(-end // BLOCK))]
-        tables.append(blocks)
         pos = torch.arange(end)
         token_slots = torch.tensor(blocks, dtype=torch.long)[pos // BLOCK] * BLOCK + pos % BLOCK  # [end]
-        slots += [-1] if padded else token_slots[prefix:].tolist()
-        starts.append(starts[-1] + max(new, 1))
-        lens.append(end)
-        if not padded:
-            seqs.append(SeqSlice(starts[-2], new, end, token_slots.to(device) if new > 1 else None,
-                                 torch.tensor(blocks, device=device)))
-    width = max(len(t) for t in tables) + 1
-    table = torch.zeros(len(specs), width, dtype=torch.int32)
-    for b, blocks in enumerate(tables):
-        table[b, : len(blocks)] = torch.tensor(blocks, dtype=torch.int32)
-    meta = AttentionMetadata(
-        slot_mapping=torch.tensor(slots, device=device), query_start=torch.tensor(starts, dtype=torch.int32,
-                                                                                  device=device),
-        seq_lens=torch.tensor(lens, dtype=torch.int32, device=device), block_tables=table.to(device),
-        num_decodes=num_decodes, max_query_len=max(n for _, n in specs), max_seq_len=max(lens))
-    return meta, seqs
+        rows.append(([-1] if new == 0 else token_slots[prefix:].tolist(), new, end, blocks))
+    real = [r for r in rows if r[1] > 0]
+    real_decodes = sum(1 for r in rows[:num_decodes] if r[1] > 0)
+    return _metadata(rows, num_decodes, device), _metadata(real, real_decodes, device)
 
 
 @pytest.mark.parametrize(("specs", "num_decodes"), [
@@ -60,9 +66,9 @@ def _step(specs: list[tuple[int, int]], num_decodes: int, device: str) -> tuple[
 @pytest.mark.parametrize("num_splits", [None, 1])
 def test_backend_matches_torch_paged_attention(assert_close, device, dtype, specs, num_decodes, num_splits):
     torch_cache, triton_cache = _cache(dtype, device), _cache(dtype, device)
-    meta, seqs = _step(specs, num_decodes, device)
+    meta, unpadded = _step(specs, num_decodes, device)
     real = meta.slot_mapping >= 0  # the torch backend has no padded rows
-    reference = PagedAttention(torch_cache, meta.slot_mapping[real], seqs)
+    reference = PagedAttention(torch_cache, unpadded)
     backend = TritonPagedAttention(triton_cache, max_batch=8, num_splits=num_splits)
     backend.begin(meta)
     tokens = meta.slot_mapping.shape[0]
