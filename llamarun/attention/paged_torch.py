@@ -2,10 +2,10 @@
 
 The KV cache of every layer is one slab of token slots per KV head, `[kv_heads, num_blocks * block_size,
 head_dim]`; a sequence's block table says which blocks hold its tokens. Each step the runner packs all
-scheduled tokens side by side; this backend writes their keys/values into their slots, then attends
-each sequence over its own. Decoding sequences (one query each) are batched: their blocks are
-gathered whole (one index per block, not per token) into a padded batch for two matmuls. Prefill
-chunks run SDPA one sequence at a time. Heads lead the layout so gathers land in the shape the
+scheduled tokens side by side, decodes first (the `AttentionMetadata` layout); this backend writes their
+keys/values into their slots, then attends each sequence over its own. Decodes (one query each) are
+batched: their blocks are gathered whole (one index per block, not per token) into a padded batch for
+two matmuls. Prefill chunks run SDPA one sequence at a time. Heads lead the layout so gathers land in the shape the
 matmuls and SDPA take, without transposing copies.
 """
 
