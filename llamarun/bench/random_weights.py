@@ -131,7 +131,7 @@ def load_random_model(name: str, *, device: str | None = None, concurrency: int,
     preemption; the engine may run that many requests together. `dtype` defaults to the device's
     compute dtype (bf16 on GPUs, float32 on CPUs).
     """
-    from llamarun.llm.loading import check_device, default_device, default_dtype
+    from llamarun.utils.devices import check_device, default_device, default_dtype
 
     t0 = time.perf_counter()
     config = preset_config(name)

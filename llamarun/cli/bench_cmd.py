@@ -182,7 +182,7 @@ def _offline_random(args: argparse.Namespace, levels: list[int], counts: list[in
     from llamarun.bench.bandwidth import annotate_levels, decode_weight_bytes, measure_copy_bandwidth
     from llamarun.bench.offline import run_levels, warm_up
     from llamarun.bench.random_weights import WEIGHT_STD, load_random_model, preset_config
-    from llamarun.llm.loading import check_device, default_device
+    from llamarun.utils.devices import check_device, default_device
 
     config = preset_config(args.random_weights)
     device = check_device(args.device or default_device())
@@ -201,7 +201,8 @@ def _offline_random(args: argparse.Namespace, levels: list[int], counts: list[in
     record.model = args.random_weights
     record.settings.update(device=rm.device, dtype=dtype, weights="random", context_length=ctx,
                            kv_tokens=rm.engine.config.kv_tokens, max_running=rm.engine.config.max_running,
-                           load_seconds=round(rm.load_seconds, 3), time_budget=args.time_budget)
+                           load_seconds=round(rm.load_seconds, 3), time_budget=args.time_budget,
+                           graph_capture_seconds=round(getattr(rm.engine.runner, "capture_seconds", 0.0), 3))
     record.describe_machine()
     record.top["weights"] = "random"
     record.top["random_weights"] = {"shape": args.random_weights, "std": WEIGHT_STD, "seed": args.seed,
@@ -209,8 +210,8 @@ def _offline_random(args: argparse.Namespace, levels: list[int], counts: list[in
                                     "decode_weight_bytes": decode_weight_bytes(config, element)}
     record.top["bandwidth"] = {"copy_gb_s": round(copy / 1e9, 1) if copy else None, "source": source}
     print(f"built {args.random_weights} with random weights (N(0, {WEIGHT_STD})): "
-          f"{config.num_parameters / 1e9:.3g} B parameters, {dtype} on {rm.device}, {rm.load_seconds:.1f} s",
-          flush=True)
+          f"{config.num_parameters / 1e9:.3g} B parameters, {dtype} on {rm.device}, {rm.load_seconds:.1f} s "
+          f"(CUDA graph capture {getattr(rm.engine.runner, 'capture_seconds', 0.0):.1f} s of it)", flush=True)
 
     def saved(done: list, skipped: list) -> None:
         annotate_levels(done, config, element, prompt_tokens=args.prompt_tokens,
@@ -265,13 +266,13 @@ def _serve_and_bench(args: argparse.Namespace, levels: list[int], counts: list[i
     """Start the real server in-process and bench it, arranged as `llamarun serve` arranges threads.
 
     The engines run on this (the main) thread through an EngineHub of the benchmark's own, because
-    PyTorch's OpenMP kernels run 2-3x slower off it (llm/engine_hub.py); uvicorn and the benchmark's
+    PyTorch's OpenMP kernels run 2-3x slower off it (engine/hub.py); uvicorn and the benchmark's
     HTTP clients each take a thread of their own.
     """
     import threading
 
     from llamarun.bench import serving
-    from llamarun.llm.engine_hub import EngineHub
+    from llamarun.engine.hub import EngineHub
     from llamarun.store.catalog import DEFAULT_MODEL
     from llamarun.store.resolve import resolve_model
 

@@ -128,13 +128,13 @@ def run_on_main_thread_engines(server: Any, sock: socket.socket) -> None:
     """HTTP on a background thread, engines on the main one.
 
     PyTorch's OpenMP CPU kernels run 2-3x slower off the main thread, so the engines keep it
-    (llm/engine_hub.py) and uvicorn, which is mostly waiting on sockets, takes a thread of its own.
+    (engine/hub.py) and uvicorn, which is mostly waiting on sockets, takes a thread of its own.
     Ctrl-C or SIGTERM ask uvicorn to finish gracefully; its thread's end stops the hub.
     """
     import signal
     import threading
 
-    from llamarun.llm.engine_hub import default_hub
+    from llamarun.engine.hub import default_hub
 
     hub = default_hub()
 

@@ -28,6 +28,7 @@ from llamarun.engine.batch import HostBatch, pack_step
 from llamarun.engine.runner import ModelRunner
 from llamarun.engine.step import SampledToken, SchedulerOutput
 from llamarun.models.llama import LlamaForCausalLM
+from llamarun.utils.progress import count_bar
 
 log = logging.getLogger(__name__)
 GRAPH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)  # decode batch buckets
@@ -60,6 +61,7 @@ class CudaModelRunner(ModelRunner):
         # ("decode", batch size) or ("prefill", tokens) -> (graph, its logits output)
         self.graphs: dict[tuple[str, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.steps = {"graph": 0, "eager": 0}  # how steps ran (tests and benchmarks read it)
+        self.capture_seconds = 0.0
         if use_graphs:
             self.capture([b for b in GRAPH_SIZES if b <= min(max_seqs, max_tokens)],
                          [t for t in PREFILL_SIZES if t <= min(max_tokens, context_length)])
@@ -148,23 +150,29 @@ class CudaModelRunner(ModelRunner):
         t0 = time.perf_counter()
         pool = torch.cuda.graph_pool_handle()
         jobs = [("prefill", t) for t in prefill_sizes] + [("decode", b) for b in decode_sizes]
-        for kind, size in sorted(jobs, key=lambda job: -job[1]):
-            if kind == "decode":
-                self._fill(_idle_batch(size), size, size)
-                meta, tokens, rows = self._metadata(size, size, 1, self.width * self.cache.block_size), size, None
-            else:  # one prompt chunk that attends to the whole (empty) context: slot -1, no writes
-                self._fill(_idle_prompt(size, self.cache.block_size), 1, size)
-                meta, tokens, rows = self._metadata(1, 0, size, size), size, self.rows[:1]
-            self.backend.begin(meta)
-            with use_backend(self.backend):
-                self.model(self.ids[:tokens], self.positions[:tokens], rows)  # warm-up: compiles kernels
-                torch.cuda.synchronize()
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-                    logits = self.model(self.ids[:tokens], self.positions[:tokens], rows)  # [rows, vocab]
-            self.graphs[(kind, size)] = (graph, logits)
+        with count_bar("capturing CUDA graphs", len(jobs), unit="graphs") as bar:
+            for kind, size in sorted(jobs, key=lambda job: -job[1]):
+                self._capture_one(kind, size, pool)
+                bar.advance()
         torch.cuda.synchronize()
-        log.info("captured %d CUDA graphs in %.1f s", len(jobs), time.perf_counter() - t0)
+        self.capture_seconds = time.perf_counter() - t0
+        log.info("captured %d CUDA graphs in %.1f s", len(jobs), self.capture_seconds)
+
+    def _capture_one(self, kind: str, size: int, pool: tuple[int, int]) -> None:
+        if kind == "decode":
+            self._fill(_idle_batch(size), size, size)
+            meta, rows = self._metadata(size, size, 1, self.width * self.cache.block_size), None
+        else:  # one prompt chunk that attends to the whole (empty) context: slot -1, no writes
+            self._fill(_idle_prompt(size, self.cache.block_size), 1, size)
+            meta, rows = self._metadata(1, 0, size, size), self.rows[:1]
+        self.backend.begin(meta)
+        with use_backend(self.backend):
+            self.model(self.ids[:size], self.positions[:size], rows)  # warm-up: compiles kernels, picks GEMMs
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                logits = self.model(self.ids[:size], self.positions[:size], rows)  # [rows, vocab]
+        self.graphs[(kind, size)] = (graph, logits)
 
 
 def _idle_batch(size: int) -> HostBatch:

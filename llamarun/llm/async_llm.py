@@ -1,6 +1,6 @@
 """`AsyncLLM`: one loaded model on the batched engine, one async token stream per request (a ServedModel).
 
-The engine is single-threaded; only the hub's driving thread touches it (engine_hub.py). Requests and
+The engine is single-threaded; only the hub's driving thread touches it (engine/hub.py). Requests and
 aborts reach it as calls queued on the hub, and its outputs go back to each request's asyncio queue
 on that request's event loop. Cancelling a stream (a stop string, a client that disconnected) aborts
 the request and frees its KV blocks.
@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 
 import torch
 
+from llamarun.engine.hub import EngineHub, default_hub
 from llamarun.engine.llm_engine import EngineMetrics, EngineOutput
 from llamarun.engine.stats import RequestStats
-from llamarun.llm.engine_hub import EngineHub, default_hub
 from llamarun.llm.loading import load_model
 from llamarun.llm.text_stream import StreamChunk, text_chunks
 from llamarun.sampling.params import SamplingParams
@@ -28,13 +28,13 @@ log = logging.getLogger(__name__)
 
 
 class AsyncLLM:
-    """A loaded model served by the batched engine; an EngineHub steps it (see engine_hub.py)."""
+    """A loaded model served by the batched engine; an EngineHub steps it (see engine/hub.py)."""
 
     def __init__(self, model: str | ResolvedModel, *, context_length: int | None = None, device: str | None = None,
                  dtype: torch.dtype | None = None, weights: str = "auto", max_kv_tokens: int | None = None,
                  hub: EngineHub | None = None, progress: bool = False) -> None:
         self.hub = hub or default_hub()
-        # Loaded on the hub's thread: the one thread that runs this model's torch kernels (see engine_hub.py).
+        # Loaded on the hub's thread: the one thread that runs this model's torch kernels (see engine/hub.py).
         lm = self.hub.run_sync(lambda: load_model(model, context_length=context_length, device=device,
                                                    dtype=dtype, weights=weights, kv_tokens=max_kv_tokens,
                                                    progress=progress))

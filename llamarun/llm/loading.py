@@ -10,60 +10,11 @@ import torch
 
 from llamarun.engine.llm_engine import EngineConfig, LLMEngine
 from llamarun.errors import LlamarunError
+from llamarun.quant.modes import choose_weights, weight_bytes
 from llamarun.store.resolve import ResolvedModel, resolve_model
+from llamarun.utils.devices import check_device, default_device, default_dtype
 
 DEFAULT_CONTEXT = 4096  # Ollama's default num_ctx
-WEIGHT_MODES = ("auto", "exact", "int8")
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def check_device(device: str) -> str:
-    """The device string, or a clear error when this machine cannot run it."""
-    try:
-        kind = torch.device(device).type
-    except (RuntimeError, ValueError):
-        raise LlamarunError(f"unknown device '{device}'", "use cpu or cuda (cuda:N for one of several GPUs)") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise LlamarunError(f"device '{device}' asked for, but this machine has no usable CUDA GPU",
-                            "run on the CPU (--device cpu)")
-    if kind not in ("cpu", "cuda"):
-        raise LlamarunError(f"device '{device}' is not supported", "use cpu or cuda")
-    return device
-
-
-def default_dtype(device: str) -> torch.dtype:
-    # CPUs without bf16 units run float32 matmuls fastest; GPUs run bf16.
-    return torch.float32 if device == "cpu" else torch.bfloat16
-
-
-def choose_weights(mode: str, ckpt: Any, device: str) -> str:
-    """How linear weights are held: expanded to the compute dtype ("exact") or packed int8.
-
-    "auto" packs on CPUs when the checkpoint is already quantized (GGUF, MLX): decoding is bound by
-    memory traffic and per-op cost there, and int8 costs a quarter of float32's bytes for a deviation
-    far below the file's own quantization error. Float checkpoints stay exact unless asked.
-    """
-    from llamarun.quant.int8_cpu import supported_here
-
-    if mode not in WEIGHT_MODES:
-        raise LlamarunError(f"unknown weights mode '{mode}'", f"choose one of {', '.join(WEIGHT_MODES)}")
-    if mode == "auto":
-        return "int8" if ckpt.is_quantized and supported_here(device) else "exact"
-    if mode == "int8" and not supported_here(device):
-        raise LlamarunError(f"int8 weights run on the CPU only, not on '{device}'", "use --weights exact")
-    return mode
-
-
-def weight_bytes(config: Any, mode: str, element: int) -> int:
-    """Bytes the loaded weights take: linears at 1 byte per parameter when packed int8."""
-    embed = config.vocab_size * config.hidden_size
-    if mode == "exact":
-        return config.num_parameters * element
-    linears = config.num_parameters - embed - (0 if config.tie_word_embeddings else embed)
-    return embed * element + linears + embed  # float embedding table + int8 linears + int8 head
 
 
 @dataclass
@@ -83,10 +34,6 @@ class LoadedModel:
     weights: str
     load_seconds: float
     memory_bytes: int
-
-    def chat_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-        """Prompt ids of a chat, through the model's template, ending with the assistant's turn opened."""
-        return self.template.encode(list(messages), self.tokenizer, add_generation_prompt=True, tools=tools)
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """A raw prompt, no template: bos is added when the tokenizer's convention says so."""

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 
 from llamarun.chat.messages import Message, parse_messages
-from llamarun.engine.stats import RequestStats
 from llamarun.llm.async_llm import AsyncLLM
 from llamarun.llm.chat_service import ChatRequest, ChatService, Reply
 from llamarun.llm.served import ServedModel
@@ -47,37 +46,19 @@ class SingleModel:
 
 
 @dataclass(eq=False)
-class TextIterator:
-    """Iterate for text pieces as they are generated; `text`, `token_ids`, `stats` fill in as it goes."""
+class TextIterator(Completion):
+    """Iterate for text pieces as they are generated; the Completion fields fill in as it goes."""
 
-    llm: LLM
-    reply: Reply
-    completion: Completion = field(default_factory=Completion)
-
-    @property
-    def text(self) -> str:
-        return self.completion.text
-
-    @property
-    def token_ids(self) -> list[int]:
-        return self.completion.token_ids
-
-    @property
-    def stats(self) -> RequestStats:
-        return self.completion.stats
-
-    @property
-    def finish_reason(self) -> str | None:
-        return self.completion.finish_reason
+    llm: LLM | None = None
+    reply: Reply | None = None
 
     def __iter__(self) -> Iterator[str]:
         chunks = self.reply.chunks()
         try:
             while (item := self.llm._run(anext(chunks, None))) is not None:
-                _, chunk = item
-                self.completion.add(chunk)
-                if chunk.text:
-                    yield chunk.text
+                self.add(item[1])
+                if item[1].text:
+                    yield item[1].text
         finally:
             self.close()
 
@@ -90,7 +71,7 @@ class TextIterator:
     def result(self) -> Completion:
         for _ in self:
             pass
-        return self.completion
+        return Completion(self.text, self.token_ids, self.logprobs, self.finish_reason, self.stats)
 
 
 class LLM:
@@ -127,7 +108,7 @@ class LLM:
 
     def stream(self, request: ChatRequest) -> TextIterator:
         """Start `request` (errors raise here, before any text) and iterate over its text."""
-        return TextIterator(self, self._run(self.service.start(request)))
+        return TextIterator(llm=self, reply=self._run(self.service.start(request)))
 
     def stream_ids(self, prompt_ids: list[int], params: SamplingParams | None = None) -> TextIterator:
         return self.stream(ChatRequest(self.name, prompts=[list(prompt_ids)], params=params or SamplingParams()))

@@ -279,9 +279,6 @@ class ModelManager:
         """The loaded models, most recently used first."""
         return sorted(self._models.values(), key=lambda m: -m.last_used)
 
-    def get(self, key: str) -> ModelSlot | None:
-        return self._models.get(key)
-
     def expires_at(self, lm: ModelSlot) -> float | None:
         """When `lm` will unload if no request comes (None: never); leased models count from now."""
         if lm.expires_at is not None:

@@ -10,10 +10,10 @@ from torch import nn
 from llamarun.cache.contiguous import ContiguousKVCache
 from llamarun.engine.forward import forward_tokens
 from llamarun.errors import LlamarunError
-from llamarun.llm.loading import choose_weights, weight_bytes
 from llamarun.loaders.registry import open_checkpoint
 from llamarun.models.build import build_model
 from llamarun.quant.int8_cpu import Int8WeightOnlyLinear, pack_int8
+from llamarun.quant.modes import choose_weights, weight_bytes
 
 
 def test_quantized_weights_round_trip_within_half_a_step():

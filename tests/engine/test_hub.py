@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from llamarun.llm.engine_hub import EngineHub
+from llamarun.engine.hub import EngineHub
 
 
 def test_run_sync_runs_on_the_driver_thread_and_returns_or_raises():
