@@ -14,11 +14,12 @@ import torch
 
 from llamarun.attention.paged_torch import PagedKVCache
 from llamarun.cache.block_pool import BlockPool
+from llamarun.engine.energy import EnergyMeter
 from llamarun.engine.request import Request
 from llamarun.engine.runners import make_runner
 from llamarun.engine.scheduler import Scheduler
 from llamarun.engine.stats import RequestStats
-from llamarun.engine.step import SampledToken
+from llamarun.engine.step import SampledToken, SchedulerOutput
 from llamarun.errors import LlamarunError
 from llamarun.models.llama import LlamaForCausalLM
 from llamarun.sampling.params import SamplingParams
@@ -81,6 +82,8 @@ class LLMEngine:
         self.runner = make_runner(model, self.cache, max_tokens=config.max_batch_tokens,
                                   max_seqs=config.max_running, context_length=config.context_length)
         self._ids = itertools.count()
+        self.energy = EnergyMeter.for_device(device)  # None on CPUs
+        self._idle = True
         self._finished = 0
         self._generated = 0
 
@@ -117,7 +120,12 @@ class LLMEngine:
             if out.finished_ids:
                 self.runner.run(out)  # nothing to run, but the runner still drops finished requests' state
             return []
-        sampled = self.runner.run(out)
+        if self.energy is not None and self._idle:
+            self.energy.delta()  # energy used while idle is nobody's
+        self._idle = False
+        sampled = self.runner.run(out)  # ends with the step's one sync, so its GPU work is done
+        if self.energy is not None:
+            self._charge(out, self.energy.delta())
         touched = self.scheduler.update(out, {rid: t.token_id for rid, t in sampled.items()})
         outputs = []
         for req, kept in touched:
@@ -130,9 +138,18 @@ class LLMEngine:
         self._drop_states_when_idle()
         return outputs
 
+    def _charge(self, out: SchedulerOutput, joules: float) -> None:
+        """Split a step's energy over its requests by the tokens each ran."""
+        total = out.num_tokens
+        for seq in out.seqs:
+            req = self.scheduler.requests.get(seq.request_id)
+            if req is not None:
+                req.stats.energy_joules = (req.stats.energy_joules or 0.0) + joules * seq.num_tokens / total
+
     def _drop_states_when_idle(self) -> None:
         """Finished requests' runner state goes with the next step; with no next step coming, send one now."""
         if not self.scheduler.has_unfinished:
+            self._idle = True
             out = self.scheduler.schedule()  # nothing to schedule: only the ids to drop
             if out.finished_ids:
                 self.runner.run(out)

@@ -17,6 +17,7 @@ class RequestStats:
     decode_seconds: float = 0.0  # first token -> finish
     first_token_seconds: float = 0.0  # arrival -> first token (time to first token)
     done_reason: str = ""
+    energy_joules: float | None = None  # GPU energy charged to this request (engine/energy.py); None: not metered
 
     @property
     def computed_prompt_tokens(self) -> int:
@@ -30,3 +31,10 @@ class RequestStats:
     @property
     def decode_tokens_per_second(self) -> float:
         return self.generated_tokens / max(self.decode_seconds, 1e-9)
+
+    @property
+    def joules_per_token(self) -> float | None:
+        """Energy per generated token (prompt processing included), when metered."""
+        if self.energy_joules is None or not self.generated_tokens:
+            return None
+        return self.energy_joules / self.generated_tokens

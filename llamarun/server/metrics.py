@@ -43,6 +43,8 @@ class ServerMetrics:
         self.cached_tokens = Counter("llamarun_prompt_cached_tokens", "Prompt tokens served from the prefix cache.",
                                      model, registry=r)
         self.generated_tokens = Counter("llamarun_generated_tokens", "Tokens generated.", model, registry=r)
+        self.energy = Counter("llamarun_energy_joules", "GPU energy charged to finished generations (NVML).", model,
+                              registry=r)
         self.ttft = Histogram("llamarun_time_to_first_token_seconds", "Time from arrival to the first token.",
                               model, buckets=TTFT_BUCKETS, registry=r)
         self.tokens_per_second = Histogram("llamarun_decode_tokens_per_second", "Decode speed of each generation.",
@@ -68,6 +70,8 @@ class ServerMetrics:
         self.prompt_tokens.labels(model).inc(stats.prompt_tokens)
         self.cached_tokens.labels(model).inc(stats.cached_tokens)
         self.generated_tokens.labels(model).inc(stats.generated_tokens)
+        if stats.energy_joules is not None:
+            self.energy.labels(model).inc(stats.energy_joules)
         if stats.generated_tokens > 0 and stats.first_token_seconds is not None:
             self.ttft.labels(model).observe(stats.first_token_seconds)
         if stats.generated_tokens > 1 and stats.decode_seconds > 0:

@@ -17,7 +17,8 @@ FAMILIES = {
     "llamarun_http_requests": "counter", "llamarun_http_requests_in_flight": "gauge",
     "llamarun_http_request_duration_seconds": "histogram", "llamarun_generations": "counter",
     "llamarun_prompt_tokens": "counter", "llamarun_prompt_cached_tokens": "counter",
-    "llamarun_generated_tokens": "counter", "llamarun_time_to_first_token_seconds": "histogram",
+    "llamarun_generated_tokens": "counter", "llamarun_energy_joules": "counter",
+    "llamarun_time_to_first_token_seconds": "histogram",
     "llamarun_decode_tokens_per_second": "histogram", "llamarun_model_loads": "counter",
     "llamarun_models_loaded": "gauge", "llamarun_model_memory_bytes": "gauge",
     "llamarun_requests_running": "gauge", "llamarun_queue_length": "gauge", "llamarun_kv_blocks_used": "gauge",
@@ -35,9 +36,9 @@ def engine(**fields: int) -> EngineMetrics:
 
 
 def stats(prompt: int = 7, cached: int = 3, generated: int = 5, ttft: float | None = 0.2,
-          decode: float = 0.5) -> SimpleNamespace:
+          decode: float = 0.5, energy: float | None = None) -> SimpleNamespace:
     return SimpleNamespace(prompt_tokens=prompt, cached_tokens=cached, generated_tokens=generated,
-                           first_token_seconds=ttft, decode_seconds=decode)
+                           first_token_seconds=ttft, decode_seconds=decode, energy_joules=energy)
 
 
 def test_every_family_keeps_its_name_and_type_and_no_created_series() -> None:
@@ -45,7 +46,7 @@ def test_every_family_keeps_its_name_and_type_and_no_created_series() -> None:
     metrics.request_started()
     metrics.request_finished("GET", "/api/tags", 200, 0.02)
     metrics.model_loaded("m")
-    metrics.generation_finished("m", "ollama", "stop", stats())
+    metrics.generation_finished("m", "ollama", "stop", stats(energy=2.5))
     text = metrics.render([("m", engine(kv_blocks_total=8), 123)])
     assert family_types(text) == FAMILIES
     assert "_created" not in text
@@ -87,6 +88,9 @@ def test_generations_tokens_and_latency_histograms() -> None:
     assert at(m, "llamarun_prompt_tokens_total", model="m") == 14
     assert at(m, "llamarun_prompt_cached_tokens_total", model="m") == 6
     assert at(m, "llamarun_generated_tokens_total", model="m") == 6
+    metrics.generation_finished("m", "ollama", "stop", stats(energy=1.5))  # a GPU request: metered
+    metrics.generation_finished("m", "ollama", "stop", stats(energy=0.25))
+    assert at(parse_metrics(metrics.render()), "llamarun_energy_joules_total", model="m") == pytest.approx(1.75)
     assert at(m, "llamarun_time_to_first_token_seconds_count", model="m") == 2
     assert at(m, "llamarun_time_to_first_token_seconds_sum", model="m") == pytest.approx(0.23)
     assert at(m, "llamarun_time_to_first_token_seconds_bucket", model="m", le="0.05") == 1
