@@ -19,7 +19,7 @@ class FakeNvml:
     def __init__(self) -> None:
         self.mj = 1_000_000.0
 
-    def nvmlDeviceGetTotalEnergyConsumption(self, handle: object) -> float:  # noqa: N802 (NVML's name)
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: object) -> float:
         return self.mj
 
 
