@@ -106,6 +106,13 @@ def run_offline(engine: Any, *, vocab_size: int, requests: int, concurrency: int
                   if s.prompt_seconds > 0]
     extra = {"finish_reasons": reasons, "preemptions": after.preemptions - before.preemptions,
              "prefix_hits": after.prefix_hits - before.prefix_hits, "cpu_per_wall": round(cpu_per_wall, 2)}
+    energy = [s.energy_joules for s in stats.values() if s.energy_joules is not None]
+    if energy:  # GPU runs: NVML energy charged to the requests, per output token and per request
+        from llamarun.engine.energy import co2_grams, grid_intensity
+
+        joules, tokens = sum(energy), max(sum(made.values()), 1)
+        extra.update(energy_joules=round(joules, 3), joules_per_output_token=round(joules / tokens, 4),
+                     co2_grams=round(co2_grams(joules), 5), grid_g_per_kwh=grid_intensity())
     if cut_short:
         extra.update(cut_short_at_deadline=True, aborted_requests=len(aborted),
                      never_started=requests - len(made))
