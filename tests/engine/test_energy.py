@@ -13,14 +13,14 @@ from llamarun.models.build import build_model
 from llamarun.sampling.params import SamplingParams
 
 
-class FakeNvml:
-    """NVML's energy counter: millijoules since the driver loaded, advanced by the test."""
+class FakeCounter:
+    """The card's energy counter in millijoules, advanced by the test."""
 
     def __init__(self) -> None:
         self.mj = 1_000_000.0
 
-    def nvmlDeviceGetTotalEnergyConsumption(self, handle: object) -> float:
-        return self.mj
+    def joules(self) -> float:
+        return self.mj / 1e3
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,8 @@ def model(tmp_path_factory):
 def test_a_step_is_charged_to_its_requests_by_tokens_and_idle_energy_to_nobody(model):
     engine = LLMEngine(model, EngineConfig(context_length=64, kv_tokens=256), dtype=torch.float32, device="cpu")
     assert engine.energy is None  # no meter on CPUs
-    nvml = FakeNvml()
-    engine.energy = EnergyMeter(object(), nvml)
+    nvml = FakeCounter()
+    engine.energy = EnergyMeter(nvml.joules, interval=None)
     nvml.mj += 50_000  # 50 J used while idle: nobody's
     engine.add_request(list(range(1, 31)), SamplingParams.greedy(max_tokens=1), request_id="long")  # 30 tokens
     engine.add_request(list(range(1, 11)), SamplingParams.greedy(max_tokens=1), request_id="short")  # 10 tokens
@@ -54,6 +54,21 @@ def test_a_step_is_charged_to_its_requests_by_tokens_and_idle_energy_to_nobody(m
     assert finished["long"].energy_joules == pytest.approx(120.0)  # 30 tokens x 4 J
     assert finished["short"].energy_joules == pytest.approx(40.0)
     assert finished["long"].joules_per_token == pytest.approx(120.0)  # one generated token each
+
+
+def test_the_background_meter_extrapolates_at_the_last_power_and_adds_up(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("llamarun.engine.energy.time.perf_counter", lambda: clock[0])
+    counter = FakeCounter()
+    meter = EnergyMeter(counter.joules, interval=3600)  # its thread sleeps: the test takes the samples
+    clock[0], counter.mj = 101.0, counter.mj + 10_000
+    meter._take_sample()  # 10 J in 1 s: 10 W from here on
+    assert meter.delta() == pytest.approx(10.0)
+    clock[0] = 101.5
+    assert meter.delta() == pytest.approx(5.0)  # half a second at 10 W, extrapolated: no NVML read
+    clock[0], counter.mj = 102.0, counter.mj + 12_000  # the card actually used 12 J in that second
+    meter._take_sample()
+    assert meter.delta() == pytest.approx(7.0)  # 22 J in all: nothing lost, nothing counted twice
 
 
 def test_co2_from_the_grid_intensity(monkeypatch):
