@@ -66,7 +66,8 @@ class EnergyMeter:
         if self._interval is None:
             return self._read()
         when, joules, watts = self._sample
-        return joules + watts * (time.perf_counter() - when)
+        # Extrapolate at most two intervals ahead: a late sample must not run the estimate away.
+        return joules + watts * min(time.perf_counter() - when, 2 * self._interval)
 
     def _take_sample(self) -> None:
         when, joules, _ = self._sample
@@ -74,9 +75,15 @@ class EnergyMeter:
         self._sample = (now, read, max(read - joules, 0.0) / max(now - when, 1e-9))
 
     def delta(self) -> float:
-        """Joules used since the last call (or since the meter was made)."""
+        """Joules used since the last call (or since the meter was made).
+
+        The charged total only moves forward: when a new sample shows the extrapolation ran ahead, nothing is
+        charged until the counter has caught up, so no joule is charged twice.
+        """
         now = self.joules()
-        used, self._last = max(now - self._last, 0.0), now
+        if now <= self._last:
+            return 0.0
+        used, self._last = now - self._last, now
         return used
 
 

@@ -69,6 +69,14 @@ def test_the_background_meter_extrapolates_at_the_last_power_and_adds_up(monkeyp
     clock[0], counter.mj = 102.0, counter.mj + 12_000  # the card actually used 12 J in that second
     meter._take_sample()
     assert meter.delta() == pytest.approx(7.0)  # 22 J in all: nothing lost, nothing counted twice
+    clock[0] = 102.1  # 12 W extrapolated: 1.2 J ahead of the counter, which then says only 0.2 J more came
+    assert meter.delta() == pytest.approx(1.2)
+    clock[0], counter.mj = 102.2, counter.mj + 200
+    meter._take_sample()
+    assert meter.delta() == 0.0  # the estimate ran ahead: nothing more until the counter catches up
+    clock[0], counter.mj = 103.2, counter.mj + 3_000
+    meter._take_sample()
+    assert meter.delta() == pytest.approx(2.0)  # 25.2 J counted in all: charged 10 + 5 + 7 + 1.2 + 2
 
 
 def test_co2_from_the_grid_intensity(monkeypatch):
