@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+    finally:
+        if "llamarun.engine.hub" in sys.modules:  # a thread left in torch at exit would abort the process
+            sys.modules["llamarun.engine.hub"].close_default_hub()
 
 
 if __name__ == "__main__":

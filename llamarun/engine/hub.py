@@ -143,3 +143,11 @@ def default_hub() -> EngineHub:
         if _default is None:
             _default = EngineHub()
         return _default
+
+
+def close_default_hub() -> None:
+    """Stop the process-wide hub's thread if one was started (at CLI exit: see EngineHub.close)."""
+    with _default_lock:
+        hub = _default
+    if hub is not None:
+        hub.close()
