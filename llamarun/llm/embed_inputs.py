@@ -26,9 +26,7 @@ def embedding_ids(inputs: Sequence[EmbedInput], tokenizer: Tokenizer, context_le
     An input longer than the context is cut to its first `context_length` tokens when `truncate`, and
     refused otherwise, as Ollama's /api/embed does.
     """
-    if len(inputs) > MAX_INPUTS:
-        raise RequestError(f"{len(inputs)} inputs in one request; at most {MAX_INPUTS} are allowed",
-                           "split the inputs over several requests", param="input", code="too_many_inputs")
+    check_input_count(len(inputs))
     out = []
     for i, item in enumerate(inputs):
         if isinstance(item, str):
@@ -49,6 +47,13 @@ def embedding_ids(inputs: Sequence[EmbedInput], tokenizer: Tokenizer, context_le
             ids = ids[:context_length]
         out.append(ids)
     return out
+
+
+def check_input_count(count: int) -> None:
+    """Refuse more than MAX_INPUTS inputs in one request."""
+    if count > MAX_INPUTS:
+        raise RequestError(f"{count} inputs in one request; at most {MAX_INPUTS} are allowed",
+                           "split the inputs over several requests", param="input", code="too_many_inputs")
 
 
 def check_dimensions(dimensions: int | None, hidden_size: int) -> None:
