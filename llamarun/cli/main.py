@@ -17,9 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llamarun", description="Run Llama-family models locally.")
     parser.add_argument("--version", action="version", version=f"llamarun {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from llamarun.cli import bench_cmd, run_cmd, serve_cmd, store_cmds
+    from llamarun.cli import bench_cmd, embed_cmd, run_cmd, serve_cmd, store_cmds
 
     run_cmd.register(subparsers)
+    embed_cmd.register(subparsers)
     bench_cmd.register(subparsers)
     serve_cmd.register(subparsers)
     store_cmds.register(subparsers)
@@ -31,9 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     # `run MODEL --seed 1 "prompt"`: argparse leaves words after options unparsed; they continue the prompt.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if getattr(args, "command", None) != "run" or any(word.startswith("-") for word in extra):
+        words = {"run": "prompt", "embed": "texts"}.get(getattr(args, "command", None))
+        if words is None or any(word.startswith("-") for word in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.prompt = [*args.prompt, *extra]
+        setattr(args, words, [*getattr(args, words), *extra])
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

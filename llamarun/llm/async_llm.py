@@ -12,13 +12,15 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import torch
 
 from llamarun.engine.hub import EngineHub, default_hub
 from llamarun.engine.llm_engine import EngineMetrics, EngineOutput
 from llamarun.engine.stats import RequestStats
+from llamarun.llm import embeddings
+from llamarun.llm.embed_inputs import EmbedInput, check_dimensions, embedding_ids
 from llamarun.llm.loading import load_model
 from llamarun.llm.text_stream import StreamChunk, text_chunks
 from llamarun.sampling.params import SamplingParams
@@ -66,6 +68,19 @@ class AsyncLLM:
                ) -> AsyncIterator[StreamChunk]:
         """Text chunks of one generation (stop strings applied); closing it early aborts the request."""
         return text_chunks(self.tokens(prompt_ids, params, request_id), self.tokenizer, params)
+
+    async def embed(self, inputs: Sequence[EmbedInput], *, truncate: bool = True,
+                    dimensions: int | None = None) -> list[list[float]]:
+        """One L2-normalized embedding per input (text or token ids): see llm/embeddings.py.
+
+        Inputs run one by one on the hub's thread, so engine steps go on between them.
+        """
+        check_dimensions(dimensions, self.config.hidden_size)
+        batch = embedding_ids(inputs, self.tokenizer, self.context_length, truncate=truncate)
+        lm, pooling = self.loaded, embeddings.checkpoint_pooling(self.loaded.checkpoint.path)
+        model = self.engine.runner.model
+        return [await embeddings.on_hub(self.hub, lambda ids=ids: embeddings.embed_one(
+            model, ids, dtype=lm.dtype, device=lm.device, pooling=pooling, dimensions=dimensions)) for ids in batch]
 
     def metrics(self) -> EngineMetrics:
         return self.engine.metrics()

@@ -7,7 +7,7 @@ that fakes only the tokens runs the same text path as the real engine and cannot
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # annotations only: the server imports no torch before a model loads
@@ -45,6 +45,11 @@ class ServedModel(Protocol):
 
     def tokens(self, prompt_ids: list[int], params: SamplingParams, request_id: str) -> TokenStream:
         """Start generating; a prompt the engine refuses raises at the stream's first step."""
+        ...
+
+    async def embed(self, inputs: Sequence[str | Sequence[int]], *, truncate: bool = True,
+                    dimensions: int | None = None) -> list[list[float]]:
+        """One L2-normalized embedding per input, text or token ids (llm/embed_inputs.py checks them)."""
         ...
 
     def metrics(self) -> EngineMetrics: ...

@@ -124,6 +124,11 @@ class LLM:
     def generate(self, prompt: str, params: SamplingParams | None = None) -> Completion:
         return self.stream(ChatRequest(self.name, prompts=[prompt], params=params or SamplingParams())).result()
 
+    def embed(self, inputs: Sequence[str | Sequence[int]], *, truncate: bool = True,
+              dimensions: int | None = None) -> list[list[float]]:
+        """One L2-normalized embedding per text (or token id list): mean-pooled final hidden states."""
+        return self._run(self.served.embed(inputs, truncate=truncate, dimensions=dimensions))
+
     def close(self) -> None:
         """Stop the model's engine, the hub thread that stepped it, and the private event loop."""
         self.served.shutdown()

@@ -25,14 +25,14 @@ from llamarun import __version__
 from llamarun.llm.chat_service import ChatRequest, ChatService
 from llamarun.llm.served import ServedModel
 from llamarun.llm.text_stream import Completion
-from llamarun.server import ollama_model_routes, ollama_routes, openai_routes
+from llamarun.server import embed_routes, ollama_model_routes, ollama_routes, openai_routes
 from llamarun.server.errors import error_response, install_error_handlers
 from llamarun.server.metrics import CONTENT_TYPE, ServerMetrics
 from llamarun.server.model_manager import ModelManager
 
 log = logging.getLogger("llamarun.server")
 STATIC = Path(__file__).parent / "static"
-ROUTERS = (ollama_routes.router, ollama_model_routes.router, openai_routes.router)
+ROUTERS = (ollama_routes.router, ollama_model_routes.router, openai_routes.router, embed_routes.router)
 OPEN_PATHS = frozenset({"/health", "/"})  # the chat page itself holds no data; it asks for the key
 
 

@@ -10,6 +10,7 @@ records every request so tests can check what the server asked for.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from llamarun.engine.llm_engine import EngineMetrics, EngineOutput
 from llamarun.engine.runner import SampledToken
 from llamarun.engine.stats import RequestStats
 from llamarun.errors import DoesNotFitError, LlamarunError
+from llamarun.llm.embed_inputs import check_dimensions, embedding_ids
 from llamarun.sampling.params import SamplingParams
 from llamarun.text.tokenizer import Tokenizer
 
@@ -100,6 +102,7 @@ class FakeAsyncLLM:
     format: str = "gguf"
     quantization: str = "Q4_1"
     calls: list[Call] = field(default_factory=list)
+    embedded: list[list[int]] = field(default_factory=list)
     running: int = 0
     shut_down: bool = False
     _last_prompt: list[int] = field(default_factory=list)
@@ -136,6 +139,18 @@ class FakeAsyncLLM:
         top = [(tok, lp), *((t, lp - 1.0 - k) for k, t in enumerate(others))][:params.logprobs]
         return SampledToken(tok, lp, top)
 
+    async def embed(self, inputs: Sequence[str | Sequence[int]], *, truncate: bool = True,
+                    dimensions: int | None = None) -> list[list[float]]:
+        """Deterministic unit vectors from token counts (index = token id mod hidden size), through the real
+        input checks; records each input's ids in `embedded`."""
+        check_dimensions(dimensions, self.config.hidden_size)
+        out = []
+        for ids in embedding_ids(inputs, self.tokenizer, self.context_length, truncate=truncate):
+            await asyncio.sleep(0)
+            self.embedded.append(ids)
+            out.append(fake_embedding(ids, self.config.hidden_size, dimensions))
+        return out
+
     def metrics(self) -> EngineMetrics:
         return EngineMetrics(running=self.running, waiting=0, kv_blocks_total=64,
                              kv_blocks_used=2 * self.running,
@@ -145,6 +160,16 @@ class FakeAsyncLLM:
 
     def shutdown(self) -> None:
         self.shut_down = True
+
+
+def fake_embedding(ids: Sequence[int], hidden: int, dimensions: int | None = None) -> list[float]:
+    """The fake's embedding of `ids`: 1 + the count of each token id mod `hidden`, first `dimensions`, unit length."""
+    vec = [1.0] * hidden
+    for t in ids:
+        vec[t % hidden] += 1.0
+    vec = vec[:dimensions or hidden]
+    norm = math.sqrt(math.fsum(x * x for x in vec))
+    return [x / norm for x in vec]
 
 
 class FakeTokens:

@@ -65,7 +65,8 @@ CASES = [
     ("/v1/completions", {"model": DEFAULT, "prompt": "x", "best_of": 3}, 400, "best_of", "best_of"),
     ("/v1/completions", {"model": DEFAULT, "prompt": "x", "echo": True, "logprobs": 1}, 400, "echo", "echo"),
     ("/v1/completions", {"model": DEFAULT, "prompt": "x", "logprobs": 21}, 400, "logprobs", "logprobs"),
-    ("/v1/embeddings", {"model": DEFAULT, "input": "x"}, 404, None, "no route"),
+    ("/v1/embeddings", {"model": DEFAULT, "input": "x", "dimensions": 100000}, 400, "dimensions", "dimensions"),
+    ("/v1/embeddings", {"model": DEFAULT, "input": [[1, "a"]]}, 400, "input", "input"),
 ]
 
 
