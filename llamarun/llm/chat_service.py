@@ -171,7 +171,7 @@ def prompt_ids(model: ServedModel, req: ChatRequest) -> list[list[int]]:
         bos = model.tokenizer.bos_id
         prompts = [list(req.context) + (ids[1:] if ids and ids[0] == bos else ids) for ids in prompts]
     for ids in prompts:
-        check_prompt(model, ids, "messages" if req.messages is not None else "prompt")
+        check_prompt(model, ids, "messages" if req.messages is not None else "prompt", asked_ctx=req.num_ctx)
     return prompts
 
 
@@ -189,14 +189,21 @@ def _check_vocab(model: ServedModel, ids: list[int], param: str) -> None:
         raise RequestError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})", param=param)
 
 
-def check_prompt(model: ServedModel, ids: list[int], param: str) -> None:
-    """An empty prompt, or one that leaves no room to generate, is the client's error."""
+def check_prompt(model: ServedModel, ids: list[int], param: str, asked_ctx: int | None = None) -> None:
+    """An empty prompt, or one that leaves no room to generate, is the client's error.
+
+    `asked_ctx`: the context the request asked for; when the model is shared with another context, the
+    error says which one it has, since the request could not change it.
+    """
     if not ids:
         raise RequestError("the prompt is empty", param=param)
     ctx = model.context_length
     if len(ids) >= ctx:
-        raise RequestError(f"the prompt has {len(ids)} tokens, but the context holds {ctx}; shorten the prompt "
-                           "or load the model with a larger context", param=param, code="context_length_exceeded")
+        shared = (f" (num_ctx={asked_ctx} was not applied: the model is loaded with a {ctx}-token context "
+                  "that other clients share)" if asked_ctx is not None and asked_ctx != ctx else "")
+        raise RequestError(f"the prompt has {len(ids)} tokens, but the context holds {ctx}{shared}; shorten the "
+                           "prompt or load the model with a larger context", param=param,
+                           code="context_length_exceeded")
 
 
 def fit_max_tokens(model: ServedModel, ids: list[int], params: SamplingParams, *, strict: bool) -> SamplingParams:
