@@ -24,8 +24,10 @@ log = logging.getLogger("llamarun.server")
 
 MAX_BODY_BYTES = 32 * 2**20  # far above any real prompt; stops a client from filling memory
 _OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
-                 413: "invalid_request_error", 429: "rate_limit_error", 503: "server_error"}
+                 413: "invalid_request_error", 415: "invalid_request_error",
+                 429: "rate_limit_error", 503: "server_error"}
 
+_JSON_TYPES = frozenset({"application/json", "application/x-www-form-urlencoded"})
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict", "list"})
 
 M = TypeVar("M", bound=BaseModel)
@@ -94,8 +96,24 @@ def _is_type_tag(part: Any) -> bool:
     return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or "-" in part)
 
 
+def check_content_type(value: str | None) -> None:
+    """Refuse bodies a web page could send cross-site without a CORS preflight as anything but JSON.
+
+    JSON clients send `application/json`; `curl -d` sends `application/x-www-form-urlencoded`, kept for
+    curl users. `text/plain` and `multipart/form-data` are what a hostile page's "simple" request uses.
+    """
+    if value is None or not value.strip():
+        return
+    media = value.split(";", 1)[0].strip().lower()
+    if media in _JSON_TYPES or media.endswith("+json"):
+        return
+    raise ApiError(415, f"unsupported Content-Type '{media[:80]}': send the body as JSON with "
+                        "'Content-Type: application/json'", code="unsupported_media_type")
+
+
 async def parse_body(request: Request, model: type[M]) -> M:
-    """Read the JSON body (any content type: `curl -d` sends form-encoded) and validate it as `model`."""
+    """Read the JSON body (application/json, or form-encoded from `curl -d`) and validate it as `model`."""
+    check_content_type(request.headers.get("content-type"))
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
