@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from llamarun.chat.messages import Message
 from llamarun.errors import LlamarunError, RequestError
 from llamarun.llm.generation import Generation, StageFactory, collect_all, merged, start_all
+from llamarun.llm.request_limits import RequestLimits
 from llamarun.llm.served import ServedModel
 from llamarun.llm.text_stream import Completion, StreamChunk
 from llamarun.sampling.params import SamplingParams
@@ -69,20 +70,23 @@ OnFinish = Callable[[ServedModel, ChatRequest, Completion], None]
 
 
 class ChatService:
-    """Starts ChatRequests on the models of a ModelSource."""
+    """Starts ChatRequests on the models of a ModelSource, within `limits` per request."""
 
     def __init__(self, models: ModelSource, *, on_finish: OnFinish | None = None,
-                 stages: Sequence[StageFactory] = ()) -> None:
+                 stages: Sequence[StageFactory] = (), limits: RequestLimits | None = None) -> None:
         self.models, self.on_finish, self.stages = models, on_finish, tuple(stages)
+        self.limits = limits or RequestLimits()
 
     async def start(self, req: ChatRequest, request_id: str | None = None) -> Reply:
         """Acquire the model, build and check the prompts, start every generation; errors come before any text."""
         _check_request(req)
+        self.limits.check_generations(req)
         started = time.perf_counter()
         lease = await self.models.acquire(req.model, num_ctx=req.num_ctx, keep_alive=req.keep_alive)
         try:
             model = lease.served
             prompts = await asyncio.to_thread(prompt_ids, model, req)
+            self.limits.check_prompt_tokens(prompts, "messages" if req.messages is not None else "prompt")
             params = [fit_max_tokens(model, ids, req.params, strict=req.strict_max_tokens) for ids in prompts]
             rid = request_id or f"req-{uuid.uuid4().hex[:24]}"
             all_ids = [ids for ids in prompts for _ in range(req.n)]
