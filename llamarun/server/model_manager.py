@@ -299,6 +299,10 @@ class ModelManager:
 
     # ----- reporting -----
 
+    def get(self, name: str) -> ModelSlot | None:
+        """The loaded model under its canonical name, if any."""
+        return self._models.get(name)
+
     def loaded(self) -> list[ModelSlot]:
         """The loaded models, most recently used first."""
         return sorted(self._models.values(), key=lambda m: -m.last_used)
