@@ -25,7 +25,9 @@ _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "
 MIN_NUM_CTX = 16  # below this no chat template and answer fit; refused before any model is touched
 FOREVER_SECONDS = 10**9  # longer than any server lives: treated as "keep forever"
 
-Int = Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)]  # a JSON integer Go's int64 can hold
+# A JSON integer Go's int64 can hold; strict, as Go is: true is not 1.
+Int = Annotated[int, Field(strict=True, ge=-MAX_INT, le=MAX_INT)]
+Float = Annotated[float, Field(strict=True)]  # integers are still numbers; true is not
 
 
 class _Lenient(BaseModel):
@@ -35,14 +37,14 @@ class _Lenient(BaseModel):
 class Options(_Lenient):
     """`options`: the sampling and context settings Ollama accepts (others are ignored, as Ollama does)."""
 
-    temperature: float | None = None
+    temperature: Float | None = None
     top_k: Int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    repeat_penalty: float | None = None
+    top_p: Float | None = None
+    min_p: Float | None = None
+    repeat_penalty: Float | None = None
     repeat_last_n: Int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: Float | None = None
+    frequency_penalty: Float | None = None
     seed: Int | None = None
     stop: list[str] | str | None = None
     num_predict: Int | None = None
@@ -80,7 +82,7 @@ class _GenerateBase(_Lenient):
     stream: bool = True
     options: Options | None = None
     format: str | dict[str, Any] | None = None
-    keep_alive: float | str | None = None
+    keep_alive: Float | str | None = None
     think: bool | str | None = None
     logprobs: bool | None = None
     top_logprobs: Int | None = Field(default=None, ge=0, le=20)
