@@ -7,6 +7,8 @@ inside its handler, so `llamarun list` and `llamarun show` answer without loadin
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 from llamarun import __version__
@@ -47,9 +49,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _stdout_gone()
     finally:
         if "llamarun.engine.hub" in sys.modules:  # a thread left in torch at exit would abort the process
             sys.modules["llamarun.engine.hub"].close_default_hub()
+
+
+def _stdout_gone() -> int:
+    """The reader of our output left (`| head -c 5`): stop quietly, as `cat` does, with SIGPIPE's status."""
+    # Point stdout at /dev/null so the flush at exit does not raise (and print) the same error again.
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 128 + 13  # 141, what a shell reports for a process ended by SIGPIPE
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import argparse
 import sys
 from typing import Any
 
+from llamarun.errors import LlamarunError
+
 HELP = """Commands:
   /set system <text>   set the system message (clears the conversation)
   /clear               forget the conversation so far
@@ -64,15 +66,18 @@ def run(args: argparse.Namespace) -> int:
 
     from llamarun.api import LLM
     from llamarun.cli.verbose import print_stats
+    from llamarun.utils.devices import check_device
 
-    params = sampling_params(args)  # validate flags before a long load
+    params = sampling_params(args)  # validate flags and read the prompt before a long load
+    if args.ctx is not None and args.ctx < 1:
+        raise LlamarunError(f"--ctx {args.ctx} is below 1", "give the context length in tokens, e.g. 4096")
+    if args.device:
+        check_device(args.device)  # before resolving (or pulling) the model
+    prompt = _prompt(args)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     llm = LLM(args.model, context_length=args.ctx, device=args.device, dtype=dtype, weights=args.weights,
-              progress=sys.stderr.isatty())
+              progress=sys.stderr is not None and sys.stderr.isatty())
     try:
-        prompt = " ".join(args.prompt)
-        if not prompt and not sys.stdin.isatty():
-            prompt = sys.stdin.read().strip()
         if prompt:
             stream = _one_shot(llm, prompt, args, params)
             if args.verbose:
@@ -81,6 +86,16 @@ def run(args: argparse.Namespace) -> int:
         return _interactive(llm, args, params)
     finally:
         llm.close()
+
+
+def _prompt(args: argparse.Namespace) -> str:
+    """The prompt from the command line, else from piped stdin; "" starts the chat (which needs a stdin)."""
+    prompt = " ".join(args.prompt)
+    if prompt:
+        return prompt
+    if sys.stdin is None or sys.stdin.closed:  # started with stdin closed (`<&-`): nothing to read or chat with
+        raise LlamarunError("no prompt, and stdin is closed", "give the prompt as an argument")
+    return "" if sys.stdin.isatty() else sys.stdin.read().strip()
 
 
 def _request(llm, args: argparse.Namespace, params, system: str | None, turns: list):

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from llamarun.errors import LlamarunError
+from llamarun.llm.request_limits import DEFAULT_MAX_GENERATIONS, DEFAULT_MAX_PROMPT_TOKENS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434
@@ -41,6 +42,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--weights", choices=["auto", "exact", "int8"], default="auto",
                    help="how linear weights are held (see `llamarun run --help`)")
+    p.add_argument("--max-generations", type=int, default=DEFAULT_MAX_GENERATIONS, metavar="N",
+                   help="most generations one request may start, prompts x n "
+                        f"(default {DEFAULT_MAX_GENERATIONS})")
+    p.add_argument("--max-prompt-tokens", type=int, default=DEFAULT_MAX_PROMPT_TOKENS, metavar="N",
+                   help="most prompt tokens in one request, all prompts together "
+                        f"(default {DEFAULT_MAX_PROMPT_TOKENS})")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(handler=serve)
 
@@ -56,6 +63,10 @@ def check_args(args: argparse.Namespace) -> float:
         raise LlamarunError(f"--ctx {args.ctx} is below 1", "give the context length in tokens, e.g. 4096")
     if args.memory_budget is not None and args.memory_budget <= 0:
         raise LlamarunError(f"--memory-budget {args.memory_budget} is not positive", "give it in GB, e.g. 16")
+    for flag in ("max_generations", "max_prompt_tokens"):
+        if getattr(args, flag) < 1:
+            name = "--" + flag.replace("_", "-")
+            raise LlamarunError(f"{name} {getattr(args, flag)} is below 1", f"give {name} as a count, e.g. 64")
     if args.api_key is not None and not args.api_key.strip():
         raise LlamarunError("--api-key is empty", "give a key, or leave the flag out for no key")
     try:
@@ -88,6 +99,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def build_app(args: argparse.Namespace, keep_alive: float, loader: Any = None) -> Any:
     """The application `serve` runs (separate so tests can build it with a fake loader)."""
+    from llamarun.llm.request_limits import RequestLimits
     from llamarun.server import ModelManager, create_app
     from llamarun.server.model_manager import default_loader
     from llamarun.utils.memory import available_memory
@@ -95,7 +107,9 @@ def build_app(args: argparse.Namespace, keep_alive: float, loader: Any = None) -
     budget = int(args.memory_budget * 1e9) if args.memory_budget else available_memory(args.device or "cpu")
     manager = ModelManager(loader or default_loader(device=args.device, weights=args.weights),
                            memory_budget=budget, keep_alive=keep_alive, context_length=args.ctx)
-    return create_app(manager, api_key=args.api_key, preload=args.model)
+    app = create_app(manager, api_key=args.api_key, preload=args.model)
+    app.state.service.limits = RequestLimits(args.max_generations, args.max_prompt_tokens)
+    return app
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from llamarun.chat.messages import Message
 from llamarun.errors import LlamarunError, RequestError
 from llamarun.llm.generation import Generation, StageFactory, collect_all, merged, start_all
+from llamarun.llm.request_limits import RequestLimits
 from llamarun.llm.served import ServedModel
 from llamarun.llm.text_stream import Completion, StreamChunk
 from llamarun.sampling.params import SamplingParams
@@ -69,20 +70,23 @@ OnFinish = Callable[[ServedModel, ChatRequest, Completion], None]
 
 
 class ChatService:
-    """Starts ChatRequests on the models of a ModelSource."""
+    """Starts ChatRequests on the models of a ModelSource, within `limits` per request."""
 
     def __init__(self, models: ModelSource, *, on_finish: OnFinish | None = None,
-                 stages: Sequence[StageFactory] = ()) -> None:
+                 stages: Sequence[StageFactory] = (), limits: RequestLimits | None = None) -> None:
         self.models, self.on_finish, self.stages = models, on_finish, tuple(stages)
+        self.limits = limits or RequestLimits()
 
     async def start(self, req: ChatRequest, request_id: str | None = None) -> Reply:
         """Acquire the model, build and check the prompts, start every generation; errors come before any text."""
         _check_request(req)
+        self.limits.check_generations(req)
         started = time.perf_counter()
         lease = await self.models.acquire(req.model, num_ctx=req.num_ctx, keep_alive=req.keep_alive)
         try:
             model = lease.served
             prompts = await asyncio.to_thread(prompt_ids, model, req)
+            self.limits.check_prompt_tokens(prompts, "messages" if req.messages is not None else "prompt")
             params = [fit_max_tokens(model, ids, req.params, strict=req.strict_max_tokens) for ids in prompts]
             rid = request_id or f"req-{uuid.uuid4().hex[:24]}"
             all_ids = [ids for ids in prompts for _ in range(req.n)]
@@ -171,7 +175,7 @@ def prompt_ids(model: ServedModel, req: ChatRequest) -> list[list[int]]:
         bos = model.tokenizer.bos_id
         prompts = [list(req.context) + (ids[1:] if ids and ids[0] == bos else ids) for ids in prompts]
     for ids in prompts:
-        check_prompt(model, ids, "messages" if req.messages is not None else "prompt")
+        check_prompt(model, ids, "messages" if req.messages is not None else "prompt", asked_ctx=req.num_ctx)
     return prompts
 
 
@@ -189,14 +193,21 @@ def _check_vocab(model: ServedModel, ids: list[int], param: str) -> None:
         raise RequestError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})", param=param)
 
 
-def check_prompt(model: ServedModel, ids: list[int], param: str) -> None:
-    """An empty prompt, or one that leaves no room to generate, is the client's error."""
+def check_prompt(model: ServedModel, ids: list[int], param: str, asked_ctx: int | None = None) -> None:
+    """An empty prompt, or one that leaves no room to generate, is the client's error.
+
+    `asked_ctx`: the context the request asked for; when the model is shared with another context, the
+    error says which one it has, since the request could not change it.
+    """
     if not ids:
         raise RequestError("the prompt is empty", param=param)
     ctx = model.context_length
     if len(ids) >= ctx:
-        raise RequestError(f"the prompt has {len(ids)} tokens, but the context holds {ctx}; shorten the prompt "
-                           "or load the model with a larger context", param=param, code="context_length_exceeded")
+        shared = (f" (num_ctx={asked_ctx} was not applied: the model is loaded with a {ctx}-token context "
+                  "that other clients share)" if asked_ctx is not None and asked_ctx != ctx else "")
+        raise RequestError(f"the prompt has {len(ids)} tokens, but the context holds {ctx}{shared}; shorten the "
+                           "prompt or load the model with a larger context", param=param,
+                           code="context_length_exceeded")
 
 
 def fit_max_tokens(model: ServedModel, ids: list[int], params: SamplingParams, *, strict: bool) -> SamplingParams:

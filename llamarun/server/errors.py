@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -22,10 +23,14 @@ from llamarun.errors import LlamarunError, ModelNotFoundError, RequestError
 
 log = logging.getLogger("llamarun.server")
 
+MAX_JSON_DEPTH = 100  # far deeper than any real body or tool schema
+_SURROGATE = re.compile("[\ud800-\udfff]")  # only lone ones survive json.loads as such
 MAX_BODY_BYTES = 32 * 2**20  # far above any real prompt; stops a client from filling memory
 _OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
-                 413: "invalid_request_error", 429: "rate_limit_error", 503: "server_error"}
+                 413: "invalid_request_error", 415: "invalid_request_error",
+                 429: "rate_limit_error", 503: "server_error"}
 
+_JSON_TYPES = frozenset({"application/json", "application/x-www-form-urlencoded"})
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict", "list"})
 
 M = TypeVar("M", bound=BaseModel)
@@ -94,8 +99,69 @@ def _is_type_tag(part: Any) -> bool:
     return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or "-" in part)
 
 
+def check_content_type(value: str | None) -> None:
+    """Refuse bodies a web page could send cross-site without a CORS preflight as anything but JSON.
+
+    JSON clients send `application/json`; `curl -d` sends `application/x-www-form-urlencoded`, kept for
+    curl users. `text/plain` and `multipart/form-data` are what a hostile page's "simple" request uses.
+    """
+    if value is None or not value.strip():
+        return
+    media = value.split(";", 1)[0].strip().lower()
+    if media in _JSON_TYPES or media.endswith("+json"):
+        return
+    raise ApiError(415, f"unsupported Content-Type '{media[:80]}': send the body as JSON with "
+                        "'Content-Type: application/json'", code="unsupported_media_type")
+
+
+def decode_json(raw: bytes) -> Any:
+    """The parsed body, or a 400 for anything that is not plain JSON text we can work with.
+
+    Besides syntax: nesting deeper than MAX_JSON_DEPTH (Python's parser recurses), integers too long
+    to convert, and lone UTF-16 surrogates ("\\ud800"), which no tokenizer can encode as UTF-8.
+    """
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ApiError(400, f"invalid JSON in the request body: {err}", code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels",
+                       code="invalid_json") from None
+    except ValueError:  # int("9" * 5000): Python's limit on integer digits
+        raise ApiError(400, "a number in the request body has too many digits", code="invalid_json") from None
+    _check_plain(data)
+    return data
+
+
+def _check_plain(data: Any) -> None:
+    """Walk the parsed body without recursion: depth within MAX_JSON_DEPTH, every string valid Unicode."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            _check_text(value)
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise ApiError(400, f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels",
+                           code="invalid_json")
+        if isinstance(value, dict):
+            for key in value:
+                _check_text(key)
+            value = value.values()
+        stack.extend((item, depth + 1) for item in value)
+
+
+def _check_text(text: str) -> None:
+    if _SURROGATE.search(text):
+        raise ApiError(400, "the request body holds a lone UTF-16 surrogate (such as \\ud800), which is not "
+                            "valid Unicode text", code="invalid_json")
+
+
 async def parse_body(request: Request, model: type[M]) -> M:
-    """Read the JSON body (any content type: `curl -d` sends form-encoded) and validate it as `model`."""
+    """Read the JSON body (application/json, or form-encoded from `curl -d`) and validate it as `model`."""
+    check_content_type(request.headers.get("content-type"))
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
@@ -108,10 +174,7 @@ async def parse_body(request: Request, model: type[M]) -> M:
     raw = b"".join(chunks)
     if not raw.strip():
         raise ApiError(400, "missing request body", code="invalid_body")
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ApiError(400, f"invalid JSON in the request body: {err}", code="invalid_json") from None
+    data = decode_json(raw)
     if not isinstance(data, dict):
         raise ApiError(400, f"the request body must be a JSON object, not {type(data).__name__}",
                        code="invalid_body")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # the server imports no torch until a model loads
     from llamarun.llm.served import ServedModel
     from llamarun.store.resolve import ResolvedModel
 
+log = logging.getLogger("llamarun.server")
 DEFAULT_KEEP_ALIVE = 300.0  # Ollama's 5 minutes
 FOREVER = -1.0
 
@@ -48,13 +50,20 @@ class ModelSlot:
     last_used: float = 0.0
     expires_at: float | None = None  # wall clock; None while leased or when kept forever
     unload_when_idle: bool = False  # asked to unload while leased
+    pinned: bool = False  # the model named on `llamarun serve`: no client reloads or unloads it
 
     @property
     def memory_bytes(self) -> int:
         return self.served.memory_bytes
 
-    def fits_ctx(self, num_ctx: int | None) -> bool:
-        return num_ctx is None or num_ctx in (self.requested_ctx, self.served.context_length)
+    def fits_ctx(self, ctx: int | None) -> bool:
+        """True if a request for context `ctx` (None: the model's default) would load this same model."""
+        return ctx == self.requested_ctx or (ctx is not None and ctx == self.served.context_length)
+
+    @property
+    def shared(self) -> bool:
+        """Reloading it would change the model under other clients: it is leased, or it is the served model."""
+        return self.active > 0 or self.pinned
 
 
 @dataclass(eq=False)
@@ -118,7 +127,12 @@ class ModelManager:
 
     async def acquire(self, name: str, *, num_ctx: int | None = None,
                       keep_alive: float | None = None) -> Lease:
-        """Lease the model `name`, loading it (and unloading idle ones) if needed."""
+        """Lease the model `name`, loading it (and unloading idle ones) if needed.
+
+        A `num_ctx` other than the loaded model's reloads it only when nobody else could notice: when
+        it is idle and not the served model. Otherwise the request gets the loaded model as it is, and
+        the chat service's prompt check refuses a prompt that does not fit, naming the loaded context.
+        """
         key = await asyncio.to_thread(self.resolve, name)
         keep = self.keep_alive if keep_alive is None else keep_alive
         ctx = num_ctx if num_ctx is not None else self.context_length
@@ -129,7 +143,10 @@ class ModelManager:
             while True:
                 async with self._lock:
                     lm = self._models.get(key)
-                    if lm is not None and (lm.fits_ctx(num_ctx) or lm.active > 0):
+                    if lm is not None and (lm.fits_ctx(ctx) or lm.shared):
+                        if not lm.fits_ctx(ctx):
+                            log.info("%s: num_ctx=%s not applied: the model is shared, loaded with %d tokens",
+                                     key, ctx, lm.served.context_length)
                         lm.active += 1
                         lm.expires_at = None
                         lm.last_used = self.clock()
@@ -155,7 +172,10 @@ class ModelManager:
         lease.released = True
         lm = lease.model
         lm.active -= 1
-        lm.keep_alive = 0.0 if lm.unload_when_idle else lease.keep_alive
+        if lm.pinned:  # a client's keep_alive does not unload the served model
+            lm.keep_alive, lm.unload_when_idle = FOREVER, False
+        else:
+            lm.keep_alive = 0.0 if lm.unload_when_idle else lease.keep_alive
         lm.last_used = self.clock()
         if lm.active > 0 or self._models.get(lm.name) is not lm:
             return
@@ -229,6 +249,9 @@ class ModelManager:
             lm = self._models.get(key)
             if lm is None:
                 return False
+            if lm.pinned:
+                log.info("%s is the served model: a client cannot unload it", key)
+                return True
             if lm.active > 0:
                 lm.unload_when_idle = True  # the last release unloads it
                 return True
@@ -256,8 +279,9 @@ class ModelManager:
             await asyncio.sleep(interval)
 
     async def preload(self, name: str, *, keep_alive: float = FOREVER) -> ModelSlot:
-        """Load `name` now (the model given to `llamarun serve`), kept for `keep_alive`."""
+        """Load `name` now (the model given to `llamarun serve`), kept for `keep_alive` and pinned when forever."""
         lease = await self.acquire(name, keep_alive=keep_alive)
+        lease.model.pinned = keep_alive < 0
         self.release(lease)
         return lease.model
 
@@ -274,6 +298,10 @@ class ModelManager:
             await self._shutdown(m)
 
     # ----- reporting -----
+
+    def get(self, name: str) -> ModelSlot | None:
+        """The loaded model under its canonical name, if any."""
+        return self._models.get(name)
 
     def loaded(self) -> list[ModelSlot]:
         """The loaded models, most recently used first."""

@@ -22,9 +22,12 @@ from llamarun.server.errors import ApiError
 MAX_INT = 2**63 - 1  # Go's int64: Ollama itself cannot take more
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+MIN_NUM_CTX = 16  # below this no chat template and answer fit; refused before any model is touched
 FOREVER_SECONDS = 10**9  # longer than any server lives: treated as "keep forever"
 
-Int = Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)]  # a JSON integer Go's int64 can hold
+# A JSON integer Go's int64 can hold; strict, as Go is: true is not 1.
+Int = Annotated[int, Field(strict=True, ge=-MAX_INT, le=MAX_INT)]
+Float = Annotated[float, Field(strict=True)]  # integers are still numbers; true is not
 
 
 class _Lenient(BaseModel):
@@ -34,14 +37,14 @@ class _Lenient(BaseModel):
 class Options(_Lenient):
     """`options`: the sampling and context settings Ollama accepts (others are ignored, as Ollama does)."""
 
-    temperature: float | None = None
+    temperature: Float | None = None
     top_k: Int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    repeat_penalty: float | None = None
+    top_p: Float | None = None
+    min_p: Float | None = None
+    repeat_penalty: Float | None = None
     repeat_last_n: Int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: Float | None = None
+    frequency_penalty: Float | None = None
     seed: Int | None = None
     stop: list[str] | str | None = None
     num_predict: Int | None = None
@@ -79,7 +82,7 @@ class _GenerateBase(_Lenient):
     stream: bool = True
     options: Options | None = None
     format: str | dict[str, Any] | None = None
-    keep_alive: float | str | None = None
+    keep_alive: Float | str | None = None
     think: bool | str | None = None
     logprobs: bool | None = None
     top_logprobs: Int | None = Field(default=None, ge=0, le=20)
@@ -176,8 +179,8 @@ def sampling_params(options: Options | None, logprobs: bool | None = None,
                     top_logprobs: int | None = None) -> tuple[SamplingParams, int | None]:
     """SamplingParams on Ollama's defaults, and the requested num_ctx; -1/-2 num_predict mean no limit."""
     o = options or Options()
-    if o.num_ctx is not None and o.num_ctx < 1:
-        raise ApiError(400, f"num_ctx={o.num_ctx} is below 1", param="options.num_ctx")
+    if o.num_ctx is not None and o.num_ctx < MIN_NUM_CTX:
+        raise ApiError(400, f"num_ctx={o.num_ctx} is below {MIN_NUM_CTX}", param="options.num_ctx")
     max_tokens = o.num_predict
     if max_tokens is not None and max_tokens < 0:
         if max_tokens not in (-1, -2):

@@ -19,7 +19,9 @@ from llamarun.sampling.params import SamplingParams
 from llamarun.server.errors import ApiError
 
 MAX_N = 16  # independent choices per request; each is a full generation on the engine
-Int = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+# Strict: JSON true is not 1, nor 2.0 or "2" an integer (OpenAI refuses them too).
+Int = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
+Float = Annotated[float, Field(strict=True)]  # integers are still numbers; true is not
 
 
 class _Lenient(BaseModel):
@@ -43,21 +45,21 @@ class ChatMessage(_Lenient):
 class _Common(_Lenient):
     model: str = Field(min_length=1, max_length=4096)
     max_tokens: Int | None = None
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int = Field(default=1, ge=1, le=MAX_N)
+    temperature: Float | None = Field(default=None, ge=0, le=2)
+    top_p: Float | None = Field(default=None, ge=0, le=1)
+    n: Int = Field(default=1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: Int | None = None
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: Float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: Float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, Float] | None = None
     user: str | None = None
     # Extensions many OpenAI-compatible servers accept.
     top_k: Int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
+    min_p: Float | None = None
+    repetition_penalty: Float | None = None
 
 
 class ChatCompletionBody(_Common):
@@ -66,7 +68,7 @@ class ChatCompletionBody(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Int | None = None
     logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: Int | None = Field(default=None, ge=0, le=20)
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -75,11 +77,11 @@ class ChatCompletionBody(_Common):
 class CompletionBody(_Common):
     """POST /v1/completions."""
 
-    prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: int | None = Field(default=None, ge=0, le=20)
+    prompt: str | list[str] | list[Int] | list[list[Int]]
+    logprobs: Int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
-    best_of: int | None = None
+    best_of: Int | None = None
 
 
 def sampling_params(req: _Common, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
