@@ -32,6 +32,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--api-key", default=os.environ.get("LLAMARUN_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on every request but /health "
                         "(default: $LLAMARUN_API_KEY, else no key)")
+    p.add_argument("--origins", default=os.environ.get("LLAMARUN_ORIGINS"),
+                   help="browser origins allowed to call the API besides localhost ones, comma-separated; "
+                        "'*' wildcards, '*' alone for any (default: $LLAMARUN_ORIGINS, else localhost only)")
     p.add_argument("--ctx", "--num-ctx", dest="ctx", type=int,
                    help="context length in tokens for models loaded without num_ctx (default 4096)")
     p.add_argument("--keep-alive", default="5m",
@@ -90,12 +93,14 @@ def build_app(args: argparse.Namespace, keep_alive: float, loader: Any = None) -
     """The application `serve` runs (separate so tests can build it with a fake loader)."""
     from llamarun.server import ModelManager, create_app
     from llamarun.server.model_manager import default_loader
+    from llamarun.server.origins import parse_origins
     from llamarun.utils.memory import available_memory
 
     budget = int(args.memory_budget * 1e9) if args.memory_budget else available_memory(args.device or "cpu")
     manager = ModelManager(loader or default_loader(device=args.device, weights=args.weights),
                            memory_budget=budget, keep_alive=keep_alive, context_length=args.ctx)
-    return create_app(manager, api_key=args.api_key, preload=args.model)
+    return create_app(manager, api_key=args.api_key, preload=args.model, bind_host=args.host,
+                      origins=parse_origins(args.origins))
 
 
 def serve(args: argparse.Namespace) -> int:
