@@ -29,7 +29,7 @@ from llamarun.llm.text_stream import Completion
 from llamarun.server import ollama_model_routes, ollama_routes, openai_routes
 from llamarun.server.errors import error_response, install_error_handlers
 from llamarun.server.metrics import CONTENT_TYPE, ServerMetrics
-from llamarun.server.model_manager import ModelManager
+from llamarun.server.model_manager import FOREVER, ModelManager
 from llamarun.server.origins import OriginPolicy, cors_headers, is_loopback, preflight_headers
 
 log = logging.getLogger("llamarun.server")
@@ -40,13 +40,14 @@ OPEN_PATHS = frozenset({"/health", "/"})  # the chat page itself holds no data; 
 
 def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any = None,
                pull: Callable[..., Any] | None = None, metrics: ServerMetrics | None = None,
-               preload: str | None = None, reap_interval: float = 1.0, bind_host: str | None = None,
-               origins: Sequence[str] = ()) -> FastAPI:
+               preload: str | None = None, preload_keep_alive: float = FOREVER, reap_interval: float = 1.0,
+               bind_host: str | None = None, origins: Sequence[str] = ()) -> FastAPI:
     """The server application.
 
     manager: loads and unloads models; api_key: required as `Authorization: Bearer KEY` when set;
     store: the ModelStore listed by /api/tags (default: LLAMARUN_HOME); pull: the pull function
-    (default `llamarun.store.resolve.pull_model`); preload: a model loaded at start-up and kept;
+    (default `llamarun.store.resolve.pull_model`); preload: a model loaded at start-up and pinned, kept
+    for preload_keep_alive seconds after its last use (negative: forever) whatever clients ask;
     bind_host: the address the server listens on (a loopback one turns on the Host check); origins:
     browser origins allowed besides the local ones (exact or `*` globs).
     """
@@ -60,7 +61,7 @@ def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if preload:
-            await manager.preload(preload)
+            await manager.preload(preload, keep_alive=preload_keep_alive)
         reaper = asyncio.ensure_future(manager.reap_forever(reap_interval))
         try:
             yield

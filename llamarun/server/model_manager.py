@@ -6,6 +6,10 @@ unloads it at once), then a reaper unloads it. Before loading, idle models are u
 recently used first, until the new one fits the budget; if the loader still says it does not fit,
 every idle model goes and the load is tried once more.
 
+The models named on `llamarun serve` are pinned (`preload`): they keep the keep_alive the operator
+gave (forever unless `serve --keep-alive`), whatever keep_alive a client sends, a client's unload
+(keep_alive 0) leaves them loaded, and making room for other models never evicts them.
+
 Loads run in a worker thread (they take seconds), one per model name: concurrent first requests for
 a model wait for the same load, and requests for models already loaded are never held up by it.
 """
@@ -101,6 +105,7 @@ class ModelManager:
         self._models: dict[str, ModelSlot] = {}
         self._loading: dict[str, asyncio.Task[ModelSlot]] = {}
         self._wanted: Counter[str] = Counter()  # requests waiting for a load: never evict those models
+        self._pinned: dict[str, float] = {}  # the served models -> their keep_alive, which clients cannot change
         self._sizes: dict[str, int] = {}  # memory of earlier loads, to plan the next one
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Future] = set()
@@ -155,7 +160,7 @@ class ModelManager:
         lease.released = True
         lm = lease.model
         lm.active -= 1
-        lm.keep_alive = 0.0 if lm.unload_when_idle else lease.keep_alive
+        lm.keep_alive = 0.0 if lm.unload_when_idle else self._pinned.get(lm.name, lease.keep_alive)
         lm.last_used = self.clock()
         if lm.active > 0 or self._models.get(lm.name) is not lm:
             return
@@ -180,6 +185,7 @@ class ModelManager:
                     raise
                 served = await asyncio.to_thread(self.loader, target, ctx)
             now = self.clock()
+            keep = self._pinned.get(key, keep)
             lm = ModelSlot(key, served, ctx, now, keep, last_used=now)
             lm.expires_at = None if keep < 0 else now + keep
             async with self._lock:
@@ -195,8 +201,8 @@ class ModelManager:
     async def _make_room(self, key: str, everything: bool = False, loaded: bool = False) -> bool:
         """Unload idle models (least recently used first) until `key` should fit; True if any went."""
         async with self._lock:
-            idle = sorted((m for m in self._models.values()
-                           if m.active == 0 and m.name not in self._wanted and m.name != key),
+            idle = sorted((m for m in self._models.values() if m.active == 0 and m.name not in self._wanted
+                           and m.name != key and m.name not in self._pinned),
                           key=lambda m: m.last_used)
             victims: list[ModelSlot] = []
             if everything:
@@ -222,13 +228,20 @@ class ModelManager:
         with contextlib.suppress(Exception):  # a model that fails to stop is gone all the same
             await asyncio.to_thread(lm.served.shutdown)
 
-    async def unload(self, name: str) -> bool:
-        """Unload `name` now if it is loaded and idle (after its leases end otherwise); True if found."""
+    async def unload(self, name: str, *, force: bool = False) -> bool:
+        """Unload `name` now if it is loaded and idle (after its leases end otherwise); True if found.
+
+        A pinned (served) model stays unless `force` (its files are being deleted); it unpins then.
+        """
         key = await asyncio.to_thread(self.resolve, name)
         async with self._lock:
             lm = self._models.get(key)
             if lm is None:
                 return False
+            if key in self._pinned:
+                if not force:
+                    return True
+                del self._pinned[key]
             if lm.active > 0:
                 lm.unload_when_idle = True  # the last release unloads it
                 return True
@@ -256,7 +269,9 @@ class ModelManager:
             await asyncio.sleep(interval)
 
     async def preload(self, name: str, *, keep_alive: float = FOREVER) -> ModelSlot:
-        """Load `name` now (the model given to `llamarun serve`), kept for `keep_alive`."""
+        """Load and pin `name` now (the model given to `llamarun serve`), kept for `keep_alive` after its
+        last use whatever keep_alive clients send (negative: forever)."""
+        self._pinned[await asyncio.to_thread(self.resolve, name)] = keep_alive
         lease = await self.acquire(name, keep_alive=keep_alive)
         self.release(lease)
         return lease.model
@@ -278,6 +293,10 @@ class ModelManager:
     def loaded(self) -> list[ModelSlot]:
         """The loaded models, most recently used first."""
         return sorted(self._models.values(), key=lambda m: -m.last_used)
+
+    def get(self, name: str) -> ModelSlot | None:
+        """The loaded model with the canonical `name`, or None."""
+        return self._models.get(name)
 
     def expires_at(self, lm: ModelSlot) -> float | None:
         """When `lm` will unload if no request comes (None: never); leased models count from now."""

@@ -133,6 +133,6 @@ async def delete(request: Request) -> Response:
     if await asyncio.to_thread(store.get, name, tag) is None:
         raise ModelNotFoundError(f"model '{req.model}' not found", "see `llamarun list`")
     with contextlib.suppress(ModelNotFoundError):
-        await request.app.state.manager.unload(req.model)
+        await request.app.state.manager.unload(req.model, force=True)  # the served model too: its files go
     await asyncio.to_thread(store.remove, name, tag)
     return Response(status_code=200)

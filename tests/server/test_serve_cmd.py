@@ -34,7 +34,7 @@ def parse(*argv: str) -> argparse.Namespace:
 def test_defaults() -> None:
     args = parse()
     assert (args.model, args.host, args.port) == (None, "127.0.0.1", 11434)
-    assert (args.ctx, args.keep_alive, args.api_key) == (None, "5m", os.environ.get("LLAMARUN_API_KEY"))
+    assert (args.ctx, args.keep_alive, args.api_key) == (None, None, os.environ.get("LLAMARUN_API_KEY"))
     assert serve_cmd.check_args(args) == 300.0
     args = parse(DEFAULT, "--port", "8080", "--api-key", "k", "--ctx", "2048", "--keep-alive", "-1")
     assert (args.model, args.port, args.api_key, args.ctx) == (DEFAULT, 8080, "k", 2048)
