@@ -100,11 +100,13 @@ def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any 
         return PlainTextResponse(metrics.render(models), media_type=CONTENT_TYPE)
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-    async def index() -> Response:
+    async def index(request: Request) -> Response:
+        # Browsers get the chat page; other clients get Ollama's own answer, which tools (and
+        # Ollama's clients) read to detect a running server.
         page = STATIC / "index.html"
-        if page.is_file():
+        if "text/html" in request.headers.get("accept", "") and page.is_file():
             return FileResponse(page, media_type="text/html")
-        return PlainTextResponse("llamarun is running")
+        return PlainTextResponse("Ollama is running")
 
     known = {getattr(r, "path", "") for router in (app, *ROUTERS) for r in router.routes}
     policy = OriginPolicy(origins, check_host=is_loopback(bind_host))
