@@ -1,7 +1,8 @@
 """`llamarun serve [MODEL]`: the Ollama and OpenAI APIs on one port (11434, Ollama's, by default).
 
-MODEL, when given, is pulled if needed and loaded before the port opens, and stays loaded; other
-models load on their first request and unload after their keep_alive. torch is imported only when
+MODEL, when given, is pulled if needed and loaded before the port opens, and stays loaded (for
+`--keep-alive` after its last use when that is given; a client's keep_alive never shortens it);
+other models load on their first request and unload after their keep_alive. torch is imported only when
 the first model loads.
 """
 
@@ -19,6 +20,7 @@ from llamarun.llm.request_limits import DEFAULT_MAX_GENERATIONS, DEFAULT_MAX_PRO
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434
+DEFAULT_KEEP_ALIVE = 300.0  # Ollama's 5 minutes, for models other than the served one
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -33,10 +35,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--api-key", default=os.environ.get("LLAMARUN_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on every request but /health "
                         "(default: $LLAMARUN_API_KEY, else no key)")
+    p.add_argument("--origins", default=os.environ.get("LLAMARUN_ORIGINS"),
+                   help="browser origins allowed to call the API besides localhost ones, comma-separated; "
+                        "'*' wildcards, '*' alone for any (default: $LLAMARUN_ORIGINS, else localhost only)")
     p.add_argument("--ctx", "--num-ctx", dest="ctx", type=int,
                    help="context length in tokens for models loaded without num_ctx (default 4096)")
-    p.add_argument("--keep-alive", default="5m",
-                   help="how long an idle model stays loaded: seconds or a duration like 5m, 1h; -1 forever")
+    p.add_argument("--keep-alive",
+                   help="how long an idle model stays loaded: seconds or a duration like 5m, 1h; -1 forever "
+                        "(default 5m; MODEL stays loaded for good unless this is given)")
     p.add_argument("--memory-budget", type=float, metavar="GB",
                    help="most memory for loaded models, in GB (default: the memory available at start)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -69,11 +75,13 @@ def check_args(args: argparse.Namespace) -> float:
             raise LlamarunError(f"{name} {getattr(args, flag)} is below 1", f"give {name} as a count, e.g. 64")
     if args.api_key is not None and not args.api_key.strip():
         raise LlamarunError("--api-key is empty", "give a key, or leave the flag out for no key")
+    if args.keep_alive is None:
+        return DEFAULT_KEEP_ALIVE
     try:
         keep = parse_keep_alive(args.keep_alive)
     except ApiError as err:
         raise LlamarunError(err.message, "use seconds or a duration such as 5m or 1h") from None
-    return 300.0 if keep is None else keep
+    return DEFAULT_KEEP_ALIVE if keep is None else keep
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -101,13 +109,16 @@ def build_app(args: argparse.Namespace, keep_alive: float, loader: Any = None) -
     """The application `serve` runs (separate so tests can build it with a fake loader)."""
     from llamarun.llm.request_limits import RequestLimits
     from llamarun.server import ModelManager, create_app
-    from llamarun.server.model_manager import default_loader
+    from llamarun.server.model_manager import FOREVER, default_loader
+    from llamarun.server.origins import parse_origins
     from llamarun.utils.memory import available_memory
 
     budget = int(args.memory_budget * 1e9) if args.memory_budget else available_memory(args.device or "cpu")
     manager = ModelManager(loader or default_loader(device=args.device, weights=args.weights),
                            memory_budget=budget, keep_alive=keep_alive, context_length=args.ctx)
-    app = create_app(manager, api_key=args.api_key, preload=args.model)
+    pinned_keep_alive = FOREVER if args.keep_alive is None else keep_alive  # the served model's
+    app = create_app(manager, api_key=args.api_key, preload=args.model, preload_keep_alive=pinned_keep_alive,
+                     bind_host=args.host, origins=parse_origins(args.origins))
     app.state.service.limits = RequestLimits(args.max_generations, args.max_prompt_tokens)
     return app
 

@@ -31,7 +31,10 @@ def stats_lines(stats: RequestStats, load_seconds: float, total_seconds: float, 
     rows = [
         ("total duration", format_duration(total_seconds)),
         ("load duration", format_duration(load_seconds)),
-        ("prompt eval count", f"{stats.computed_prompt_tokens} token(s)"),
+        # The count is the whole prompt, as Ollama prints it; duration and rate are about the part
+        # the model computed (the cached part was looked up), so the rate stays a prefill speed.
+        ("prompt eval count", f"{stats.prompt_tokens} token(s)"),
+        ("prompt cached count", f"{stats.cached_tokens} token(s)"),
         ("prompt eval duration", format_duration(stats.prompt_seconds)),
         ("prompt eval rate", f"{stats.prompt_tokens_per_second:.2f} tokens/s"),
         ("eval count", f"{stats.generated_tokens} token(s)"),

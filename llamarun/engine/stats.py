@@ -26,6 +26,7 @@ class RequestStats:
 
     @property
     def prompt_tokens_per_second(self) -> float:
+        """Prefill speed: computed tokens over prompt_seconds (cached tokens took no prefill time)."""
         return self.computed_prompt_tokens / max(self.prompt_seconds, 1e-9)
 
     @property

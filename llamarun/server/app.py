@@ -1,7 +1,8 @@
 """The FastAPI application: Ollama and OpenAI routes over one ModelManager, plus /health, /metrics and /.
 
 `create_app(manager)` builds it; `llamarun serve` runs it with uvicorn. An ASGI gate in front of
-every route checks the API key (Bearer) when one is set and counts requests for /metrics; it is
+every route checks Host and Origin (server/origins.py: CORS and the DNS-rebinding guard), answers
+CORS preflights, checks the API key (Bearer) when one is set and counts requests for /metrics; it is
 plain ASGI rather than an HTTP middleware so that streaming responses and client disconnects pass
 through untouched.
 """
@@ -13,7 +14,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ from llamarun.llm.text_stream import Completion
 from llamarun.server import embed_routes, ollama_model_routes, ollama_routes, openai_routes
 from llamarun.server.errors import error_response, install_error_handlers
 from llamarun.server.metrics import CONTENT_TYPE, ServerMetrics
-from llamarun.server.model_manager import ModelManager
+from llamarun.server.model_manager import FOREVER, ModelManager
+from llamarun.server.origins import OriginPolicy, cors_headers, is_loopback, preflight_headers
 
 log = logging.getLogger("llamarun.server")
 STATIC = Path(__file__).parent / "static"
@@ -38,12 +40,16 @@ OPEN_PATHS = frozenset({"/health", "/"})  # the chat page itself holds no data; 
 
 def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any = None,
                pull: Callable[..., Any] | None = None, metrics: ServerMetrics | None = None,
-               preload: str | None = None, reap_interval: float = 1.0) -> FastAPI:
+               preload: str | None = None, preload_keep_alive: float = FOREVER, reap_interval: float = 1.0,
+               bind_host: str | None = None, origins: Sequence[str] = ()) -> FastAPI:
     """The server application.
 
     manager: loads and unloads models; api_key: required as `Authorization: Bearer KEY` when set;
     store: the ModelStore listed by /api/tags (default: LLAMARUN_HOME); pull: the pull function
-    (default `llamarun.store.resolve.pull_model`); preload: a model loaded at start-up and kept.
+    (default `llamarun.store.resolve.pull_model`); preload: a model loaded at start-up and pinned, kept
+    for preload_keep_alive seconds after its last use (negative: forever) whatever clients ask;
+    bind_host: the address the server listens on (a loopback one turns on the Host check); origins:
+    browser origins allowed besides the local ones (exact or `*` globs).
     """
     from llamarun.store.home import ModelStore
     from llamarun.store.resolve import pull_model
@@ -55,7 +61,7 @@ def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if preload:
-            await manager.preload(preload)
+            await manager.preload(preload, keep_alive=preload_keep_alive)
         reaper = asyncio.ensure_future(manager.reap_forever(reap_interval))
         try:
             yield
@@ -94,23 +100,27 @@ def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any 
         return PlainTextResponse(metrics.render(models), media_type=CONTENT_TYPE)
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-    async def index() -> Response:
+    async def index(request: Request) -> Response:
+        # Browsers get the chat page; other clients get Ollama's own answer, which tools (and
+        # Ollama's clients) read to detect a running server.
         page = STATIC / "index.html"
-        if page.is_file():
+        if "text/html" in request.headers.get("accept", "") and page.is_file():
             return FileResponse(page, media_type="text/html")
-        return PlainTextResponse("llamarun is running")
+        return PlainTextResponse("Ollama is running")
 
     known = {getattr(r, "path", "") for router in (app, *ROUTERS) for r in router.routes}
-    app.add_middleware(_Gate, api_key=api_key, metrics=metrics, known=frozenset(known))
+    policy = OriginPolicy(origins, check_host=is_loopback(bind_host))
+    app.add_middleware(_Gate, api_key=api_key, metrics=metrics, known=frozenset(known), policy=policy)
     return app
 
 
 class _Gate:
-    """API-key check and request counting, in front of every route."""
+    """Host/Origin checks, CORS, API-key check and request counting, in front of every route."""
 
     def __init__(self, app: ASGIApp, *, api_key: str | None, metrics: ServerMetrics,
-                 known: frozenset[str]) -> None:
+                 known: frozenset[str], policy: OriginPolicy) -> None:
         self.app = app
+        self.policy = policy
         self.api_key = api_key.encode() if api_key else None
         self.metrics = metrics
         self.known = known
@@ -127,6 +137,16 @@ class _Gate:
                 return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.api_key or b"")
         return False
 
+    def _refusal(self, origin: str | None, host: str | None) -> str | None:
+        """Why a request is refused (403), or None."""
+        if not self.policy.host_allowed(host):
+            return (f"Host '{host[:100] if host else ''}' is not allowed: this server listens on loopback and "
+                    "answers only to localhost, 127.0.0.1 or [::1] (a guard against DNS rebinding)")
+        if origin is not None and not self.policy.origin_allowed(origin, host):
+            return (f"Origin '{origin[:200]}' is not allowed; start the server with --origins (or set "
+                    "LLAMARUN_ORIGINS) to allow it")
+        return None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -134,15 +154,30 @@ class _Gate:
         path, method = scope["path"], scope["method"]
         status = 500
         t0 = time.perf_counter()
+        headers = {name: value.decode("latin-1") for name, value in scope.get("headers", ())}
+        origin, host = headers.get(b"origin"), headers.get(b"host")
+        refusal = self._refusal(origin, host)
+        share = origin is not None and refusal is None  # let the allowed page read the answer
 
         async def send_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if share:
+                    message = {**message, "headers": [*message.get("headers", ()), *cors_headers(origin)]}
             await send(message)
 
         self.metrics.request_started()
         try:
+            if refusal is not None:  # before any work: a foreign page must not start a pull or a generation
+                await error_response(path, 403, refusal)(scope, receive, send_status)
+                return
+            if method == "OPTIONS" and origin is not None and b"access-control-request-method" in headers:
+                response = Response(status_code=204, headers=preflight_headers(
+                    origin, headers.get(b"access-control-request-headers")))
+                await response(scope, receive, send)  # not send_status: these headers are complete
+                status = 204
+                return
             if self.api_key is not None and path not in OPEN_PATHS and not self._authorized(scope):
                 message = ("Incorrect or missing API key: send 'Authorization: Bearer KEY' with the key "
                            "given to llamarun serve --api-key")

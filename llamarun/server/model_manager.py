@@ -6,6 +6,10 @@ unloads it at once), then a reaper unloads it. Before loading, idle models are u
 recently used first, until the new one fits the budget; if the loader still says it does not fit,
 every idle model goes and the load is tried once more.
 
+The models named on `llamarun serve` are pinned (`preload`): they keep the keep_alive the operator
+gave (forever unless `serve --keep-alive`), whatever keep_alive a client sends, a client's unload
+(keep_alive 0) leaves them loaded, and making room for other models never evicts them.
+
 Loads run in a worker thread (they take seconds), one per model name: concurrent first requests for
 a model wait for the same load, and requests for models already loaded are never held up by it.
 """
@@ -110,6 +114,7 @@ class ModelManager:
         self._models: dict[str, ModelSlot] = {}
         self._loading: dict[str, asyncio.Task[ModelSlot]] = {}
         self._wanted: Counter[str] = Counter()  # requests waiting for a load: never evict those models
+        self._pinned: dict[str, float] = {}  # the served models -> their keep_alive, which clients cannot change
         self._sizes: dict[str, int] = {}  # memory of earlier loads, to plan the next one
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Future] = set()
@@ -172,10 +177,8 @@ class ModelManager:
         lease.released = True
         lm = lease.model
         lm.active -= 1
-        if lm.pinned:  # a client's keep_alive does not unload the served model
-            lm.keep_alive, lm.unload_when_idle = FOREVER, False
-        else:
-            lm.keep_alive = 0.0 if lm.unload_when_idle else lease.keep_alive
+        # A served (pinned) model keeps the operator's keep_alive whatever the client sent.
+        lm.keep_alive = 0.0 if lm.unload_when_idle else self._pinned.get(lm.name, lease.keep_alive)
         lm.last_used = self.clock()
         if lm.active > 0 or self._models.get(lm.name) is not lm:
             return
@@ -200,6 +203,7 @@ class ModelManager:
                     raise
                 served = await asyncio.to_thread(self.loader, target, ctx)
             now = self.clock()
+            keep = self._pinned.get(key, keep)
             lm = ModelSlot(key, served, ctx, now, keep, last_used=now)
             lm.expires_at = None if keep < 0 else now + keep
             async with self._lock:
@@ -215,8 +219,8 @@ class ModelManager:
     async def _make_room(self, key: str, everything: bool = False, loaded: bool = False) -> bool:
         """Unload idle models (least recently used first) until `key` should fit; True if any went."""
         async with self._lock:
-            idle = sorted((m for m in self._models.values()
-                           if m.active == 0 and m.name not in self._wanted and m.name != key),
+            idle = sorted((m for m in self._models.values() if m.active == 0 and m.name not in self._wanted
+                           and m.name != key and m.name not in self._pinned),
                           key=lambda m: m.last_used)
             victims: list[ModelSlot] = []
             if everything:
@@ -242,16 +246,22 @@ class ModelManager:
         with contextlib.suppress(Exception):  # a model that fails to stop is gone all the same
             await asyncio.to_thread(lm.served.shutdown)
 
-    async def unload(self, name: str) -> bool:
-        """Unload `name` now if it is loaded and idle (after its leases end otherwise); True if found."""
+    async def unload(self, name: str, *, force: bool = False) -> bool:
+        """Unload `name` now if it is loaded and idle (after its leases end otherwise); True if found.
+
+        A pinned (served) model stays unless `force` (its files are being deleted); it unpins then.
+        """
         key = await asyncio.to_thread(self.resolve, name)
         async with self._lock:
             lm = self._models.get(key)
             if lm is None:
                 return False
-            if lm.pinned:
-                log.info("%s is the served model: a client cannot unload it", key)
-                return True
+            if key in self._pinned:
+                if not force:
+                    log.info("%s is the served model: a client cannot unload it", key)
+                    return True
+                del self._pinned[key]
+                lm.pinned = False
             if lm.active > 0:
                 lm.unload_when_idle = True  # the last release unloads it
                 return True
@@ -279,9 +289,11 @@ class ModelManager:
             await asyncio.sleep(interval)
 
     async def preload(self, name: str, *, keep_alive: float = FOREVER) -> ModelSlot:
-        """Load `name` now (the model given to `llamarun serve`), kept for `keep_alive` and pinned when forever."""
+        """Load and pin `name` now (the model given to `llamarun serve`): kept for `keep_alive` after its last
+        use whatever keep_alive clients send (negative: forever), and never reloaded for a client's num_ctx."""
+        self._pinned[await asyncio.to_thread(self.resolve, name)] = keep_alive
         lease = await self.acquire(name, keep_alive=keep_alive)
-        lease.model.pinned = keep_alive < 0
+        lease.model.pinned = True
         self.release(lease)
         return lease.model
 

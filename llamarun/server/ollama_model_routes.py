@@ -16,6 +16,7 @@ from llamarun import __version__
 from llamarun.errors import ModelNotFoundError
 from llamarun.server.errors import parse_body
 from llamarun.server.ollama_schemas import ModelRequest
+from llamarun.server.show_info import parameters_text, served_context, tokenizer_keys
 from llamarun.server.store_info import (
     describe,
     details,
@@ -53,7 +54,7 @@ async def tags(request: Request) -> dict[str, Any]:
 
 @router.post("/api/show")
 async def show(request: Request) -> dict[str, Any]:
-    """Architecture, template, license and parameters of one model."""
+    """Architecture, template, license and parameters of one model (the served context among them)."""
     req = await parse_body(request, ModelRequest)
     model = await asyncio.to_thread(resolve, req.model, request.app.state.store)
     info = await asyncio.to_thread(describe, model.path, model.format)
@@ -62,9 +63,14 @@ async def show(request: Request) -> dict[str, Any]:
     modified = model.manifest.pulled_at if model.manifest else model.path.stat().st_mtime
     template = info.chat_template or ""
     capabilities = ["completion"] + (["tools"] if "tools" in template else [])
+    manager = request.app.state.manager
+    facts = model_info(info)
+    if req.verbose:
+        facts |= await asyncio.to_thread(tokenizer_keys, manager, model.name, model.path, info.format)
     return {"license": info.license or "", "modelfile": modelfile(model.name, model.path, info),
-            "parameters": "", "template": template, "details": details(info, info.format),
-            "model_info": model_info(info), "capabilities": capabilities, "modified_at": rfc3339(modified)}
+            "parameters": parameters_text(served_context(manager, model.name, info)), "template": template,
+            "details": details(info, info.format), "model_info": facts, "capabilities": capabilities,
+            "modified_at": rfc3339(modified)}
 
 
 @router.get("/api/ps")
@@ -133,6 +139,6 @@ async def delete(request: Request) -> Response:
     if await asyncio.to_thread(store.get, name, tag) is None:
         raise ModelNotFoundError(f"model '{req.model}' not found", "see `llamarun list`")
     with contextlib.suppress(ModelNotFoundError):
-        await request.app.state.manager.unload(req.model)
+        await request.app.state.manager.unload(req.model, force=True)  # the served model too: its files go
     await asyncio.to_thread(store.remove, name, tag)
     return Response(status_code=200)

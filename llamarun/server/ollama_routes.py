@@ -78,7 +78,10 @@ def _final(reply: Reply, stats: RequestStats | None, reason: str | None) -> dict
     out: dict[str, Any] = {"done": True, "done_reason": reason or "stop", "total_duration": _ns(reply.elapsed()),
                            "load_duration": _ns(reply.lease.load_seconds)}
     if stats is not None:
-        out |= {"prompt_eval_count": stats.computed_prompt_tokens, "prompt_eval_duration": _ns(stats.prompt_seconds),
+        # As current Ollama: the count is the whole prompt (clients bill it as input tokens) and the
+        # cached part is told apart; the duration stays the prefill's, which ran only the uncached part.
+        out |= {"prompt_eval_count": stats.prompt_tokens, "prompt_eval_cached_count": stats.cached_tokens,
+                "prompt_eval_duration": _ns(stats.prompt_seconds),
                 "eval_count": stats.generated_tokens, "eval_duration": _ns(stats.decode_seconds)}
     return out
 

@@ -18,7 +18,8 @@ from tiny_checkpoints import TinySpec, add_byte_tokenizer, make_weights, write_g
 from llamarun.store.default_model import install_default_model_from
 from llamarun.store.home import ModelStore
 
-VERBOSE_FIELDS = ["total duration", "load duration", "prompt eval count", "prompt eval duration",
+VERBOSE_FIELDS = ["total duration", "load duration", "prompt eval count", "prompt cached count",
+                  "prompt eval duration",
                   "prompt eval rate", "eval count", "eval duration", "eval rate", "peak memory"]
 
 
@@ -53,6 +54,9 @@ def test_one_shot_verbose_prints_every_field(home: Path) -> None:
         assert re.search(rf"^{field}:\s+\S*\d", proc.stderr, re.M), f"missing {field}:\n{proc.stderr}"
     count = int(re.search(r"^eval count:\s+(\d+)", proc.stderr, re.M).group(1))
     assert 1 <= count <= 12
+    prompt = int(re.search(r"^prompt eval count:\s+(\d+)", proc.stderr, re.M).group(1))
+    cached = int(re.search(r"^prompt cached count:\s+(\d+)", proc.stderr, re.M).group(1))
+    assert prompt > 10 and 0 <= cached < prompt  # the whole templated prompt, cached part included
 
 
 def test_seeded_runs_repeat_and_stdin_is_a_prompt(home: Path) -> None:

@@ -40,14 +40,20 @@ def test_no_key_means_open(client: TestClient) -> None:
     assert client.get("/api/tags").status_code == 200
 
 
-def test_index_serves_the_page_when_present(client: TestClient, tmp_path: Path, monkeypatch) -> None:
+def test_index_serves_the_page_to_browsers_and_ollamas_answer_to_others(client: TestClient, tmp_path: Path,
+                                                                         monkeypatch) -> None:
     monkeypatch.setattr(app_module, "STATIC", tmp_path)
-    r = client.get("/")
-    assert r.status_code == 200 and r.text == "llamarun is running"
+    browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+    r = client.get("/", headers=browser)
+    assert r.status_code == 200 and r.text == "Ollama is running"  # no page to show
     (tmp_path / "index.html").write_text("<!doctype html><title>chat</title>")
-    r = client.get("/")
+    r = client.get("/", headers=browser)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert r.text == "<!doctype html><title>chat</title>"
+    for headers in ({}, {"Accept": "*/*"}, {"Accept": "application/json"}):  # curl, SDKs, detectors
+        r = client.get("/", headers=headers)
+        assert r.status_code == 200 and r.text == "Ollama is running", headers
+        assert r.headers["content-type"].startswith("text/plain")
     assert client.head("/").status_code == 200
 
 

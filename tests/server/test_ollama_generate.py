@@ -36,7 +36,8 @@ def test_generate_whole_answer_has_ollamas_fields(client, loader) -> None:
     call = llm.calls[-1]
     expected = llm.chat_ids([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}])
     assert call.prompt_ids == expected
-    assert body["prompt_eval_count"] == len(expected)  # nothing cached on the first request
+    assert body["prompt_eval_count"] == len(expected)
+    assert body["prompt_eval_cached_count"] == 0  # nothing cached on the first request
     assert body["context"] == expected + list(DEFAULT_REPLY.encode())
 
 
@@ -125,7 +126,9 @@ def test_chat_whole_and_streamed_agree(client, loader) -> None:
     assert "".join(line["message"]["content"] for line in lines) == DEFAULT_REPLY
     assert all(line["message"]["role"] == "assistant" for line in lines)
     assert [line["done"] for line in lines].count(True) == 1 and lines[-1]["done"]
-    assert lines[-1]["prompt_eval_count"] < body["prompt_eval_count"]  # the same prompt hit the prefix cache
+    # the same prompt hit the prefix cache: the count stays the whole prompt, the cached part is told apart
+    assert lines[-1]["prompt_eval_count"] == body["prompt_eval_count"]
+    assert lines[-1]["prompt_eval_cached_count"] > body["prompt_eval_cached_count"]
 
 
 def test_logprobs(client) -> None:

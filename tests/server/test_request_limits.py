@@ -57,7 +57,7 @@ def test_serve_flags_set_the_limits(store, monkeypatch) -> None:
     args = parse("--max-generations", "4", "--max-prompt-tokens", "1000")
     app = serve_cmd.build_app(args, serve_cmd.check_args(args), loader=FakeLoader())
     assert app.state.service.limits == RequestLimits(4, 1000)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # serve binds loopback: Host is checked
         r = completions(client, ["a", "b"], n=3)
         assert r.status_code == 400 and "6 generations" in r.json()["error"]["message"]
         assert completions(client, ["a", "b"], n=2).status_code == 200

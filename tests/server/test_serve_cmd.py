@@ -34,7 +34,7 @@ def parse(*argv: str) -> argparse.Namespace:
 def test_defaults() -> None:
     args = parse()
     assert (args.model, args.host, args.port) == (None, "127.0.0.1", 11434)
-    assert (args.ctx, args.keep_alive, args.api_key) == (None, "5m", os.environ.get("LLAMARUN_API_KEY"))
+    assert (args.ctx, args.keep_alive, args.api_key) == (None, None, os.environ.get("LLAMARUN_API_KEY"))
     assert serve_cmd.check_args(args) == 300.0
     args = parse(DEFAULT, "--port", "8080", "--api-key", "k", "--ctx", "2048", "--keep-alive", "-1")
     assert (args.model, args.port, args.api_key, args.ctx) == (DEFAULT, 8080, "k", 2048)
@@ -67,7 +67,7 @@ def test_build_app_preloads_and_guards(store, monkeypatch) -> None:
     loader = FakeLoader()
     args = parse(DEFAULT, "--api-key", "k", "--ctx", "256")
     app = serve_cmd.build_app(args, serve_cmd.check_args(args), loader=loader)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1:11434") as client:  # bound to loopback: Host is checked
         assert [m.name for m in loader.instances] == [DEFAULT]  # loaded before the first request
         assert loader.instances[0].context_length == 256
         assert client.get("/api/ps").status_code == 401
@@ -110,7 +110,8 @@ def test_the_server_starts_without_torch(store) -> None:
     code = ("import sys; from fastapi.testclient import TestClient; from llamarun.cli import serve_cmd; "
             "import argparse; p = argparse.ArgumentParser(); serve_cmd.register(p.add_subparsers()); "
             "a = p.parse_args(['serve']); app = serve_cmd.build_app(a, 300.0); "
-            "c = TestClient(app).__enter__(); assert c.get('/api/tags').status_code == 200; "
+            "c = TestClient(app, base_url='http://localhost').__enter__(); "
+            "assert c.get('/api/tags').status_code == 200; "
             "print('torch' in sys.modules)")
     env = os.environ | {"LLAMARUN_HOME": str(store.root)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,

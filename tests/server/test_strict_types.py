@@ -72,7 +72,7 @@ def test_serve_reads_the_key_from_the_environment(store, monkeypatch) -> None:
     args = parse()  # no --api-key on the command line, so none in `ps`
     assert args.api_key == "from-env"
     app = serve_cmd.build_app(args, serve_cmd.check_args(args), loader=FakeLoader())
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # serve binds loopback: Host is checked
         assert client.get("/api/tags").status_code == 401
         assert client.get("/api/tags", headers={"Authorization": "Bearer from-env"}).status_code == 200
     assert parse("--api-key", "flag").api_key == "flag"  # the flag still wins
