@@ -42,6 +42,12 @@ def stats_lines(stats: RequestStats, load_seconds: float, total_seconds: float, 
         ("eval rate", f"{stats.decode_tokens_per_second:.2f} tokens/s"),
         ("peak memory", f"{peak_bytes / 2**20:.0f} MiB"),
     ]
+    if stats.energy_joules is not None:  # metered on GPUs (engine/energy.py)
+        from llamarun.engine.energy import co2_grams, grid_intensity
+
+        per_token = stats.joules_per_token or 0.0
+        rows.append(("energy", f"{stats.energy_joules:.2f} J ({per_token:.3f} J/token)"))
+        rows.append(("CO2", f"{co2_grams(stats.energy_joules):.4f} g at {grid_intensity():g} g/kWh"))
     return [f"{name + ':':<22}{value}" for name, value in rows]
 
 

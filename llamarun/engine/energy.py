@@ -17,8 +17,10 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the server imports this module for its fields; torch comes with the first model
+    import torch
 
 DEFAULT_GRID_G_PER_KWH = 480.0  # Ember, Global Electricity Review 2024: the world's 2023 average
 JOULES_PER_KWH = 3.6e6
@@ -46,6 +48,8 @@ class EnergyMeter:
     @classmethod
     def for_device(cls, device: str | torch.device) -> EnergyMeter | None:
         """A meter for a CUDA device, or None (CPU, no `nvidia-ml-py`, or a card without an energy counter)."""
+        import torch
+
         device = torch.device(device)
         if device.type != "cuda":
             return None
@@ -112,3 +116,10 @@ def grid_intensity() -> float:
 def co2_grams(joules: float, g_per_kwh: float | None = None) -> float:
     """Grams of CO2 for `joules` at the grid intensity (default: grid_intensity())."""
     return joules / JOULES_PER_KWH * (grid_intensity() if g_per_kwh is None else g_per_kwh)
+
+
+def energy_fields(joules: float | None) -> dict[str, float]:
+    """The energy fields the APIs add to a finished request's stats (nothing when the GPU is not metered)."""
+    if joules is None:
+        return {}
+    return {"energy_joules": round(joules, 4), "co2_grams": round(co2_grams(joules), 6)}

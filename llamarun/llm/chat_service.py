@@ -122,13 +122,18 @@ class Reply:
     async def collect(self) -> list[Completion]:
         return await collect_all(self.generations)
 
-    def usage(self) -> dict[str, int]:
-        """Token counts: each distinct prompt once, every generation's output, cached prompt tokens."""
+    def usage(self) -> dict[str, float]:
+        """Token counts (each distinct prompt once, every generation's output, cached prompt tokens), and the
+        GPU energy of every generation when it was metered."""
         done = [g.result for g in self.generations]
         completion = sum(c.stats.generated_tokens or len(c.token_ids) for c in done)
         cached = sum(done[k].stats.cached_tokens for k in range(0, len(done), self.request.n))
         prompt = sum(len(ids) for ids in self.prompts)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "cached_tokens": cached}
+        out = {"prompt_tokens": prompt, "completion_tokens": completion, "cached_tokens": cached}
+        energy = [c.stats.energy_joules for c in done if c.stats.energy_joules is not None]
+        if energy:
+            out["energy_joules"] = sum(energy)
+        return out
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

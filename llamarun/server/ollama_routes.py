@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from llamarun.engine.energy import energy_fields
 from llamarun.engine.stats import RequestStats
 from llamarun.llm.chat_service import ChatRequest, Reply
 from llamarun.llm.text_stream import TokenLogprob
@@ -83,6 +84,7 @@ def _final(reply: Reply, stats: RequestStats | None, reason: str | None) -> dict
         out |= {"prompt_eval_count": stats.prompt_tokens, "prompt_eval_cached_count": stats.cached_tokens,
                 "prompt_eval_duration": _ns(stats.prompt_seconds),
                 "eval_count": stats.generated_tokens, "eval_duration": _ns(stats.decode_seconds)}
+        out |= energy_fields(stats.energy_joules)  # llamarun's own fields, on GPUs: Ollama clients ignore them
     return out
 
 

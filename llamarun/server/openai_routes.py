@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from llamarun import __version__
+from llamarun.engine.energy import energy_fields
 from llamarun.llm.chat_service import Reply
 from llamarun.llm.text_stream import Completion, StreamChunk, TokenLogprob
 from llamarun.server.errors import ApiError, parse_body
@@ -127,7 +128,8 @@ class _Format:
         u = self.reply.usage()
         return {"prompt_tokens": u["prompt_tokens"], "completion_tokens": u["completion_tokens"],
                 "total_tokens": u["prompt_tokens"] + u["completion_tokens"],
-                "prompt_tokens_details": {"cached_tokens": u["cached_tokens"]}}
+                "prompt_tokens_details": {"cached_tokens": u["cached_tokens"]},
+                **energy_fields(u.get("energy_joules"))}  # llamarun's own, on GPUs; clients ignore unknown keys
 
     def opening(self) -> list[dict[str, Any]]:
         return []

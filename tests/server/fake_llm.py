@@ -99,6 +99,7 @@ class FakeAsyncLLM:
     fail_before_first: Exception | None = None
     fail_after_tokens: int | None = None
     device: str = "cpu"
+    joules_per_token: float | None = None  # set: the fake is a metered GPU (each token costs this much energy)
     format: str = "gguf"
     quantization: str = "Q4_1"
     calls: list[Call] = field(default_factory=list)
@@ -232,6 +233,8 @@ class FakeTokens:
 
     def _finish(self, reason: str, t0: float, out: EngineOutput) -> None:
         self.stats.decode_seconds = time.perf_counter() - t0
+        if self.llm.joules_per_token is not None:
+            self.stats.energy_joules = self.llm.joules_per_token * self.stats.generated_tokens
         self.stats.done_reason = reason
         out.finished, out.finish_reason, out.stats = True, reason, self.stats
         self.call.finish_reason = reason
