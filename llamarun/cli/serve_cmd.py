@@ -31,6 +31,9 @@ def register(subparsers: Any) -> None:
                                           "(/v1/...).")
     p.add_argument("model", nargs="?", help="a model to load at start-up and keep loaded (optional)")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
+    p.add_argument("--models-dir", action="append", default=[], metavar="DIR",
+                   help="a folder whose checkpoints clients may name by path (repeatable; default: none, only "
+                        "store names and the MODEL given here)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--api-key", default=os.environ.get("LLAMARUN_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on every request but /health "
@@ -115,7 +118,8 @@ def build_app(args: argparse.Namespace, keep_alive: float, loader: Any = None) -
 
     budget = int(args.memory_budget * 1e9) if args.memory_budget else available_memory(args.device or "cpu")
     manager = ModelManager(loader or default_loader(device=args.device, weights=args.weights),
-                           memory_budget=budget, keep_alive=keep_alive, context_length=args.ctx)
+                           memory_budget=budget, keep_alive=keep_alive, context_length=args.ctx,
+                           models_dirs=args.models_dir)
     pinned_keep_alive = FOREVER if args.keep_alive is None else keep_alive  # the served model's
     app = create_app(manager, api_key=args.api_key, preload=args.model, preload_keep_alive=pinned_keep_alive,
                      bind_host=args.host, origins=parse_origins(args.origins))

@@ -33,7 +33,7 @@ def detect_format(path: str | Path) -> str:
         if magic == GGUF_MAGIC:
             return "gguf"
         raise CheckpointError(
-            f"{path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})",
+            f"{path} is not a GGUF file (wrong magic number)",  # never echo the file's bytes
             "a single-file model must be GGUF; for safetensors or .pth give the folder",
         )
     if (path / "config.json").is_file() and safetensors_files(path):

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -101,8 +101,12 @@ class ModelManager:
     def __init__(self, loader: Loader | None = None, *, resolve: Resolver | None = None,
                  memory_budget: int | None = None, keep_alive: float = DEFAULT_KEEP_ALIVE,
                  context_length: int | None = None, clock: Callable[[], float] = time.time,
-                 on_load: Callable[[str], None] | None = None, estimate: Estimator | None = None) -> None:
+                 on_load: Callable[[str], None] | None = None, estimate: Estimator | None = None,
+                 models_dirs: Sequence[str] = ()) -> None:
+        from llamarun.server.local_paths import LocalPaths
+
         self.loader = loader or default_loader()
+        self.local_paths = LocalPaths(models_dirs)  # checkpoint paths clients may name (none by default)
         self.resolve = resolve or self._resolve_in_store
         self.estimate = estimate or (_file_size if resolve is None else (lambda _name: 0))
         self._resolved: dict[str, ResolvedModel] = {}  # what the last acquire found, for the load that follows
@@ -124,6 +128,7 @@ class ModelManager:
         """The canonical name; where it lives is kept so the load does not resolve it again."""
         from llamarun.server.store_info import resolve
 
+        self.local_paths.check(name)
         resolved = resolve(name)
         self._resolved[resolved.name] = resolved
         return resolved.name
@@ -291,6 +296,7 @@ class ModelManager:
     async def preload(self, name: str, *, keep_alive: float = FOREVER) -> ModelSlot:
         """Load and pin `name` now (the model given to `llamarun serve`): kept for `keep_alive` after its last
         use whatever keep_alive clients send (negative: forever), and never reloaded for a client's num_ctx."""
+        self.local_paths.trusted.add(name)  # the operator named it: a path is fine
         self._pinned[await asyncio.to_thread(self.resolve, name)] = keep_alive
         lease = await self.acquire(name, keep_alive=keep_alive)
         lease.model.pinned = True

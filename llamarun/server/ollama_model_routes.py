@@ -56,6 +56,7 @@ async def tags(request: Request) -> dict[str, Any]:
 async def show(request: Request) -> dict[str, Any]:
     """Architecture, template, license and parameters of one model (the served context among them)."""
     req = await parse_body(request, ModelRequest)
+    request.app.state.manager.local_paths.check(req.model)
     model = await asyncio.to_thread(resolve, req.model, request.app.state.store)
     info = await asyncio.to_thread(describe, model.path, model.format)
     if info is None:

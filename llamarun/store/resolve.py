@@ -131,6 +131,12 @@ def _pulled(store: ModelStore, ref: str) -> Manifest | None:
     return manifest if manifest is not None and manifest.model_path.exists() else None
 
 
+def names_a_path(text: str) -> bool:
+    """Whether `text` can only be a file-system path (it has no shape of a store or Hub name)."""
+    text = text.strip()
+    return _explicit_path(text) or _store_ref(text) is None
+
+
 def _explicit_path(text: str) -> bool:
     if text in (".", ".."):
         return True
