@@ -39,15 +39,20 @@ def _llamarun(gguf: str, new_tokens: int, repeats: int, weights: str = "auto") -
 
     params = SamplingParams.greedy(max_tokens=new_tokens)
     best = None
-    for repeat in range(repeats):
+    def drive(prompt: list[int]) -> tuple[int, object]:
         # No stop ids, so exactly new_tokens are generated (min_new_tokens on the Transformers side).
-        # A different first token each repeat keeps the prefix cache from skipping the prefill.
-        llm.engine.add_request([ids[0] + repeat + 1, *ids[1:]], params, stop_ids=())
+        llm.engine.add_request(prompt, params, stop_ids=())
         generated, stats = 0, None
         while llm.engine.has_unfinished:
             for out in llm.engine.step():
                 generated += len(out.new_tokens)
                 stats = out.stats or stats
+        return generated, stats
+
+    for repeat in range(repeats):
+        # On the engine hub's thread, the one that loaded the model and steps it for `run` and `serve` (stepping
+        # it from here too would race the hub). A new first token each repeat keeps the prefix cache out of it.
+        generated, stats = llm.served.hub.run_sync(lambda r=repeat: drive([ids[0] + r + 1, *ids[1:]]))
         assert generated == new_tokens
         run = {"prompt_tps": len(ids) / stats.prompt_seconds,
                "decode_tps": (new_tokens - 1) / stats.decode_seconds}
