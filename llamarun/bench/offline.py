@@ -102,8 +102,7 @@ def run_offline(engine: Any, *, vocab_size: int, requests: int, concurrency: int
     ttft = [s.first_token_seconds for s in stats.values()]
     tpot = [s.decode_seconds / (made[rid] - 1) for rid, s in stats.items() if made[rid] > 1]
     # Tokens actually computed over the prefill's time (first scheduled -> first token), per request.
-    prompt_tps = [(s.prompt_tokens - s.cached_tokens) / s.prompt_seconds for s in stats.values()
-                  if s.prompt_seconds > 0]
+    prompt_tps = [s.prompt_tokens_per_second for s in stats.values() if s.prompt_seconds > 0]
     extra = {"finish_reasons": reasons, "preemptions": after.preemptions - before.preemptions,
              "prefix_hits": after.prefix_hits - before.prefix_hits, "cpu_per_wall": round(cpu_per_wall, 2)}
     energy = [s.energy_joules for s in stats.values() if s.energy_joules is not None]

@@ -59,10 +59,6 @@ class Generation:
             raise
         return cls(stream, first, stages)
 
-    @property
-    def finished(self) -> bool:
-        return self.result.finish_reason is not None
-
     async def chunks(self) -> AsyncIterator[StreamChunk]:
         """Every chunk, the first included; the stream is closed when this ends for any reason."""
         try:
