@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse, Response
 
 from llamarun import __version__
 from llamarun.errors import ModelNotFoundError
-from llamarun.server.errors import parse_body
-from llamarun.server.ollama_schemas import ModelRequest
+from llamarun.server.errors import ApiError, parse_body
+from llamarun.server.ollama_schemas import CopyRequest, ModelRequest
 from llamarun.server.show_info import parameters_text, served_context, tokenizer_keys
 from llamarun.server.store_info import (
     describe,
@@ -143,3 +143,27 @@ async def delete(request: Request) -> Response:
         await request.app.state.manager.unload(req.model, force=True)  # the served model too: its files go
     await asyncio.to_thread(store.remove, name, tag)
     return Response(status_code=200)
+
+
+@router.post("/api/copy")
+async def copy(request: Request) -> Response:
+    """Give a pulled model a second name (its files are shared, not duplicated, where the file system allows)."""
+    from llamarun.store.catalog import canonical_ref, split_ref
+
+    req = await parse_body(request, CopyRequest)
+    store = request.app.state.store
+    try:
+        destination = split_ref(canonical_ref(req.destination))
+        store.entry_dir(*destination)  # a name the store cannot hold ('..', odd characters) is the client's error
+    except (ValueError, ModelNotFoundError) as err:
+        raise ApiError(400, f"invalid destination name: {err}", param="destination") from None
+    await asyncio.to_thread(store.copy, *split_ref(canonical_ref(req.source)), *destination)
+    return Response(status_code=200)
+
+
+@router.post("/api/push")
+async def push(request: Request) -> Response:
+    """Ollama pushes to its registry; llamarun has none, so it says so instead of pretending."""
+    await parse_body(request, ModelRequest)
+    raise ApiError(501, "push is not supported: llamarun has no model registry to push to "
+                        "(copy the store folder, or publish to the Hugging Face Hub)")

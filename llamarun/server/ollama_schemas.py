@@ -131,6 +131,13 @@ class ModelRequest(_Lenient):
         return data
 
 
+class CopyRequest(_Lenient):
+    """POST /api/copy: a new name for a pulled model."""
+
+    source: str = Field(min_length=1, max_length=4096)
+    destination: str = Field(min_length=1, max_length=4096)
+
+
 def parse_keep_alive(value: float | str | None) -> float | None:
     """Seconds to keep the model loaded (-1: forever), from a number of seconds or a Go duration ("5m")."""
     if value is None:

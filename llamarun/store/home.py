@@ -9,6 +9,7 @@ Hugging Face cache, which `huggingface_hub` manages (and resumes) itself.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -165,6 +166,29 @@ class ModelStore:
         result = self.get(manifest.name, manifest.tag)
         assert result is not None
         return result
+
+    def copy(self, name: str, tag: str, new_name: str, new_tag: str) -> Manifest:
+        """A second entry `new_name:new_tag` of the same model (files hard-linked where the file system allows)."""
+        source = self.get(name, tag)
+        if source is None:
+            raise ModelNotFoundError(f"model '{name}:{tag}' is not in the store", "see `llamarun list`")
+        self.entry_dir(new_name, new_tag)  # checks the new name before any file is made
+        src_dir = self.entry_dir(name, tag)
+        with self.staging() as staged:
+            for item in src_dir.rglob("*"):
+                if item.name == MANIFEST and item.parent == src_dir:
+                    continue
+                dest = staged / item.relative_to(src_dir)
+                if item.is_dir():
+                    dest.mkdir(parents=True, exist_ok=True)
+                    continue
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(item, dest)  # weights are large and never written in place: share them
+                except OSError:
+                    shutil.copy2(item, dest)
+            return self.commit(staged, dataclasses.replace(source, name=new_name, tag=new_tag,
+                                                           pulled_at=time.time(), entry_dir=None))
 
     def remove(self, name: str, tag: str) -> Manifest:
         """Delete an entry (its manifest and owned files); raises ModelNotFoundError if absent."""
