@@ -26,6 +26,20 @@ def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, width, BLOCK: tl.co
     tl.store(out_ptr + row * stride_o + cols, (act * up).to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def load_activation(x_ptr, offsets, mask, width, SILU_INPUT: tl.constexpr):
+    """A matmul's input elements in float32; with SILU_INPUT, silu(gate) * up read from the merged
+    [rows, 2 * width] gate/up output, rounded exactly as `_silu_and_mul_kernel` rounds (so a fused
+    down projection sees the same activations as the two-kernel path). Offsets are into a row of
+    `width` elements; the row stride must be the merged row's."""
+    if SILU_INPUT:
+        gate = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        up = tl.load(x_ptr + offsets + width, mask=mask, other=0.0).to(tl.float32)
+        act = (gate / (1.0 + tl.exp(-gate))).to(x_ptr.dtype.element_ty).to(tl.float32)
+        return (act * up).to(x_ptr.dtype.element_ty).to(tl.float32)
+    return tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+
+
 def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """x [T, 2I] (gate then up) -> silu(gate) * up [T, I] in x's dtype."""
     tokens, double = x.shape

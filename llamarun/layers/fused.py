@@ -70,3 +70,17 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
         return kernel(gate_up)
     gate, up = gate_up.chunk(2, dim=-1)  # [tokens, intermediate] each
     return F.silu(gate) * up
+
+
+def down_projection(down: torch.nn.Module, gate_up: torch.Tensor) -> torch.Tensor:
+    """down(silu(gate) * up): one kernel when the (packed) layer can read the activation itself, else two steps.
+
+    A quantized linear that offers `forward_silu_input(gate_up)` reads silu(gate) * up straight from the
+    merged gate/up output in its decode kernel (one launch less per layer); plain linears run the
+    activation kernel and then cuBLAS, which already streams bf16 weights at 77-100% of the H200's
+    copy bandwidth at batch 1 (benchmarks/results/gpu-quant-kernels-h200-2026-11-29.md).
+    """
+    fused = getattr(down, "forward_silu_input", None)
+    if fused is not None and use_kernels(gate_up):
+        return fused(gate_up)
+    return down(silu_and_mul(gate_up))

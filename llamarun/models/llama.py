@@ -13,7 +13,7 @@ from torch import nn
 
 from llamarun.attention.backend import current_backend
 from llamarun.config import ModelConfig
-from llamarun.layers.fused import rotate, silu_and_mul
+from llamarun.layers.fused import down_projection, rotate
 from llamarun.layers.linear import MergedLinear
 from llamarun.layers.norm import RMSNorm
 from llamarun.layers.rotary import RotaryEmbedding
@@ -52,7 +52,7 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(i, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))  # [tokens, 2 * intermediate] -> [tokens, hidden]
+        return down_projection(self.down_proj, self.gate_up_proj(x))  # [tokens, 2 * intermediate] -> [tokens, hidden]
 
 
 class LlamaDecoderLayer(nn.Module):

@@ -1,0 +1,31 @@
+"""y = x @ W^T with W held as `Int4Weight` (4-bit, affine groups): the W4A16 matmul on GPUs.
+
+Decode (up to 16 rows) runs `skinny_matmul`, which reads each packed byte once on the tensor cores;
+more rows expand the weight to the activation dtype and run cuBLAS (`kernels/dequantize.py` says
+why that wins once the matmul is bound by arithmetic).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from llamarun.kernels.dequantize import dequantize_to
+from llamarun.kernels.skinny_matmul import MAX_ROWS, skinny_matmul
+from llamarun.quant.layouts import Int4Weight
+
+
+def int4_matmul(x: torch.Tensor, w: Int4Weight, out: torch.Tensor | None = None,
+                silu_input: bool = False) -> torch.Tensor:
+    """x [M, K] (bf16/fp16) @ dequantize(w)^T -> [M, N] in x's dtype.
+
+    With `silu_input`, x is the merged gate/up output [M, 2K], read as silu(gate) * up.
+    """
+    if x.shape[0] <= MAX_ROWS:
+        return skinny_matmul(x, w.qweight, w.scales, w.mins, w.group_size, out=out, silu_input=silu_input)
+    if silu_input:
+        from llamarun.kernels.activation import silu_and_mul
+
+        x = silu_and_mul(x)
+    y = F.linear(x, dequantize_to(w, x.dtype))
+    return y if out is None else out.copy_(y)

@@ -1,0 +1,104 @@
+"""A few activation rows (decode, up to 16) against a packed weight, on the tensor cores with operands swapped.
+
+y^T [N, M] = W [N, K] @ x^T [K, M]: the weight is the dot's left operand, read along K exactly as it
+lies in memory (rows contiguous in K), and the handful of activation rows is the right operand,
+padded to 16 columns. The padding costs tensor-core work nobody waits for (the step is bound by the
+weight bytes), and in exchange Triton software-pipelines the weight loads that feed a dot, which a
+register GEMV does not get: that is what brings a packed GEMV near the copy bandwidth.
+
+Weights, by `KIND`:
+- 0, float8 (or any float) [N, K] with a per-channel or per-tensor float32 scale, applied per output;
+- 1, int4 `Int4Weight` read as int32 words of 8 nibbles (k = 8c + i at bits 4i, little-endian), with the
+  group's scale and minimum factored out of the dot: sum_k (q s + m) x = s (q . x) + m sum_k x.
+
+With `SILU_INPUT` the activations are silu(gate) * up read from the merged gate/up output (the MLP's
+down projection in one launch). Launch configurations are fixed per kind (captured in CUDA graphs,
+so no autotuning); `benchmarks/gpu_quant_kernels.py --sweep` measures the alternatives.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from llamarun.kernels.activation import load_activation
+
+MAX_ROWS = 16  # one padded dot column block
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) per weight kind, read at call time so a sweep can vary them.
+CONFIG = {"fp8": (64, 128, 4, 4), "int4": (64, 128, 4, 4)}
+
+
+@triton.jit
+def _skinny_kernel(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_sn, stride_ym,
+                   KIND: tl.constexpr, GROUP: tl.constexpr, PER_CHANNEL: tl.constexpr, SILU_INPUT: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN] output channels
+    n_mask = rows < N
+    ms = tl.arange(0, BLOCK_M)
+    m_mask = ms < M
+    ks = tl.arange(0, BLOCK_K)
+    DOT: tl.constexpr = x_ptr.dtype.element_ty  # the activations' dtype: bf16/fp16 (float32 in the interpreter)
+    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    w_rows = w_ptr + rows.to(tl.int64)[:, None] * stride_wn
+    for k0 in range(0, K, BLOCK_K):
+        xt = load_activation(x_ptr, ms[None, :] * stride_xm + (k0 + ks)[:, None], m_mask[None, :], K,
+                             SILU_INPUT)  # [BK, BM] float32
+        if KIND == 0:
+            w = tl.load(w_rows + (k0 + ks)[None, :], mask=n_mask[:, None], other=0.0)  # [BN, BK]
+            acc = tl.dot(w.to(DOT), xt.to(DOT), acc)
+        else:
+            words = tl.load(w_rows + (k0 // 8 + tl.arange(0, BLOCK_K // 8))[None, :], mask=n_mask[:, None],
+                            other=0)  # [BN, BK / 8] int32
+            shifts = tl.arange(0, 8) * 4
+            q = (words[:, :, None] >> shifts[None, None, :]) & 0xF  # [BN, BK / 8, 8]
+            q = tl.reshape(q, [BLOCK_N, BLOCK_K]).to(DOT)
+            part = tl.dot(q, xt.to(DOT))  # [BN, BM] sum_k q x within this group
+            g = k0 // GROUP
+            s = tl.load(s_ptr + rows * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
+            mn = tl.load(m_ptr + rows * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
+            xsum = tl.sum(xt.to(DOT).to(tl.float32), axis=0)  # [BM]
+            acc += part * s[:, None] + mn[:, None] * xsum[None, :]
+    if KIND == 0:
+        if PER_CHANNEL:
+            acc *= tl.load(s_ptr + rows, mask=n_mask, other=0.0)[:, None]
+        else:
+            acc *= tl.load(s_ptr)
+    dst = y_ptr + ms[None, :] * stride_ym + rows[:, None]
+    tl.store(dst, acc.to(y_ptr.dtype.element_ty), mask=n_mask[:, None] & m_mask[None, :])
+
+
+def skinny_matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None = None,
+                  group_size: int = 0, out: torch.Tensor | None = None, silu_input: bool = False) -> torch.Tensor:
+    """x [M <= 16, K] @ W^T -> [M, N] in x's dtype.
+
+    `weight` is float8 [N, K] with `scales` [N] or [1] (no `mins`), or int4 nibbles [N, K // 2] uint8 with
+    `scales`/`mins` [N, K // group_size]. With `silu_input`, x is the merged gate/up output [M, 2K].
+    """
+    rows = x.shape[0]
+    k = x.shape[1] // 2 if silu_input else x.shape[1]
+    int4 = mins is not None
+    n = weight.shape[0]
+    k_w = weight.shape[1] * (2 if int4 else 1)
+    if k != k_w or x.stride(1) != 1:
+        raise ValueError(f"skinny_matmul: x {tuple(x.shape)} does not match a [{n}, {k_w}] weight")
+    if rows > MAX_ROWS:
+        raise ValueError(f"skinny_matmul takes at most {MAX_ROWS} rows, not {rows}")
+    y = torch.empty(rows, n, dtype=x.dtype, device=x.device) if out is None else out
+    if rows == 0:
+        return y
+    block_n, block_k, warps, stages = CONFIG["int4" if int4 else "fp8"]
+    if int4:
+        block_k = min(block_k, group_size)  # one group per tile: its scale and minimum apply to the whole dot
+        if k % 8:
+            raise ValueError(f"int4 weights need an input size divisible by 8, not {k}")
+        weight = weight.view(torch.int32)  # [N, K / 8] words of eight nibbles
+    block_k = min(block_k, triton.next_power_of_2(k))
+    if k % block_k:
+        raise ValueError(f"skinny_matmul: input size {k} is not a multiple of the {block_k}-wide tile")
+    _skinny_kernel[(triton.cdiv(n, block_n),)](
+        x, weight, scales, mins if int4 else scales, y, rows, n, k, x.stride(0), weight.stride(0),
+        scales.stride(0) if int4 else 0, y.stride(0), KIND=int(int4), GROUP=max(group_size, 1),
+        PER_CHANNEL=scales.numel() > 1, SILU_INPUT=silu_input, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=warps, num_stages=stages)
+    return y

@@ -1,0 +1,48 @@
+"""The FP8 weight-only kernels against the reference dequantization, the fused silu input included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llamarun.kernels.activation import silu_and_mul_reference
+from llamarun.kernels.fp8_matmul import fp8_matmul
+from llamarun.quant.layouts import Fp8Weight, dequantize
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    tol = 3e-2 if actual.dtype == torch.bfloat16 else 1e-4
+    torch.testing.assert_close(actual.float(), expected.float(), atol=tol * expected.abs().max().item(), rtol=tol)
+
+
+def _fp8(n: int, k: int, per_channel: bool, device: str) -> Fp8Weight:
+    w = torch.randn(n, k)
+    scale = (w.abs().amax(dim=1) / 448.0) if per_channel else (w.abs().amax() / 448.0).reshape(1)
+    q = (w / scale.reshape(-1, 1)).to(torch.float8_e4m3fn)
+    return Fp8Weight(q.to(device), scale.float().to(device))
+
+
+@pytest.mark.parametrize("rows", [1, 4, 16, 24])  # the skinny kernel, then dequantize + matmul
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_fp8_matmul_matches_reference(rows, per_channel, device, dtype):
+    w = _fp8(48, 256, per_channel, device)
+    x = torch.randn(rows, 256).to(dtype).to(device)
+    y = fp8_matmul(x, w)
+    _close(y, x.float() @ dequantize(w).float().t())
+
+
+def test_fp8_matmul_reads_silu_of_gate_times_up(device, dtype):
+    k = 256
+    w = _fp8(24, k, True, device)
+    gate_up = (torch.randn(3, 2 * k) * 3).to(dtype).to(device)
+    _close(fp8_matmul(gate_up, w, silu_input=True), silu_and_mul_reference(gate_up).float() @ dequantize(w).t())
+
+
+def test_skinny_matmul_refuses_bad_shapes(device, dtype):
+    from llamarun.kernels.skinny_matmul import skinny_matmul
+
+    w = _fp8(8, 64, True, device)
+    with pytest.raises(ValueError, match="at most 16 rows"):
+        skinny_matmul(torch.randn(17, 64).to(dtype).to(device), w.weight, w.scale)
+    with pytest.raises(ValueError, match="does not match"):
+        skinny_matmul(torch.randn(1, 32).to(dtype).to(device), w.weight, w.scale)

@@ -1,0 +1,61 @@
+"""The W4A16 kernels against the reference dequantize-then-matmul, at decode and prefill row counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llamarun.kernels.int4_matmul import int4_matmul
+from llamarun.quant.layouts import Int4Weight, dequantize, pack_nibbles
+
+
+def random_int4(n: int, k: int, group: int, scale_dtype: torch.dtype, device: str, seed: int = 0) -> Int4Weight:
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8)
+    scales = (torch.rand(n, k // group, generator=gen) * 0.02 + 0.005).to(scale_dtype)
+    mins = (-8 * scales.float() + torch.randn(n, k // group, generator=gen) * 0.01).to(scale_dtype)
+    return Int4Weight(pack_nibbles(q).to(device), scales.to(device), mins.to(device), group)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16, 20])
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_int4_matmul_matches_reference(rows, group, device, dtype):
+    n, k = 40, 512  # a ragged last block of output channels
+    w = random_int4(n, k, group, torch.float16, device, seed=rows + group)
+    x = torch.randn(rows, k).to(dtype).to(device)
+    y = int4_matmul(x, w)
+    expected = x.float() @ dequantize(w).float().t()
+    assert y.shape == (rows, n) and y.dtype == dtype
+    tol = 3e-2 if dtype == torch.bfloat16 else 1e-4
+    torch.testing.assert_close(y.float(), expected, atol=tol * expected.abs().max().item(), rtol=tol)
+
+
+def test_int4_matmul_uses_the_minimums_and_group_scales(device, dtype):
+    """A swapped nibble order, a wrong group index or a dropped minimum would each change this answer."""
+    n, k, group = 4, 64, 32
+    q = torch.zeros(n, k, dtype=torch.uint8)
+    q[0, 1] = 15  # odd k: the high nibble of byte 0
+    q[1, 40] = 3  # second group
+    scales = torch.ones(n, 2, dtype=torch.float32)
+    scales[1, 1] = 2.0
+    mins = torch.zeros(n, 2, dtype=torch.float32)
+    mins[2, 0] = -1.0
+    w = Int4Weight(pack_nibbles(q).to(device), scales.to(device), mins.to(device), group)
+    x = torch.zeros(1, k)
+    x[0, 1], x[0, 40], x[0, 0] = 1.0, 1.0, 0.5
+    y = int4_matmul(x.to(dtype).to(device), w).float().cpu()
+    assert y[0, 0].item() == 15.0
+    assert y[0, 1].item() == 6.0  # 3 * 2.0 in group 1
+    assert y[0, 2].item() == -1.5  # minimum -1 of group 0 times its inputs (0.5 + 1); group 1's 1.0 adds nothing
+
+
+def test_int4_matmul_reads_silu_of_gate_times_up(device, dtype):
+    from llamarun.kernels.activation import silu_and_mul_reference
+
+    k = 256
+    w = random_int4(24, k, 64, torch.float16, device, seed=3)
+    gate_up = (torch.randn(2, 2 * k) * 3).to(dtype).to(device)
+    y = int4_matmul(gate_up, w, silu_input=True)
+    expected = silu_and_mul_reference(gate_up).float() @ dequantize(w).float().t()
+    tol = 3e-2 if dtype == torch.bfloat16 else 1e-4
+    torch.testing.assert_close(y.float(), expected, atol=tol * expected.abs().max().item(), rtol=tol)
