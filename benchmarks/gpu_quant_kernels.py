@@ -9,7 +9,7 @@ nothing is served from the L2 (the GPU's own time per matmul):
 - INT4 (group 128): our path (`kernels/int4_matmul.py`, the same split) and torch's tinygemm `_weight_int4pack_mm`
   (gpt-fast's int4 kernel);
 and reports GB/s of weight bytes read and the fraction of the card's copy bandwidth. `--sweep` first tries
-launch configurations of the skinny decode kernel at one row and uses the best for the table.
+launch configurations of the decode kernels (GEMV at one row, skinny at four) and uses the best for the table.
 
     PYTHONPATH=. python benchmarks/gpu_quant_kernels.py [--sweep] [--budget SECONDS]
 
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from llamarun.bench.bandwidth import measure_copy_bandwidth
+from llamarun.kernels import gemv as gemv_mod
 from llamarun.kernels import skinny_matmul as skinny_mod
 from llamarun.kernels.fp8_matmul import fp8_matmul
 from llamarun.kernels.int4_matmul import int4_matmul
@@ -144,33 +145,44 @@ def check(n: int = 1024, k: int = 4096) -> list[str]:
 
 
 def sweep(results: dict) -> None:
-    """Launch configurations of the skinny (decode) kernel at one row; sets `skinny_matmul.CONFIG` to the best."""
+    """Launch configurations of the decode kernels: the GEMV at one row, the skinny kernel at four.
+
+    Sets `gemv.CONFIG` and `skinny_matmul.CONFIG` to the best for the table that follows.
+    """
     shapes = ["8b.gate_up", "8b.down", "8b.o", "70b.down"]
     best: dict[str, dict] = {}
-    for kind in ("fp8", "int4"):
-        grid = [(bn, bk, 8 if bn == 128 else 4, stages) for bn in (16, 32, 64, 128)
-                for bk in ((64, 128) if kind == "int4" else (64, 128, 256)) for stages in (3, 4, 5)]
+    plans = [
+        ("gemv", gemv_mod.CONFIG, "fp8", 1, [(bn, bk, w) for bn in (2, 4, 8) for bk in (2048, 4096, 8192)
+                                             for w in (4, 8)]),
+        ("gemv", gemv_mod.CONFIG, "int4", 1, [(bn, bk, w) for bn in (4, 8, 16) for bk in (512, 1024, 2048)
+                                              for w in (4, 8)]),
+        ("skinny", skinny_mod.CONFIG, "fp8", 4, [(bn, bk, 8 if bn == 128 else 4, st) for bn in (16, 32, 64, 128)
+                                                  for bk in (64, 128, 256) for st in (3, 4)]),
+        ("skinny", skinny_mod.CONFIG, "int4", 4, [(bn, bk, 8 if bn == 128 else 4, st) for bn in (16, 32, 64, 128)
+                                                   for bk in (64, 128) for st in (3, 4, 5)]),
+    ]
+    for name, table, kind, rows, grid in plans:
         scores: dict[tuple, float] = {c: 0.0 for c in grid}
         for shape in shapes:
             n, k = SHAPES[shape]
-            x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+            x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
             calls, _ = make_kernel(f"{kind}.ours", n, k, x)
             for cfg in grid:
                 if cfg not in scores:
                     continue
-                skinny_mod.CONFIG[kind] = cfg
+                table[kind] = cfg
                 try:
                     scores[cfg] += graph_ms(calls)
                 except Exception as exc:  # a config that does not compile is dropped
-                    print(f"  {kind} {cfg} failed: {type(exc).__name__}: {str(exc)[:120]}")
+                    print(f"  {name} {kind} {cfg} failed: {type(exc).__name__}: {str(exc)[:120]}")
                     del scores[cfg]
             del calls
             torch.cuda.empty_cache()
         ranked = sorted(scores.items(), key=lambda item: item[1])
-        for cfg, total in ranked:
-            print(f"  sweep {kind} BN={cfg[0]} BK={cfg[1]} warps={cfg[2]} stages={cfg[3]}: {total * 1e3:.1f} us")
-        skinny_mod.CONFIG[kind] = ranked[0][0]
-        best[kind] = {"config": ranked[0][0], "total_us": ranked[0][1] * 1e3}
+        for cfg, total in ranked[:5]:
+            print(f"  sweep {name} {kind} rows={rows} {cfg}: {total * 1e3:.1f} us")
+        table[kind] = ranked[0][0]
+        best[f"{name}.{kind}"] = {"config": ranked[0][0], "total_us": ranked[0][1] * 1e3}
     results["sweep_best"] = best
     print("best:", json.dumps(best), flush=True)
 

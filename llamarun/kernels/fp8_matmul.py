@@ -1,6 +1,7 @@
 """y = x @ W^T with W held as `Fp8Weight` and x unquantized: the FP8 weight-only matmul on GPUs.
 
-Decode (up to 16 rows) runs `skinny_matmul`, which reads the float8 bytes once and applies the channel
+Batch-1 decode runs the register GEMV (`kernels/gemv.py`); up to 16 rows run `skinny_matmul`,
+which reads the float8 bytes once and applies the channel
 scale per output; more rows expand the weight and run cuBLAS (the quantization method prefers
 `torch._scaled_mm` with per-token activation scales, W8A8, for large prefills; this is the
 weight-only path, exact to the reference dequantization).
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from llamarun.kernels.dequantize import dequantize_to
+from llamarun.kernels.gemv import gemv_fp8
 from llamarun.kernels.skinny_matmul import MAX_ROWS, skinny_matmul
 from llamarun.quant.layouts import Fp8Weight
 
@@ -19,6 +21,8 @@ from llamarun.quant.layouts import Fp8Weight
 def fp8_matmul(x: torch.Tensor, w: Fp8Weight, out: torch.Tensor | None = None,
                silu_input: bool = False) -> torch.Tensor:
     """x [M, K] (bf16/fp16) @ dequantize(w)^T -> [M, N] in x's dtype; `silu_input` as in `int4_matmul`."""
+    if x.shape[0] == 1:
+        return gemv_fp8(x, w.weight, w.scale.reshape(-1), out=out, silu_input=silu_input)
     if x.shape[0] <= MAX_ROWS:
         return skinny_matmul(x, w.weight, w.scale.reshape(-1), out=out, silu_input=silu_input)
     if silu_input:

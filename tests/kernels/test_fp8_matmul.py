@@ -25,16 +25,17 @@ def _fp8(n: int, k: int, per_channel: bool, device: str) -> Fp8Weight:
 @pytest.mark.parametrize("rows", [1, 4, 16, 24])  # the skinny kernel, then dequantize + matmul
 @pytest.mark.parametrize("per_channel", [True, False])
 def test_fp8_matmul_matches_reference(rows, per_channel, device, dtype):
-    w = _fp8(48, 256, per_channel, device)
-    x = torch.randn(rows, 256).to(dtype).to(device)
+    w = _fp8(48, 1536, per_channel, device)
+    x = torch.randn(rows, 1536).to(dtype).to(device)
     y = fp8_matmul(x, w)
     _close(y, x.float() @ dequantize(w).float().t())
 
 
-def test_fp8_matmul_reads_silu_of_gate_times_up(device, dtype):
+@pytest.mark.parametrize("rows", [1, 3])  # the GEMV and the skinny kernel
+def test_fp8_matmul_reads_silu_of_gate_times_up(rows, device, dtype):
     k = 256
     w = _fp8(24, k, True, device)
-    gate_up = (torch.randn(3, 2 * k) * 3).to(dtype).to(device)
+    gate_up = (torch.randn(rows, 2 * k) * 3).to(dtype).to(device)
     _close(fp8_matmul(gate_up, w, silu_input=True), silu_and_mul_reference(gate_up).float() @ dequantize(w).t())
 
 

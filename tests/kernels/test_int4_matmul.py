@@ -20,7 +20,7 @@ def random_int4(n: int, k: int, group: int, scale_dtype: torch.dtype, device: st
 @pytest.mark.parametrize("rows", [1, 3, 16, 20])
 @pytest.mark.parametrize("group", [32, 64, 128])
 def test_int4_matmul_matches_reference(rows, group, device, dtype):
-    n, k = 40, 512  # a ragged last block of output channels
+    n, k = 40, 1536  # a ragged last block of output channels; K not a power of two
     w = random_int4(n, k, group, torch.float16, device, seed=rows + group)
     x = torch.randn(rows, k).to(dtype).to(device)
     y = int4_matmul(x, w)
@@ -49,12 +49,13 @@ def test_int4_matmul_uses_the_minimums_and_group_scales(device, dtype):
     assert y[0, 2].item() == -1.5  # minimum -1 of group 0 times its inputs (0.5 + 1); group 1's 1.0 adds nothing
 
 
-def test_int4_matmul_reads_silu_of_gate_times_up(device, dtype):
+@pytest.mark.parametrize("rows", [1, 2])  # the GEMV and the skinny kernel
+def test_int4_matmul_reads_silu_of_gate_times_up(rows, device, dtype):
     from llamarun.kernels.activation import silu_and_mul_reference
 
     k = 256
     w = random_int4(24, k, 64, torch.float16, device, seed=3)
-    gate_up = (torch.randn(2, 2 * k) * 3).to(dtype).to(device)
+    gate_up = (torch.randn(rows, 2 * k) * 3).to(dtype).to(device)
     y = int4_matmul(gate_up, w, silu_input=True)
     expected = silu_and_mul_reference(gate_up).float() @ dequantize(w).float().t()
     tol = 3e-2 if dtype == torch.bfloat16 else 1e-4
