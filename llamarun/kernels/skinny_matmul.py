@@ -8,8 +8,9 @@ register GEMV does not get: that is what brings a packed GEMV near the copy band
 
 Weights, by `KIND`:
 - 0, float8 (or any float) [N, K] with a per-channel or per-tensor float32 scale, applied per output;
-- 1, int4 `Int4Weight` read as int32 words of 8 nibbles (k = 8c + i at bits 4i, little-endian), with the
-  group's scale and minimum factored out of the dot: sum_k (q s + m) x = s (q . x) + m sum_k x.
+- 1, int4 `Int4Weight`, read as int16 (bf16 activations) or int32 words of nibbles (k = 4c + i or 8c + i at
+  bits 4i, little-endian); each nibble becomes 1 + q/16 by bit operations, and the group's scale and minimum
+  factor out of the dot: sum_k (q s + m) x = s (q . x) + m sum_k x, with q . x = 16 (v . x - sum_k x).
 
 With `SILU_INPUT` the activations are silu(gate) * up read from the merged gate/up output (the MLP's
 down projection in one launch). Launch configurations are fixed per kind (captured in CUDA graphs,
@@ -32,7 +33,8 @@ CONFIG = {"fp8": (64, 128, 4, 4), "int4": (64, 128, 4, 4)}
 @triton.jit
 def _skinny_kernel(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_sn, stride_ym,
                    KIND: tl.constexpr, GROUP: tl.constexpr, PER_CHANNEL: tl.constexpr, SILU_INPUT: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   BF16_BITS: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN] output channels
     n_mask = rows < N
     ms = tl.arange(0, BLOCK_M)
@@ -48,17 +50,28 @@ def _skinny_kernel(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, K, stride_xm, stride
             w = tl.load(w_rows + (k0 + ks)[None, :], mask=n_mask[:, None], other=0.0)  # [BN, BK]
             acc = tl.dot(w.to(DOT), xt.to(DOT), acc)
         else:
-            words = tl.load(w_rows + (k0 // 8 + tl.arange(0, BLOCK_K // 8))[None, :], mask=n_mask[:, None],
-                            other=0)  # [BN, BK / 8] int32
-            shifts = tl.arange(0, 8) * 4
-            q = (words[:, :, None] >> shifts[None, None, :]) & 0xF  # [BN, BK / 8, 8]
-            q = tl.reshape(q, [BLOCK_N, BLOCK_K]).to(DOT)
-            part = tl.dot(q, xt.to(DOT))  # [BN, BM] sum_k q x within this group
+            if BF16_BITS:
+                # Four nibbles per int16; each becomes the bf16 1 + q/16 by a shift and a mask, reinterpreted:
+                # no int-to-float conversion (a quarter-rate instruction that bounded this loop).
+                halves = tl.load(w_rows + (k0 // 4 + tl.arange(0, BLOCK_K // 4))[None, :], mask=n_mask[:, None],
+                                 other=0)  # [BN, BK / 4] int16
+                shifts = (tl.arange(0, 4) * 4).to(tl.int16)
+                bits = (((halves[:, :, None] >> shifts[None, None, :]) & 0xF) << 3) | 0x3F80  # [BN, BK / 4, 4]
+                v = tl.reshape(bits.to(tl.bfloat16, bitcast=True), [BLOCK_N, BLOCK_K])
+            else:  # float32 (the interpreter) or float16: the same 1 + q/16, built as float32
+                words = tl.load(w_rows + (k0 // 8 + tl.arange(0, BLOCK_K // 8))[None, :], mask=n_mask[:, None],
+                                other=0)  # [BN, BK / 8] int32
+                shifts = tl.arange(0, 8) * 4
+                q = (words[:, :, None] >> shifts[None, None, :]) & 0xF  # [BN, BK / 8, 8]
+                v = tl.reshape(((q << 19) | 0x3F800000).to(tl.float32, bitcast=True), [BLOCK_N, BLOCK_K]).to(DOT)
+            xq = xt.to(DOT)
+            part = tl.dot(v, xq)  # [BN, BM] sum_k (1 + q/16) x within this group
             g = k0 // GROUP
             s = tl.load(s_ptr + rows * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
             mn = tl.load(m_ptr + rows * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
-            xsum = tl.sum(xt.to(DOT).to(tl.float32), axis=0)  # [BM]
-            acc += part * s[:, None] + mn[:, None] * xsum[None, :]
+            xsum = tl.sum(xq.to(tl.float32), axis=0)  # [BM]
+            # q . x = 16 (part - sum x); the group's value is s (q . x) + m sum x.
+            acc += 16.0 * s[:, None] * (part - xsum[None, :]) + mn[:, None] * xsum[None, :]
     if KIND == 0:
         if PER_CHANNEL:
             acc *= tl.load(s_ptr + rows, mask=n_mask, other=0.0)[:, None]
@@ -92,7 +105,8 @@ def skinny_matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, m
         block_k = min(block_k, group_size)  # one group per tile: its scale and minimum apply to the whole dot
         if k % 8:
             raise ValueError(f"int4 weights need an input size divisible by 8, not {k}")
-        weight = weight.view(torch.int32)  # [N, K / 8] words of eight nibbles
+        # bf16 activations read the nibbles as int16 (four each), others as int32 words (eight each).
+        weight = weight.view(torch.int16 if x.dtype == torch.bfloat16 else torch.int32)
     block_k = min(block_k, triton.next_power_of_2(k))
     if k % block_k:
         raise ValueError(f"skinny_matmul: input size {k} is not a multiple of the {block_k}-wide tile")
@@ -100,5 +114,5 @@ def skinny_matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, m
         x, weight, scales, mins if int4 else scales, y, rows, n, k, x.stride(0), weight.stride(0),
         scales.stride(0) if int4 else 0, y.stride(0), KIND=int(int4), GROUP=max(group_size, 1),
         PER_CHANNEL=scales.numel() > 1, SILU_INPUT=silu_input, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=warps, num_stages=stages)
+        BF16_BITS=x.dtype == torch.bfloat16, num_warps=warps, num_stages=stages)
     return y
