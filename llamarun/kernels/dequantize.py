@@ -15,43 +15,59 @@ import triton.language as tl
 
 from llamarun.quant.layouts import Fp8Weight, Int4Weight
 
-BLOCK_N, BLOCK_K = 16, 256
+BLOCK_N, BLOCK_K = 32, 256
 
 
 @triton.jit
-def _dequantize_kernel(w_ptr, s_ptr, m_ptr, out_ptr, N, K, stride_wn, stride_sn, stride_on,
-                       INT4: tl.constexpr, GROUP: tl.constexpr, PER_CHANNEL: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _int4_kernel(w_ptr, s_ptr, m_ptr, out_ptr, N, stride_wn, stride_sn, stride_on, GROUP: tl.constexpr,
+                 BLOCK_N: tl.constexpr):
+    """One group of BLOCK_N rows: eight nibbles per int32 word, each 1 + q/16 by bit operations, then one FMA."""
+    WORDS: tl.constexpr = GROUP // 8
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    g = tl.program_id(1)
+    n_mask = rows < N
+    rows64 = rows.to(tl.int64)
+    words = tl.load(w_ptr + rows64[:, None] * stride_wn + (g * WORDS + tl.arange(0, WORDS))[None, :],
+                    mask=n_mask[:, None], other=0)  # [BN, WORDS] int32
+    q = (words[:, :, None] >> (tl.arange(0, 8) * 4)[None, None, :]) & 0xF  # [BN, WORDS, 8]: k = 8c + i
+    v = tl.reshape(((q << 19) | 0x3F800000).to(tl.float32, bitcast=True), [BLOCK_N, GROUP])  # 1 + q/16
+    s = tl.load(s_ptr + rows64 * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
+    m = tl.load(m_ptr + rows64 * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
+    w = v * (16.0 * s)[:, None] + (m - 16.0 * s)[:, None]  # q s + m
+    dst = out_ptr + rows64[:, None] * stride_on + (g * GROUP + tl.arange(0, GROUP))[None, :]
+    tl.store(dst, w.to(out_ptr.dtype.element_ty), mask=n_mask[:, None])
+
+
+@triton.jit
+def _scaled_kernel(w_ptr, s_ptr, out_ptr, N, K, stride_wn, stride_on, PER_CHANNEL: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """float8 (or int8) times its channel or tensor scale."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     mask = (rows < N)[:, None] & (cols < K)[None, :]
     rows64 = rows.to(tl.int64)[:, None]
-    if INT4:
-        packed = tl.load(w_ptr + rows64 * stride_wn + (cols // 2)[None, :], mask=mask, other=0)  # [BN, BK] bytes
-        q = ((packed >> ((cols % 2) * 4)[None, :]) & 0xF).to(tl.float32)
-        groups = (cols // GROUP)[None, :]
-        s = tl.load(s_ptr + rows64 * stride_sn + groups, mask=mask, other=0.0).to(tl.float32)
-        mn = tl.load(m_ptr + rows64 * stride_sn + groups, mask=mask, other=0.0).to(tl.float32)
-        w = q * s + mn
+    w = tl.load(w_ptr + rows64 * stride_wn + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if PER_CHANNEL:
+        w *= tl.load(s_ptr + rows, mask=rows < N, other=0.0)[:, None]
     else:
-        w = tl.load(w_ptr + rows64 * stride_wn + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        if PER_CHANNEL:
-            w *= tl.load(s_ptr + rows, mask=rows < N, other=0.0)[:, None]
-        else:
-            w *= tl.load(s_ptr)
+        w *= tl.load(s_ptr)
     tl.store(out_ptr + rows64 * stride_on + cols[None, :], w.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def dequantize_to(w: Int4Weight | Fp8Weight, dtype: torch.dtype) -> torch.Tensor:
     """The [N, K] weight in `dtype`, on w's device."""
     n, k = w.shape
+    out = torch.empty(n, k, dtype=dtype, device=w.scales.device if isinstance(w, Int4Weight) else w.scale.device)
     if isinstance(w, Int4Weight):
-        packed, scales, mins, group, stride_sn = w.qweight, w.scales, w.mins, w.group_size, w.scales.stride(0)
-    else:
-        packed, scales, mins, group, stride_sn = w.weight, w.scale.reshape(-1), w.scale, 1, 0
-    out = torch.empty(n, k, dtype=dtype, device=packed.device)
+        if w.group_size % 8 or w.group_size & (w.group_size - 1):
+            raise ValueError(f"dequantize_to: int4 group size {w.group_size} is not a power of two from 8")
+        words = w.qweight.view(torch.int32)  # [N, K / 8]
+        grid = (triton.cdiv(n, BLOCK_N), k // w.group_size)
+        _int4_kernel[grid](words, w.scales, w.mins, out, n, words.stride(0), w.scales.stride(0), out.stride(0),
+                           GROUP=w.group_size, BLOCK_N=BLOCK_N, num_warps=4)
+        return out
+    scale = w.scale.reshape(-1)
     grid = (triton.cdiv(n, BLOCK_N), triton.cdiv(k, BLOCK_K))
-    _dequantize_kernel[grid](packed, scales, mins, out, n, k, packed.stride(0), stride_sn, out.stride(0),
-                             INT4=isinstance(w, Int4Weight), GROUP=group, PER_CHANNEL=scales.numel() > 1,
-                             BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=4)
+    _scaled_kernel[grid](w.weight, scale, out, n, k, w.weight.stride(0), out.stride(0),
+                         PER_CHANNEL=scale.numel() > 1, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=4)
     return out

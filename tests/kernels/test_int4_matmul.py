@@ -60,3 +60,14 @@ def test_int4_matmul_reads_silu_of_gate_times_up(rows, device, dtype):
     expected = silu_and_mul_reference(gate_up).float() @ dequantize(w).float().t()
     tol = 3e-2 if dtype == torch.bfloat16 else 1e-4
     torch.testing.assert_close(y.float(), expected, atol=tol * expected.abs().max().item(), rtol=tol)
+
+
+@pytest.mark.parametrize("group", [32, 128])
+def test_dequantize_to_equals_the_reference(group, device, dtype):
+    from llamarun.kernels.dequantize import dequantize_to
+
+    w = random_int4(24, 512, group, torch.bfloat16, device, seed=group)
+    expected = dequantize(w, dtype)
+    # The kernel computes q s + m as one fused multiply-add: at most one rounding step of the dtype apart.
+    torch.testing.assert_close(dequantize_to(w, dtype), expected, rtol=8e-3 if dtype == torch.bfloat16 else 1e-6,
+                               atol=1e-6)
