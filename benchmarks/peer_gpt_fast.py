@@ -10,6 +10,7 @@ Sampling is gpt-fast's default (temperature 0.8, top-k 200). Weights: N(0, 0.02)
 the meta device and materialized on the device, like `llamarun bench --random-weights`.
 
     python benchmarks/peer_gpt_fast.py --gpt-fast .peers/gpt-fast --json peer.json
+    python benchmarks/peer_gpt_fast.py --gpt-fast .peers/gpt-fast --quantize int4 --json peer-int4.json
     python benchmarks/peer_gpt_fast.py --gpt-fast .peers/gpt-fast --tiny --no-compile --device cpu   # smoke test
 
 Prints one JSON object last (and writes it to --json, also after each stage, so a run killed midway
@@ -88,6 +89,21 @@ def build_random(gf_model: types.ModuleType, args: Any, device: str, dtype: Any,
     return model.eval()
 
 
+def quantize_like_gpt_fast(model: Any, mode: str, device: str) -> Any:
+    """gpt-fast's own weight-only quantization (its quantize.py handlers): int8 per channel, or int4 in groups
+    of 128 through torch's tinygemm kernel, done the way its quantize.py main() and generate.py load them."""
+    quantize = importlib.import_module("quantize")
+    if mode == "int8":
+        handler = quantize.WeightOnlyInt8QuantHandler(model)
+        state = handler.create_quantized_state_dict()
+    else:
+        handler = quantize.WeightOnlyInt4QuantHandler(model, groupsize=128)
+        state = handler.create_quantized_state_dict(use_cuda=device.startswith("cuda"))
+    model = handler.convert_for_runtime()
+    model.load_state_dict(state, assign=True)
+    return model.to(device=device).eval()
+
+
 def decode_step_bytes(args: Any, prompt_tokens: int, new_tokens: int, element: int = 2) -> int:
     """Bytes a decode step must read (the same rule as llamarun.bench.bandwidth): every weight but the
     embedding table, plus K and V of the average context, prompt + new/2 tokens."""
@@ -124,6 +140,9 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     }
     t = time.perf_counter()
     model = build_random(gf_model, args, device, torch.bfloat16, opts.seed)
+    if opts.quantize:
+        model = quantize_like_gpt_fast(model, opts.quantize, device)
+        out["quantize"] = opts.quantize
     sync()
     out["build_s"] = round(time.perf_counter() - t, 3)
     out["parameters"] = sum(p.numel() for p in model.parameters())
@@ -178,7 +197,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     if generation_s > prefill_s:
         out["decode_tokens_per_s"] = round((opts.new_tokens - 1) / (generation_s - prefill_s), 2)
     out["bandwidth_gb_s_gpt_fast"] = round(model_bytes * out["tokens_per_s"] / 1e9, 1)  # as generate.py prints
-    if opts.copy_bandwidth and "decode_tokens_per_s" in out:
+    if opts.copy_bandwidth and "decode_tokens_per_s" in out and not opts.quantize:  # bytes counted for bf16
         out["copy_gb_s"] = opts.copy_bandwidth
         fraction = out["decode_step_bytes"] * out["decode_tokens_per_s"] / (opts.copy_bandwidth * 1e9)
         out["decode_bw_fraction"] = float(f"{fraction:.4g}")
@@ -209,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--temperature", type=float, default=0.8, help="gpt-fast's default")
     ap.add_argument("--top-k", type=int, default=200, help="gpt-fast's default")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--quantize", choices=("int8", "int4"), help="gpt-fast's weight-only int8 or int4 (group 128)")
     ap.add_argument("--copy-bandwidth", type=float, metavar="GB/S", help="to rate decode against (read + write)")
     ap.add_argument("--json", metavar="PATH", help="also write the result here")
     opts = ap.parse_args(argv)
