@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from llamarun.api import LLM
-    from llamarun.cli.verbose import print_stats
+    from llamarun.cli.verbose import print_stats, weight_rows
     from llamarun.utils.devices import check_device
 
     params = sampling_params(args)  # validate flags and read the prompt before a long load
@@ -78,10 +78,11 @@ def run(args: argparse.Namespace) -> int:
     llm = LLM(args.model, context_length=args.ctx, device=args.device, dtype=dtype, weights=weights,
               progress=sys.stderr is not None and sys.stderr.isatty())
     try:
+        args.weight_rows = weight_rows(llm.engine.runner.model) if args.verbose else []
         if prompt:
             stream = _one_shot(llm, prompt, args, params)
             if args.verbose:
-                print_stats(stream.stats, llm.device, llm.load_seconds)
+                print_stats(stream.stats, llm.device, llm.load_seconds, args.weight_rows)
             return 0
         return _interactive(llm, args, params)
     finally:
@@ -168,5 +169,5 @@ def _interactive(llm, args: argparse.Namespace, params) -> int:
         turns.append(Message("assistant", stream.text))
         if args.verbose:
             # Like Ollama, the load is reported once, with the request that paid for it.
-            print_stats(stream.stats, llm.device, load)
+            print_stats(stream.stats, llm.device, load, args.weight_rows)
             load = 0.0

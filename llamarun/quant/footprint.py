@@ -115,11 +115,16 @@ def decode_bytes(groups: list[GroupFootprint]) -> int:
     return sum(g.decode_bytes for g in groups)
 
 
-def describe_footprint(groups: list[GroupFootprint]) -> list[str]:
-    """Two lines for `--verbose` and `show`: the format of each group, and the bytes per decode step."""
+def footprint_rows(groups: list[GroupFootprint]) -> list[tuple[str, str]]:
+    """(label, text) rows for `--verbose` and reports: each group's format, and the bytes a decode step reads."""
     formats = ", ".join(f"{g.group} {g.format}" for g in groups if g.group != "norms")
-    return [f"weights: {formats}",
-            f"{_size(decode_bytes(groups))} of weights read per decode step ({_size(total_bytes(groups))} held)"]
+    return [("weights", formats),
+            ("weight reads", f"{_size(decode_bytes(groups))} per decode step ({_size(total_bytes(groups))} held)")]
+
+
+def describe_footprint(groups: list[GroupFootprint]) -> list[str]:
+    """The same rows as `label: text` lines."""
+    return [f"{label}: {text}" for label, text in footprint_rows(groups)]
 
 
 def _size(n: int) -> str:

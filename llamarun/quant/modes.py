@@ -98,15 +98,12 @@ def _check_fp8(device: str) -> None:
 
 def _check_group(config: Any, group: int) -> None:
     from llamarun.quant.footprint import linear_shapes
-    from llamarun.quant.rtn import largest_dividing_group
 
     inputs = sorted({k for shapes in linear_shapes(config).values() for _n, k, _c in shapes})
     bad = [k for k in inputs if k % group]
     if bad:
         fits = [g for g in ONLINE_GROUP_SIZES if all(k % g == 0 for k in inputs)]
-        hint = (f"use --group-size {fits[0]}" if fits else
-                f"no online group size fits (largest for {bad[0]}: {largest_dividing_group(bad[0]) or 'none'}); "
-                "use --quantize int8")
+        hint = f"use --group-size {fits[0]}" if fits else "no online int4 group size fits; use --quantize int8"
         raise LlamarunError(f"int4 group size {group} does not divide the input size {bad[0]} of this model", hint)
 
 

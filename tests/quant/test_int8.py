@@ -1,4 +1,4 @@
-"""INT8 linears on CPUs (the packed int8 kernel): error bounds per layer, and on the default model against exact math."""
+"""INT8 linears on CPUs (the packed int8 kernel): error bounds per layer, and on the default model vs exact math."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from llamarun.quant.modes import choose_weights, weight_bytes
 pack_int8 = Int8Method().pack_linear
 
 
-def Int8WeightOnlyLinear(weight: torch.Tensor) -> Int8Linear:  # noqa: N802 - the name the tests had
+def int8_linear(weight: torch.Tensor) -> Int8Linear:
     return Int8Method().create(Int8Method().quantize(weight))
 
 
 def test_quantized_weights_round_trip_within_half_a_step():
     w = torch.randn(64, 96) * torch.linspace(0.1, 3.0, 64)[:, None]  # rows of very different ranges
-    layer = Int8WeightOnlyLinear(w)
+    layer = int8_linear(w)
     step = layer.scale.float()[:, None]  # [out, 1]
     restored = layer.qweight.float() * step
     assert ((restored - w).abs() <= step * 0.5 * (1 + 1e-5)).all()
@@ -94,7 +94,7 @@ def test_auto_mode_packs_quantized_files_on_cpu_only(tmp_path, default_gguf):
 def test_prefill_path_agrees_with_the_int8_kernel():
     """Long inputs take the bf16-GEMM path on CPUs with bf16 units; both paths compute the same product."""
     torch.manual_seed(1)
-    layer = Int8WeightOnlyLinear(torch.randn(96, 128))
+    layer = int8_linear(torch.randn(96, 128))
     x = torch.randn(PREFILL_ROWS + 8, 128)
     long = layer(x)  # [72, 96], one call: the prefill path where available
     rows = torch.cat([layer(x[i:i + 8]) for i in range(0, x.shape[0], 8)])  # short calls: the int8 kernel
