@@ -72,7 +72,7 @@ def resolve_weights(mode: str, *, device: str, config: Any, quantized: bool = Fa
         if group not in ONLINE_GROUP_SIZES:
             raise LlamarunError(f"int4 group size {group} is not offered for online quantization",
                                 "use --group-size 128 or 64")
-        _check_group(config, group)
+        check_group_size(config, group)
     return mode
 
 
@@ -96,7 +96,8 @@ def _check_fp8(device: str) -> None:
     raise LlamarunError(f"{need}, not '{device}'", "use --quantize int8 or --quantize int4 on a CPU")
 
 
-def _check_group(config: Any, group: int) -> None:
+def check_group_size(config: Any, group: int) -> None:
+    """A clear error unless int4 groups of `group` inputs divide every linear's input size."""
     from llamarun.quant.footprint import linear_shapes
 
     inputs = sorted({k for shapes in linear_shapes(config).values() for _n, k, _c in shapes})
