@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from llamarun.quant.layouts import Fp8Weight, dequantize
+from llamarun.quant.layouts import FP8_MAX, Fp8Weight, dequantize
 from llamarun.quant.method import PackedLinear, QuantMethod
 from llamarun.quant.rtn import quantize_fp8, quantize_tokens_fp8
 
@@ -45,6 +45,8 @@ class Fp8Linear(PackedLinear):
         self._rowwise = self._gemm and torch.cuda.get_device_capability(device) >= ROWWISE_CAPABILITY
         if self._gemm:
             self.register_buffer("scale_row", self.scale.expand(n).reshape(1, n).contiguous(), persistent=False)
+            # Made once: a tensor created inside forward would be allocated in every CUDA graph capture.
+            self.register_buffer("one", torch.ones((), device=device), persistent=False)
 
     def layout(self) -> Fp8Weight:
         return Fp8Weight(weight=self.weight, scale=self.scale)
@@ -74,10 +76,9 @@ class Fp8Linear(PackedLinear):
             return y.to(x2.dtype)
         # Ada (8.9): one scale per operand only, so the activation scale is per tensor and the
         # per-channel weight scale is applied after the GEMM.
-        xs = (x2.float().abs().amax() / 448.0).clamp(min=1e-12).reshape(())  # []
-        xq = (x2.float() / xs).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)  # [M, K]
-        one = torch.ones((), device=x2.device)
-        y = torch._scaled_mm(xq, self.weight.t(), scale_a=xs, scale_b=one, out_dtype=torch.float32)  # [M, N]
+        xs = (x2.float().abs().amax() / FP8_MAX).clamp(min=1e-12).reshape(())  # []
+        xq = (x2.float() / xs).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)  # [M, K]
+        y = torch._scaled_mm(xq, self.weight.t(), scale_a=xs, scale_b=self.one, out_dtype=torch.float32)  # [M, N]
         return (y * self.scale_row).to(x2.dtype)
 
 
