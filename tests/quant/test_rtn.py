@@ -90,3 +90,16 @@ def test_per_token_activation_scales():
     fq, fs = quantize_tokens_fp8(x)
     assert fq.dtype == torch.float8_e4m3fn
     assert ((fq.float() * fs - x).norm(dim=1) / x.norm(dim=1)).max() < 0.05
+
+
+def test_row_blocks_give_the_same_layout_and_leave_the_weight_alone(monkeypatch):
+    from llamarun.quant import rtn
+
+    w = _weights(n=300, k=256)
+    original = w.clone()
+    whole = [quantize_int4(w, 64), quantize_fp8(w), quantize_int8(w)]
+    monkeypatch.setattr(rtn, "ROW_BLOCK", 7)  # blocks that do not divide the rows
+    blocks = [quantize_int4(w, 64), quantize_fp8(w), quantize_int8(w)]
+    for a, b in zip(whole, blocks, strict=True):
+        assert torch.equal(dequantize(a), dequantize(b))
+    assert torch.equal(w, original)
