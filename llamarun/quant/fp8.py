@@ -51,9 +51,6 @@ class Fp8Linear(PackedLinear):
     def layout(self) -> Fp8Weight:
         return Fp8Weight(weight=self.weight, scale=self.scale)
 
-    def nbytes(self) -> int:
-        return self.layout().nbytes()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)  # [M, K]

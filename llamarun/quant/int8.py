@@ -55,9 +55,6 @@ class Int8Linear(PackedLinear):
     def layout(self) -> Int8Weight:
         return Int8Weight(qweight=self.qweight, scale=self.scale)
 
-    def nbytes(self) -> int:
-        return self.layout().nbytes()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)  # [M, K]

@@ -32,13 +32,14 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
 
-    @abstractmethod
     def layout(self) -> Layout:
         """The packed weight in its shared layout (for references, bytes and checkpoint writers)."""
+        raise NotImplementedError
 
     def nbytes(self) -> int:
-        """Bytes the packed weight takes in memory, which is also what one decode step reads."""
-        return sum(b.numel() * b.element_size() for b in self.buffers())
+        """Bytes the packed weight takes (kernel-private copies such as bf16 scales not counted): what one
+        decode step reads."""
+        return self.layout().nbytes()
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.format}"
