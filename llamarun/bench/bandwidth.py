@@ -58,10 +58,14 @@ def decode_weight_bytes(config: ModelConfig, bytes_per_element: int) -> int:
     return (config.num_parameters - untouched) * bytes_per_element
 
 
-def decode_step_bytes(config: ModelConfig, bytes_per_element: int, context_tokens: float) -> float:
-    """Bytes a decode step must read: the weights once, plus K and V of `context_tokens` over all sequences."""
-    return decode_weight_bytes(config, bytes_per_element) + context_tokens * config.kv_bytes_per_token(
-        bytes_per_element)
+def decode_step_bytes(config: ModelConfig, bytes_per_element: int, context_tokens: float,
+                      weight_bytes: int | None = None) -> float:
+    """Bytes a decode step must read: the weights once, plus K and V of `context_tokens` over all sequences.
+
+    `weight_bytes` replaces the float estimate when the weights are packed (quant/footprint.py).
+    """
+    weights = decode_weight_bytes(config, bytes_per_element) if weight_bytes is None else weight_bytes
+    return weights + context_tokens * config.kv_bytes_per_token(bytes_per_element)
 
 
 def decode_bandwidth_fraction(step_bytes: float, steps_per_s: float, copy_bytes_per_s: float) -> float:
@@ -70,7 +74,8 @@ def decode_bandwidth_fraction(step_bytes: float, steps_per_s: float, copy_bytes_
 
 
 def annotate_levels(levels: list[LevelResult], config: ModelConfig, bytes_per_element: int, *,
-                    prompt_tokens: int, output_tokens: int, copy_bytes_per_s: float | None) -> None:
+                    prompt_tokens: int, output_tokens: int, copy_bytes_per_s: float | None,
+                    weight_bytes: int | None = None) -> None:
     """Add each level's decode bytes per step and, given the copy bandwidth, the share of it decoding used.
 
     A decode step of a level holds min(concurrency, requests) sequences, each attending over
@@ -79,7 +84,8 @@ def annotate_levels(levels: list[LevelResult], config: ModelConfig, bytes_per_el
     """
     for level in levels:
         sequences = min(level.concurrency, max(level.requests, 1))
-        step = decode_step_bytes(config, bytes_per_element, sequences * (prompt_tokens + output_tokens / 2))
+        step = decode_step_bytes(config, bytes_per_element, sequences * (prompt_tokens + output_tokens / 2),
+                                 weight_bytes)
         tpot = percentile(level.tpot, 50)
         fraction = None
         if copy_bytes_per_s and tpot > 0:  # NaN (no decodes) compares False

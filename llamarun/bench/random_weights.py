@@ -6,6 +6,10 @@ then materialized with `torch.empty` on the device in the compute dtype and fill
 embedding weights from N(0, 0.02), norm weights with ones. With those scales each projection keeps its
 input's magnitude within a small factor, so activations stay finite in bf16 through all the layers.
 An 8B model is ready in seconds on a GPU (one fill kernel per tensor).
+
+With a quantization method the linears are drawn and packed one at a time (`quantize_linears`), so
+only one float linear exists at any moment: a 70B shape quantizes to INT4/FP8 on a card that could
+not hold it in bf16.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from llamarun.config import ModelConfig, RopeScaling
 from llamarun.engine.llm_engine import EngineConfig, LLMEngine
@@ -21,6 +26,8 @@ from llamarun.errors import DoesNotFitError, LlamarunError
 from llamarun.layers.norm import RMSNorm
 from llamarun.layers.rotary import RotaryEmbedding
 from llamarun.models.llama import LlamaForCausalLM
+from llamarun.quant.method import QuantMethod
+from llamarun.quant.modes import method_for, resolve_weights, weight_bytes
 
 WEIGHT_STD = 0.02  # the usual initializer scale for Llama-shaped models
 BLOCK_SIZE = 16  # EngineConfig's default KV block
@@ -51,24 +58,65 @@ def preset_config(name: str) -> ModelConfig:
 
 @torch.no_grad()
 def build_random_model(config: ModelConfig, *, device: str | torch.device, dtype: torch.dtype, seed: int = 0,
-                       std: float = WEIGHT_STD) -> LlamaForCausalLM:
-    """A model of `config`'s shape in eval mode, every weight random, allocated only on `device`."""
+                       std: float = WEIGHT_STD, method: QuantMethod | None = None) -> LlamaForCausalLM:
+    """A model of `config`'s shape in eval mode, every weight random, allocated only on `device`.
+
+    `method` packs every linear (decoder and head) as soon as it is drawn.
+    """
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     model = model.to(dtype=dtype)  # still meta: only the dtype the tensors will get changes
-    model.to_empty(device=device)  # uninitialized memory on the device itself, none on the host
     generator = torch.Generator(device=device).manual_seed(seed)
+    if method is not None:
+        quantize_linears(model, method, device=device, generator=generator, std=std)
+    packed = method is not None
+    if packed:  # only what is still on the meta device gets memory; packed buffers stay as they are
+        _materialize_meta(model, device)
+    else:
+        model.to_empty(device=device)  # uninitialized memory on the device itself, none on the host
     norms = {id(m.weight) for m in model.modules() if isinstance(m, RMSNorm)}
     for param in model.parameters():  # a tied weight is listed once
         if id(param) in norms:
             param.fill_(1.0)
-        else:
+        elif not packed:
             param.normal_(0.0, std, generator=generator)
     # The rotary buffer is derived, not random: compute it as a checkpoint-built model does.
     model.model.rotary = RotaryEmbedding(config).to(device)
-    if config.tie_word_embeddings:
+    if config.tie_word_embeddings and method is None:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.eval().requires_grad_(False)
+
+
+def quantize_linears(model: LlamaForCausalLM, method: QuantMethod, *, device: str | torch.device,
+                     generator: torch.Generator, std: float) -> None:
+    """Draw each linear's weight on `device`, pack it, and put the packed module in its place.
+
+    The embedding table is drawn first, so a tied head packs the table's values. Peak memory is the
+    packed model plus one float linear (and its float32 copy while it is quantized).
+    """
+    embed = model.model.embed_tokens
+    embed.weight = nn.Parameter(torch.empty(embed.weight.shape, dtype=embed.weight.dtype, device=device)
+                                .normal_(0.0, std, generator=generator), requires_grad=False)
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for name in linears:
+        linear = model.get_submodule(name)
+        if name == "lm_head" and model.config.tie_word_embeddings:
+            weight = embed.weight.detach()
+        else:
+            weight = torch.empty(linear.weight.shape, dtype=linear.weight.dtype, device=device)  # [N, K]
+            weight.normal_(0.0, std, generator=generator)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, method.create(method.quantize(weight)))
+        del weight
+
+
+def _materialize_meta(model: nn.Module, device: str | torch.device) -> None:
+    """Give every parameter still on the meta device uninitialized memory on `device` (norms, here)."""
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            if param.is_meta:
+                module._parameters[name] = nn.Parameter(torch.empty_like(param, device=device),
+                                                        requires_grad=False)
 
 
 def kv_tokens_for(concurrency: int, context_length: int, block_size: int = BLOCK_SIZE) -> int:
@@ -77,7 +125,7 @@ def kv_tokens_for(concurrency: int, context_length: int, block_size: int = BLOCK
 
 
 def check_fits(name: str, config: ModelConfig, dtype: torch.dtype, device: str, *, concurrency: int,
-               context_length: int, available_bytes: int | None = None) -> int:
+               context_length: int, available_bytes: int | None = None, weights: str = "exact") -> int:
     """The KV cache size in tokens for `concurrency` full contexts, or DoesNotFitError saying what would fit.
 
     `available_bytes` defaults to what the device reports free (cudaMemGetInfo, MemAvailable).
@@ -86,7 +134,7 @@ def check_fits(name: str, config: ModelConfig, dtype: torch.dtype, device: str, 
 
     element = dtype.itemsize
     kv_tokens = kv_tokens_for(concurrency, context_length)
-    plan = plan_memory(config, config.num_parameters * element, kv_tokens, device=device,
+    plan = plan_memory(config, weight_bytes(config, weights, element), kv_tokens, device=device,
                        kv_bytes_per_element=element, available_bytes=available_bytes)
     if plan.fits:
         return kv_tokens
@@ -94,7 +142,8 @@ def check_fits(name: str, config: ModelConfig, dtype: torch.dtype, device: str, 
     per_request = kv_tokens_for(1, context_length) * plan.kv_bytes_per_token
     spare = plan.available_bytes - plan.weight_bytes - plan.overhead_bytes
     most = max(spare, 0) // per_request
-    need = (f"{name} with random {str(dtype).removeprefix('torch.')} weights needs {_gb(plan.total_bytes)} "
+    held = str(dtype).removeprefix("torch.") if weights == "exact" else weights
+    need = (f"{name} with random {held} weights needs {_gb(plan.total_bytes)} "
             f"(weights {_gb(plan.weight_bytes)} + KV cache {_gb(plan.kv_cache_bytes)} for {concurrency} requests "
             f"of {context_length} tokens + overhead {_gb(plan.overhead_bytes)}) but {device} has "
             f"{_gb(plan.available_bytes)} free")
@@ -116,20 +165,22 @@ class RandomModel:
     dtype: torch.dtype
     context_length: int
     load_seconds: float
+    weights: str = "exact"
 
     @property
     def weight_bytes(self) -> int:
-        return self.config.num_parameters * self.dtype.itemsize
+        return weight_bytes(self.config, self.weights, self.dtype.itemsize)
 
 
 def load_random_model(name: str, *, device: str | None = None, concurrency: int, context_length: int,
                       seed: int = 0, dtype: torch.dtype | None = None,
-                      available_bytes: int | None = None) -> RandomModel:
+                      available_bytes: int | None = None, weights: str = "exact") -> RandomModel:
     """Check memory, build the named shape with random weights on `device`, and wrap it in an engine.
 
     The KV cache holds `concurrency` full contexts at once, so the benchmark measures batching, not
     preemption; the engine may run that many requests together. `dtype` defaults to the device's
-    compute dtype (bf16 on GPUs, float32 on CPUs).
+    compute dtype (bf16 on GPUs, float32 on CPUs). `weights` ("exact", or a quantization format such as
+    "int4-g128") is checked against the device and shape before anything is allocated.
     """
     from llamarun.utils.devices import check_device, default_device, default_dtype
 
@@ -140,9 +191,10 @@ def load_random_model(name: str, *, device: str | None = None, concurrency: int,
     if not 16 <= context_length <= config.max_position_embeddings:
         raise LlamarunError(f"context length {context_length} is outside 16..{config.max_position_embeddings}",
                             "pass a --ctx in that range")
+    weights = resolve_weights("exact" if weights == "auto" else weights, device=device, config=config)
     kv_tokens = check_fits(name, config, dtype, device, concurrency=concurrency, context_length=context_length,
-                           available_bytes=available_bytes)
-    model = build_random_model(config, device=device, dtype=dtype, seed=seed)
+                           available_bytes=available_bytes, weights=weights)
+    model = build_random_model(config, device=device, dtype=dtype, seed=seed, method=method_for(weights))
     # More running requests than the engine's default only when the benchmark asks for them.
     running = {"max_running": concurrency} if concurrency > EngineConfig.max_running else {}
     engine_config = EngineConfig(context_length=context_length, kv_tokens=kv_tokens, block_size=BLOCK_SIZE,
@@ -151,7 +203,7 @@ def load_random_model(name: str, *, device: str | None = None, concurrency: int,
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)  # the fills are queued; count them in the build time
     return RandomModel(name=name, config=config, engine=engine, device=device, dtype=dtype,
-                       context_length=context_length, load_seconds=time.perf_counter() - t0)
+                       context_length=context_length, load_seconds=time.perf_counter() - t0, weights=weights)
 
 
 def _gb(n: int) -> str:

@@ -15,6 +15,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
+from llamarun.cli.weights_flags import add_weights_flags, weights_from_args
 from llamarun.errors import LlamarunError
 
 if TYPE_CHECKING:
@@ -59,8 +60,7 @@ def register(subparsers: Any) -> None:
     m = p.add_argument_group("model loading (offline and --serve)")
     m.add_argument("--ctx", type=int, help="context length in tokens (default 4096)")
     m.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    m.add_argument("--weights", choices=["auto", "exact", "int8"], default="auto",
-                   help="as in `llamarun run`")
+    add_weights_flags(m)
     p.set_defaults(handler=run)
 
 
@@ -105,6 +105,7 @@ def _check_args(args: argparse.Namespace, levels: list[int], counts: list[int]) 
                         ("--copy-bandwidth", args.copy_bandwidth)):
         if value is not None and not value > 0:  # `not >` also catches NaN
             raise LlamarunError(f"{name} must be positive, got {value}", f"give a positive {name}")
+    weights = weights_from_args(args)  # --group-size without int4 fails here
     if args.random_weights is None:
         return
     if args.model:
@@ -113,9 +114,9 @@ def _check_args(args: argparse.Namespace, levels: list[int], counts: list[int]) 
     if args.url or args.serve:
         raise LlamarunError("--random-weights benches the engine in this process, not a server",
                             "drop --url/--serve")
-    if args.weights != "auto":
-        raise LlamarunError(f"--weights {args.weights} applies to checkpoints",
-                            "random weights are held in the compute dtype; drop --weights")
+    if weights == "exact":
+        raise LlamarunError("--weights exact applies to checkpoints",
+                            "random weights are held in the compute dtype unless quantized; drop --weights")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -157,7 +158,7 @@ def _offline(args: argparse.Namespace, levels: list[int], counts: list[int], dea
     ctx = args.ctx or DEFAULT_CONTEXT
     # Room for every in-flight request at once, so the benchmark measures batching, not preemption.
     needed = max(levels) * (args.prompt_tokens + args.output_tokens + 16)
-    lm = load_model(name, context_length=args.ctx, device=args.device, weights=args.weights,
+    lm = load_model(name, context_length=args.ctx, device=args.device, weights=weights_from_args(args),
                     kv_tokens=max(needed, 4 * ctx), progress=True)
     check_settings(requests=1, concurrency=1, prompt_tokens=args.prompt_tokens,
                    output_tokens=args.output_tokens, context_length=lm.context_length)
@@ -182,6 +183,7 @@ def _offline_random(args: argparse.Namespace, levels: list[int], counts: list[in
     from llamarun.bench.bandwidth import annotate_levels, decode_weight_bytes, measure_copy_bandwidth
     from llamarun.bench.offline import run_levels, warm_up
     from llamarun.bench.random_weights import WEIGHT_STD, load_random_model, preset_config
+    from llamarun.quant.footprint import decode_bytes, describe_footprint, model_footprint
     from llamarun.utils.devices import check_device, default_device
 
     config = preset_config(args.random_weights)
@@ -195,11 +197,14 @@ def _offline_random(args: argparse.Namespace, levels: list[int], counts: list[in
     # A context just long enough for the benchmark's requests, unless asked: the cache holds one per request.
     ctx = args.ctx or max(16, -(-(args.prompt_tokens + args.output_tokens) // 16) * 16)
     rm = load_random_model(args.random_weights, device=device, concurrency=max(levels), context_length=ctx,
-                           seed=args.seed)
+                           seed=args.seed, weights=weights_from_args(args))
     element = rm.dtype.itemsize
     dtype = str(rm.dtype).removeprefix("torch.")
+    footprint = model_footprint(rm.engine.runner.model)
+    step_weights = None if rm.weights == "exact" else decode_bytes(footprint)
     record.model = args.random_weights
-    record.settings.update(device=rm.device, dtype=dtype, weights="random", context_length=ctx,
+    record.settings.update(device=rm.device, dtype=dtype, weights="random", quantization=rm.weights,
+                           context_length=ctx,
                            kv_tokens=rm.engine.config.kv_tokens, max_running=rm.engine.config.max_running,
                            load_seconds=round(rm.load_seconds, 3), time_budget=args.time_budget,
                            graph_capture_seconds=round(getattr(rm.engine.runner, "capture_seconds", 0.0), 3))
@@ -207,15 +212,17 @@ def _offline_random(args: argparse.Namespace, levels: list[int], counts: list[in
     record.top["weights"] = "random"
     record.top["random_weights"] = {"shape": args.random_weights, "std": WEIGHT_STD, "seed": args.seed,
                                     "parameters": config.num_parameters, "weight_bytes": rm.weight_bytes,
-                                    "decode_weight_bytes": decode_weight_bytes(config, element)}
+                                    "decode_weight_bytes": step_weights or decode_weight_bytes(config, element),
+                                    "format": rm.weights, "layer_groups": [vars(g) for g in footprint]}
     record.top["bandwidth"] = {"copy_gb_s": round(copy / 1e9, 1) if copy else None, "source": source}
     print(f"built {args.random_weights} with random weights (N(0, {WEIGHT_STD})): "
-          f"{config.num_parameters / 1e9:.3g} B parameters, {dtype} on {rm.device}, {rm.load_seconds:.1f} s "
+          f"{config.num_parameters / 1e9:.3g} B parameters, {dtype} ({rm.weights}) on {rm.device}, "
+          f"{rm.load_seconds:.1f} s "
           f"(CUDA graph capture {getattr(rm.engine.runner, 'capture_seconds', 0.0):.1f} s of it)", flush=True)
 
     def saved(done: list, skipped: list) -> None:
         annotate_levels(done, config, element, prompt_tokens=args.prompt_tokens,
-                        output_tokens=args.output_tokens, copy_bytes_per_s=copy)
+                        output_tokens=args.output_tokens, copy_bytes_per_s=copy, weight_bytes=step_weights)
         record.top["skipped_levels"] = skipped
         record.write(done, complete=False)
 
@@ -225,6 +232,7 @@ def _offline_random(args: argparse.Namespace, levels: list[int], counts: list[in
                                   seed=args.seed, deadline=deadline, on_level=saved)
     saved(results, skipped)
     record.notes.append(f"weights: random, {args.random_weights} shape, {dtype} on {rm.device}")
+    record.notes += describe_footprint(footprint)
     for lv in results:
         fraction = lv.extra["decode_bw_fraction"]
         if fraction is not None:
@@ -297,7 +305,7 @@ def _serve_and_bench(args: argparse.Namespace, levels: list[int], counts: list[i
     if "error" in outcome:
         raise outcome["error"]
     model, results = outcome["result"]
-    return model, results, {"url": "in-process", "weights": args.weights}
+    return model, results, {"url": "in-process", "weights": weights_from_args(args)}
 
 
 def _server_app(args: argparse.Namespace, hub: Any) -> Any:
@@ -311,7 +319,7 @@ def _server_app(args: argparse.Namespace, hub: Any) -> Any:
     def load(name: str, context_length: int | None) -> Any:
         from llamarun.llm.async_llm import AsyncLLM
 
-        return AsyncLLM(name, context_length=context_length, device=args.device, weights=args.weights,
+        return AsyncLLM(name, context_length=context_length, device=args.device, weights=weights_from_args(args),
                         max_kv_tokens=kv_tokens, hub=hub)
 
     manager = ModelManager(load, context_length=args.ctx, keep_alive=FOREVER)

@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Any
 
+from llamarun.cli.weights_flags import add_weights_flags, weights_from_args
 from llamarun.errors import LlamarunError
 
 
@@ -26,8 +27,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--ctx", "--num-ctx", dest="ctx", type=int, help="context length in tokens (default 4096)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
-    p.add_argument("--weights", choices=["auto", "exact", "int8"], default="auto",
-                   help="how linear weights are held (see `llamarun run --help`)")
+    add_weights_flags(p)
     p.set_defaults(handler=embed)
 
 
@@ -42,7 +42,7 @@ def embed(args: argparse.Namespace) -> int:
     if not texts:
         raise LlamarunError("nothing to embed", "give texts as arguments or one per line on stdin")
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    llm = LLM(args.model, context_length=args.ctx, device=args.device, dtype=dtype, weights=args.weights,
+    llm = LLM(args.model, context_length=args.ctx, device=args.device, dtype=dtype, weights=weights_from_args(args),
               progress=sys.stderr.isatty())
     try:
         for vector in llm.embed(texts, truncate=args.truncate, dimensions=args.dimensions):

@@ -9,6 +9,7 @@ import argparse
 import sys
 from typing import Any
 
+from llamarun.cli.weights_flags import add_weights_flags, weights_from_args
 from llamarun.errors import LlamarunError
 
 HELP = """Commands:
@@ -30,9 +31,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--ctx", "--num-ctx", dest="ctx", type=int, help="context length in tokens (default 4096)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
-    p.add_argument("--weights", choices=["auto", "exact", "int8"], default="auto",
-                   help="exact: expand weights to the compute dtype; int8: packed int8 CPU kernels; "
-                        "auto (default): int8 on CPU for GGUF/MLX quantized files, exact otherwise")
+    add_weights_flags(p)
     s = p.add_argument_group("sampling (defaults as in Ollama)")
     s.add_argument("--temperature", type=float)
     s.add_argument("--top-k", type=int)
@@ -65,23 +64,25 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from llamarun.api import LLM
-    from llamarun.cli.verbose import print_stats
+    from llamarun.cli.verbose import print_stats, weight_rows
     from llamarun.utils.devices import check_device
 
     params = sampling_params(args)  # validate flags and read the prompt before a long load
+    weights = weights_from_args(args)
     if args.ctx is not None and args.ctx < 1:
         raise LlamarunError(f"--ctx {args.ctx} is below 1", "give the context length in tokens, e.g. 4096")
     if args.device:
         check_device(args.device)  # before resolving (or pulling) the model
     prompt = _prompt(args)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    llm = LLM(args.model, context_length=args.ctx, device=args.device, dtype=dtype, weights=args.weights,
+    llm = LLM(args.model, context_length=args.ctx, device=args.device, dtype=dtype, weights=weights,
               progress=sys.stderr is not None and sys.stderr.isatty())
     try:
+        args.weight_rows = weight_rows(llm.engine.runner.model) if args.verbose else []
         if prompt:
             stream = _one_shot(llm, prompt, args, params)
             if args.verbose:
-                print_stats(stream.stats, llm.device, llm.load_seconds)
+                print_stats(stream.stats, llm.device, llm.load_seconds, args.weight_rows)
             return 0
         return _interactive(llm, args, params)
     finally:
@@ -168,5 +169,5 @@ def _interactive(llm, args: argparse.Namespace, params) -> int:
         turns.append(Message("assistant", stream.text))
         if args.verbose:
             # Like Ollama, the load is reported once, with the request that paid for it.
-            print_stats(stream.stats, llm.device, load)
+            print_stats(stream.stats, llm.device, load, args.weight_rows)
             load = 0.0

@@ -15,6 +15,7 @@ import socket
 import sys
 from typing import Any
 
+from llamarun.cli.weights_flags import add_weights_flags, weights_from_args
 from llamarun.errors import LlamarunError
 from llamarun.llm.request_limits import DEFAULT_MAX_GENERATIONS, DEFAULT_MAX_PROMPT_TOKENS
 
@@ -49,8 +50,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--memory-budget", type=float, metavar="GB",
                    help="most memory for loaded models, in GB (default: the memory available at start)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--weights", choices=["auto", "exact", "int8"], default="auto",
-                   help="how linear weights are held (see `llamarun run --help`)")
+    add_weights_flags(p)
     p.add_argument("--max-generations", type=int, default=DEFAULT_MAX_GENERATIONS, metavar="N",
                    help="most generations one request may start, prompts x n "
                         f"(default {DEFAULT_MAX_GENERATIONS})")
@@ -117,7 +117,7 @@ def build_app(args: argparse.Namespace, keep_alive: float, loader: Any = None) -
     from llamarun.utils.memory import available_memory
 
     budget = int(args.memory_budget * 1e9) if args.memory_budget else available_memory(args.device or "cpu")
-    manager = ModelManager(loader or default_loader(device=args.device, weights=args.weights),
+    manager = ModelManager(loader or default_loader(device=args.device, weights=weights_from_args(args)),
                            memory_budget=budget, keep_alive=keep_alive, context_length=args.ctx,
                            models_dirs=args.models_dir)
     pinned_keep_alive = FOREVER if args.keep_alive is None else keep_alive  # the served model's

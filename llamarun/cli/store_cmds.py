@@ -81,12 +81,27 @@ def cmd_show(args: argparse.Namespace) -> int:
     print("  Model")
     for key, value in rows:
         print(f"    {key:<20}{value if value is not None else 'unknown'}")
+    _print_weights(model.path, model.format)
     for title, text in (("Template", info.chat_template), ("License", info.license)):
         if text:
             print(f"\n  {title}")
             print(_excerpt(text))
     print()
     return 0
+
+
+def _print_weights(path: Any, fmt: str) -> None:
+    """Each layer group's stored format and size, and the weight bytes one decode step reads."""
+    from llamarun.store.layer_formats import stored_layer_groups
+
+    groups = stored_layer_groups(path, fmt)
+    if not groups:
+        return
+    print("\n  Weights")
+    for g in groups:
+        size = format_size(g.bytes) if g.bytes else "-"
+        print(f"    {g.group:<20}{g.format} ({size})")
+    print(f"    {'per decode step':<20}{format_size(sum(g.decode_bytes for g in groups))} read")
 
 
 def cmd_rm(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import resource
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from llamarun.engine.stats import RequestStats
@@ -27,7 +27,9 @@ def peak_memory_bytes(device: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def stats_lines(stats: RequestStats, load_seconds: float, total_seconds: float, peak_bytes: int) -> list[str]:
+def stats_lines(stats: RequestStats, load_seconds: float, total_seconds: float, peak_bytes: int,
+                extra: list[tuple[str, str]] = ()) -> list[str]:
+    """Ollama's rows in its format, then ours (peak memory, energy, and `extra`: the weight formats)."""
     rows = [
         ("total duration", format_duration(total_seconds)),
         ("load duration", format_duration(load_seconds)),
@@ -48,12 +50,21 @@ def stats_lines(stats: RequestStats, load_seconds: float, total_seconds: float, 
         per_token = stats.joules_per_token or 0.0
         rows.append(("energy", f"{stats.energy_joules:.2f} J ({per_token:.3f} J/token)"))
         rows.append(("CO2", f"{co2_grams(stats.energy_joules):.4f} g at {grid_intensity():g} g/kWh"))
+    rows += extra
     return [f"{name + ':':<22}{value}" for name, value in rows]
 
 
-def print_stats(stats: RequestStats, device: str, load_seconds: float) -> None:
+def weight_rows(model: Any) -> list[tuple[str, str]]:
+    """The format of each layer group and the weight bytes a decode step reads, from the built model."""
+    from llamarun.quant.footprint import footprint_rows, model_footprint
+
+    return footprint_rows(model_footprint(model))
+
+
+def print_stats(stats: RequestStats, device: str, load_seconds: float,
+                extra: list[tuple[str, str]] = ()) -> None:
     """Print the statistics to stderr; `load_seconds` is 0 for requests that did not pay for the load."""
     load = load_seconds
     total = load + stats.prompt_seconds + stats.decode_seconds
-    for line in stats_lines(stats, load, total, peak_memory_bytes(device)):
+    for line in stats_lines(stats, load, total, peak_memory_bytes(device), extra):
         print(line, file=sys.stderr)

@@ -10,7 +10,8 @@ import torch
 
 from llamarun.engine.llm_engine import EngineConfig, LLMEngine
 from llamarun.errors import LlamarunError
-from llamarun.quant.modes import choose_weights, weight_bytes
+from llamarun.quant.method import packer
+from llamarun.quant.modes import choose_weights, method_for, weight_bytes
 from llamarun.store.resolve import ResolvedModel, resolve_model
 from llamarun.utils.devices import check_device, default_device, default_dtype
 
@@ -50,7 +51,6 @@ def load_model(model: str | ResolvedModel, *, context_length: int | None = None,
     from llamarun.chat.select import select_chat_template
     from llamarun.loaders.registry import open_checkpoint
     from llamarun.models.build import build_model
-    from llamarun.quant.int8_cpu import pack_int8
     from llamarun.store.catalog import smaller_variants
     from llamarun.utils.memory import plan_memory
     from llamarun.utils.progress import count_bar
@@ -75,7 +75,7 @@ def load_model(model: str | ResolvedModel, *, context_length: int | None = None,
     template = select_chat_template(ckpt.chat_template, tokenizer)
     with count_bar("loading weights", len(ckpt.tensor_names), enabled=None if progress else False) as bar:
         net = build_model(ckpt, dtype, device, on_tensor=lambda _name: bar.advance(),
-                          pack=pack_int8 if mode == "int8" else None)
+                          pack=packer(method_for(mode)))
     engine = LLMEngine(net, EngineConfig(context_length=context, kv_tokens=kv), dtype=dtype, device=device)
     return LoadedModel(
         name=resolved.name, checkpoint=ckpt, config=config, tokenizer=tokenizer, template=template,

@@ -1,36 +1,115 @@
-"""How linear weights are held (`--weights`): expanded to the compute dtype, or packed int8, and what that costs."""
+"""How linear weights are held (`--weights`, alias `--quantize`): expanded, or packed by a quantization method.
+
+One knob, several spellings: `auto` and `exact` keep what the checkpoint implies, `int8`, `fp8` and
+`int4` (group 128, or `int4-g64`) quantize online as each linear loads. Checked here, before any weight
+is read: the device can run the format, and the group size divides every linear's input size.
+Imports no torch at module level (the CLI validates flags with it).
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from llamarun.errors import LlamarunError
 
-WEIGHT_MODES = ("auto", "exact", "int8")
+QUANTIZE_FORMATS = ("fp8", "int8", "int4")
+WEIGHT_MODES = ("auto", "exact", *QUANTIZE_FORMATS)
+ONLINE_GROUP_SIZES = (128, 64)
+_INT4 = re.compile(r"int4(?:-g(\d+))?")
 
 
-def choose_weights(mode: str, ckpt: Any, device: str) -> str:
-    """How linear weights are held: expanded to the compute dtype ("exact") or packed int8.
+def weights_mode(name: str, group_size: int | None = None) -> str:
+    """The canonical mode for a CLI choice: `int4` with a group size becomes `int4-g64`; others as they are."""
+    if group_size is not None and not name.startswith("int4"):
+        raise LlamarunError(f"--group-size applies to int4, not to '{name}'", "drop --group-size")
+    if name == "int4":
+        return f"int4-g{group_size or 128}"
+    return name
 
-    "auto" packs on CPUs when the checkpoint is already quantized (GGUF, MLX): decoding is bound by
-    memory traffic and per-op cost there, and int8 costs a quarter of float32's bytes for a deviation
-    far below the file's own quantization error. Float checkpoints stay exact unless asked.
+
+def method_for(mode: str) -> Any:
+    """The QuantMethod that packs linears under `mode`, or None for float weights."""
+    if mode in ("auto", "exact"):
+        return None
+    if mode == "fp8":
+        from llamarun.quant.fp8 import Fp8Method
+
+        return Fp8Method()
+    if mode == "int8":
+        from llamarun.quant.int8 import Int8Method
+
+        return Int8Method()
+    match = _INT4.fullmatch(mode)
+    if match:
+        from llamarun.quant.int4 import Int4Method
+
+        return Int4Method(int(match.group(1) or 128))
+    raise LlamarunError(f"unknown weights format '{mode}'", f"choose one of {', '.join(WEIGHT_MODES)}")
+
+
+def resolve_weights(mode: str, *, device: str, config: Any, quantized: bool = False) -> str:
+    """The mode to load with, checked against the device and the model's shapes (a clear error otherwise).
+
+    "auto" packs int8 on CPUs when the checkpoint is already quantized (GGUF, MLX): decoding is bound by
+    memory traffic there, and int8 costs a quarter of float32's bytes for a deviation far below the
+    file's own quantization error. Float checkpoints stay exact unless asked.
     """
-    from llamarun.quant.int8_cpu import supported_here
-
-    if mode not in WEIGHT_MODES:
-        raise LlamarunError(f"unknown weights mode '{mode}'", f"choose one of {', '.join(WEIGHT_MODES)}")
     if mode == "auto":
-        return "int8" if ckpt.is_quantized and supported_here(device) else "exact"
-    if mode == "int8" and not supported_here(device):
-        raise LlamarunError(f"int8 weights run on the CPU only, not on '{device}'", "use --weights exact")
+        from llamarun.quant.int8 import cpu_kernel_available
+
+        return "int8" if quantized and device == "cpu" and cpu_kernel_available() else "exact"
+    if mode == "exact":
+        return mode
+    mode = weights_mode(mode)  # bare int4 -> int4-g128
+    method = method_for(mode)  # an unknown name fails here
+    if mode == "fp8":
+        _check_fp8(device)
+    elif not (device == "cpu" or device.startswith("cuda")):
+        raise LlamarunError(f"{mode} weights run on CPUs and CUDA GPUs, not on '{device}'", "use --weights exact")
+    group = getattr(method, "group_size", None)
+    if group is not None:
+        if group not in ONLINE_GROUP_SIZES:
+            raise LlamarunError(f"int4 group size {group} is not offered for online quantization",
+                                "use --group-size 128 or 64")
+        check_group_size(config, group)
     return mode
 
 
+def choose_weights(mode: str, ckpt: Any, device: str) -> str:
+    """`resolve_weights` for a checkpoint: its config, and whether its file was quantized."""
+    return resolve_weights(mode, device=device, config=ckpt.config, quantized=ckpt.is_quantized)
+
+
+def _check_fp8(device: str) -> None:
+    import torch
+
+    from llamarun.quant.fp8 import fp8_capable
+
+    if fp8_capable(device):
+        return
+    need = "fp8 needs an NVIDIA GPU with FP8 tensor cores (compute capability 8.9 or higher: Ada, Hopper, Blackwell)"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(device)
+        raise LlamarunError(f"{need}; {torch.cuda.get_device_name(device)} has {major}.{minor}",
+                            "use --quantize int8 (W8A8) or --quantize int4 on this GPU")
+    raise LlamarunError(f"{need}, not '{device}'", "use --quantize int8 or --quantize int4 on a CPU")
+
+
+def check_group_size(config: Any, group: int) -> None:
+    """A clear error unless int4 groups of `group` inputs divide every linear's input size."""
+    from llamarun.quant.footprint import linear_shapes
+
+    inputs = sorted({k for shapes in linear_shapes(config).values() for _n, k, _c in shapes})
+    bad = [k for k in inputs if k % group]
+    if bad:
+        fits = [g for g in ONLINE_GROUP_SIZES if all(k % g == 0 for k in inputs)]
+        hint = f"use --group-size {fits[0]}" if fits else "no online int4 group size fits; use --quantize int8"
+        raise LlamarunError(f"int4 group size {group} does not divide the input size {bad[0]} of this model", hint)
+
+
 def weight_bytes(config: Any, mode: str, element: int) -> int:
-    """Bytes the loaded weights take: linears at 1 byte per parameter when packed int8."""
-    embed = config.vocab_size * config.hidden_size
-    if mode == "exact":
-        return config.num_parameters * element
-    linears = config.num_parameters - embed - (0 if config.tie_word_embeddings else embed)
-    return embed * element + linears + embed  # float embedding table + int8 linears + int8 head
+    """Bytes the loaded weights take: float parts at `element` bytes, packed linears at their real size."""
+    from llamarun.quant.footprint import plan_footprint, total_bytes
+
+    return total_bytes(plan_footprint(config, method_for(mode), element, ""))

@@ -1,0 +1,56 @@
+"""`llamarun quantize MODEL --format fp8|int8|int4 OUT_DIR`: a reusable compressed-tensors checkpoint.
+
+torch is imported inside the handler only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from llamarun.errors import LlamarunError
+from llamarun.quant.modes import ONLINE_GROUP_SIZES, QUANTIZE_FORMATS
+
+
+def register(subparsers: Any) -> None:
+    """Add `quantize` to the `llamarun` parser."""
+    p = subparsers.add_parser(
+        "quantize", help="quantize a model and save it as a compressed-tensors checkpoint",
+        description="Quantize the decoder linears of a Hugging Face checkpoint (round to nearest, no calibration) "
+                    "and write a compressed-tensors folder that llamarun, vLLM and others load.")
+    p.add_argument("model", help="model name or path of a Hugging Face safetensors checkpoint")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (must not exist or be empty)")
+    p.add_argument("--format", required=True, choices=QUANTIZE_FORMATS,
+                   help="fp8 (W8A8, per-channel weights, per-token activations at run time), int8 (W8A8), "
+                        "int4 (W4A16, asymmetric groups)")
+    p.add_argument("--group-size", type=int, choices=ONLINE_GROUP_SIZES, metavar="{128,64}",
+                   help="int4 only: inputs sharing one scale and zero point (default 128)")
+    p.add_argument("--device", help="where to quantize: cpu or cuda (default: cuda when available)")
+    p.set_defaults(handler=quantize)
+
+
+def quantize(args: argparse.Namespace) -> int:
+    from llamarun.loaders.registry import open_checkpoint
+    from llamarun.quant.modes import check_group_size, weights_mode
+    from llamarun.quant.save import save_quantized
+    from llamarun.store.resolve import resolve_model
+    from llamarun.utils.devices import check_device, default_device
+    from llamarun.utils.progress import count_bar
+
+    mode = weights_mode(args.format, args.group_size)  # --group-size without int4 fails here
+    out = Path(args.out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise LlamarunError(f"{out} exists and is not an empty folder", "give a new folder for the checkpoint")
+    device = check_device(args.device or default_device())
+    resolved = resolve_model(args.model)
+    ckpt = open_checkpoint(resolved.path, resolved.format)
+    if args.format == "int4":
+        check_group_size(ckpt.config, int(mode.rpartition("-g")[2]))
+    with count_bar("quantizing", len(ckpt.tensor_names), enabled=None if sys.stderr.isatty() else False) as bar:
+        files = save_quantized(ckpt, out, args.format, group_size=args.group_size, device=device,
+                               on_tensor=lambda _name: bar.advance())
+    size = sum(f.stat().st_size for f in files)
+    print(f"wrote {resolved.name} as {mode} (compressed-tensors) to {out}: {len(files)} files, {size / 1e9:.2f} GB")
+    return 0

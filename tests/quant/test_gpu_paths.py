@@ -1,0 +1,94 @@
+"""The CUDA paths of the methods: FP8 `_scaled_mm`, INT8 `_int_mm`, the Triton kernels, 8B random weights in INT4.
+
+Marked `gpu`; skipped without CUDA (and FP8 without compute capability 8.9).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from llamarun.quant.fp8 import GEMV_MAX_ROWS, Fp8Method, fp8_capable
+from llamarun.quant.int4 import Int4Method
+from llamarun.quant.int8 import INT_MM_MIN_ROWS, Int8Method
+from llamarun.quant.layouts import dequantize
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def _case(rows: int, n: int = 4096, k: int = 4096):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    weight = torch.randn(n, k, device="cuda", generator=gen, dtype=torch.bfloat16) * 0.02
+    x = torch.randn(rows, k, device="cuda", generator=gen, dtype=torch.bfloat16)
+    return weight, x
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not fp8_capable("cuda"), reason="needs FP8 tensor cores")
+@pytest.mark.parametrize("rows", [GEMV_MAX_ROWS + 1, 256])
+def test_fp8_scaled_mm_matches_the_reference(rows):
+    weight, x = _case(rows)
+    layout = Fp8Method().quantize(weight)
+    module = Fp8Method().create(layout)
+    assert module._gemm
+    got = module(x)
+    expected = x.float() @ dequantize(layout).t()  # [rows, N]
+    assert got.dtype == torch.bfloat16 and got.shape == expected.shape
+    # Per-token FP8 activations (3 mantissa bits) cost about 2-3% relative; a wrong scale costs 100%+.
+    assert _rel(got, expected) < 0.05
+
+
+@pytest.mark.parametrize("rows", [INT_MM_MIN_ROWS, 256])
+def test_int8_int_mm_matches_the_reference(rows):
+    weight, x = _case(rows)
+    layout = Int8Method().quantize(weight)
+    got = Int8Method().create(layout)(x)
+    assert _rel(got, x.float() @ dequantize(layout).t()) < 0.02  # per-token int8 activations
+
+
+@pytest.mark.parametrize("rows", [1, 4, INT_MM_MIN_ROWS - 1])
+def test_int8_weight_only_for_decode_batches(rows):
+    weight, x = _case(rows)
+    layout = Int8Method().quantize(weight)
+    assert _rel(Int8Method().create(layout)(x), x.float() @ dequantize(layout).t()) < 0.01
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llamarun.kernels.int4_matmul") is None, reason="no int4 kernel yet")
+@pytest.mark.parametrize("rows", [1, 8, 128])
+def test_int4_kernel_path_matches_the_reference(rows):
+    weight, x = _case(rows)
+    layout = Int4Method(128).quantize(weight)
+    assert _rel(Int4Method(128).create(layout)(x), x.float() @ dequantize(layout).t()) < 0.01
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not fp8_capable("cuda")
+                    or importlib.util.find_spec("llamarun.kernels.fp8_matmul") is None, reason="no fp8 GEMV")
+@pytest.mark.parametrize("rows", [1, GEMV_MAX_ROWS])
+def test_fp8_gemv_path_matches_the_reference(rows):
+    weight, x = _case(rows)
+    layout = Fp8Method().quantize(weight)
+    assert _rel(Fp8Method().create(layout)(x), x.float() @ dequantize(layout).t()) < 0.01
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llamarun.kernels.int4_matmul") is None, reason="no int4 kernel yet")
+def test_random_8b_in_int4_never_holds_the_bf16_model():
+    from llamarun.bench.random_weights import PRESETS, build_random_model
+    from llamarun.quant.modes import weight_bytes
+
+    config = PRESETS["llama3.1-8b"]
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    model = build_random_model(config, device="cuda", dtype=torch.bfloat16, method=Int4Method(128))
+    peak = torch.cuda.max_memory_allocated() - base
+    held = torch.cuda.memory_allocated() - base
+    assert held == pytest.approx(weight_bytes(config, "int4-g128", 2), rel=0.01)
+    # One float linear (the 2 x 14336 x 4096 gate/up, or the head) and its float32 copy on top of the packed model.
+    assert peak < held + 3 * 2 * config.vocab_size * config.hidden_size * 2
+    assert peak < config.num_parameters * 2 / 2  # far below the 16 GB of bf16 weights
+    del model

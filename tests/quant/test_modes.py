@@ -1,0 +1,73 @@
+"""The weights knob: which formats a device can run, group sizes that fit the model, and the errors otherwise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llamarun.bench.random_weights import PRESETS
+from llamarun.errors import LlamarunError
+from llamarun.quant.modes import resolve_weights, weight_bytes, weights_mode
+
+LLAMA8B = PRESETS["llama3.1-8b"]
+TINY = PRESETS["tiny"]  # hidden 64, intermediate 160: neither 128 nor 64 divides every input
+
+
+def test_online_formats_resolve_on_cpu():
+    assert resolve_weights("int8", device="cpu", config=LLAMA8B) == "int8"
+    assert resolve_weights("int4", device="cpu", config=LLAMA8B) == "int4-g128"
+    assert resolve_weights("int4-g64", device="cpu", config=LLAMA8B) == "int4-g64"
+    assert resolve_weights("auto", device="cpu", config=LLAMA8B, quantized=True) == "int8"
+    assert resolve_weights("auto", device="cpu", config=LLAMA8B) == "exact"
+
+
+def test_fp8_on_a_cpu_names_formats_that_run():
+    with pytest.raises(LlamarunError, match=r"compute capability 8\.9") as err:
+        resolve_weights("fp8", device="cpu", config=LLAMA8B)
+    assert "int8" in str(err.value) and "int4" in str(err.value)
+
+
+def test_fp8_on_a_gpu_without_fp8_names_formats_that_run(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")
+    with pytest.raises(LlamarunError, match=r"NVIDIA A100 has 8\.0") as err:
+        resolve_weights("fp8", device="cuda", config=LLAMA8B)
+    assert "--quantize int8" in str(err.value) and "int4" in str(err.value)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert resolve_weights("fp8", device="cuda", config=LLAMA8B) == "fp8"
+
+
+def test_unknown_format_lists_the_known_ones():
+    with pytest.raises(LlamarunError, match="unknown weights format 'nf4'") as err:
+        resolve_weights("nf4", device="cpu", config=LLAMA8B)
+    assert "fp8" in str(err.value) and "int4" in str(err.value)
+
+
+def test_group_size_that_does_not_divide_names_what_would_run():
+    with pytest.raises(LlamarunError, match="group size 128 does not divide the input size 64") as err:
+        resolve_weights("int4", device="cpu", config=TINY)
+    assert "int8" in str(err.value)  # neither 128 nor 64 divides 160
+    smol = LLAMA8B.replace(hidden_size=576, intermediate_size=1536, num_heads=9, num_kv_heads=3, head_dim=64)
+    with pytest.raises(LlamarunError, match="input size 576") as err:
+        resolve_weights("int4-g128", device="cpu", config=smol)
+    assert "--group-size 64" in str(err.value)
+    with pytest.raises(LlamarunError, match="not offered"):
+        resolve_weights("int4-g32", device="cpu", config=LLAMA8B)
+
+
+def test_group_size_only_with_int4():
+    assert weights_mode("int4", 64) == "int4-g64" and weights_mode("int4") == "int4-g128"
+    with pytest.raises(LlamarunError, match="--group-size applies to int4"):
+        weights_mode("int8", 64)
+
+
+def test_bytes_per_format_for_the_8b_shape():
+    exact = weight_bytes(LLAMA8B, "exact", 2)
+    assert exact == LLAMA8B.num_parameters * 2
+    embed = LLAMA8B.vocab_size * LLAMA8B.hidden_size * 2  # stays bf16
+    for mode, per_weight in (("fp8", 1.0), ("int8", 1.0), ("int4-g128", 0.5 + 4 / 128), ("int4-g64", 0.5 + 4 / 64)):
+        linears = LLAMA8B.num_parameters - LLAMA8B.vocab_size * LLAMA8B.hidden_size - 65 * 4096
+        got = weight_bytes(LLAMA8B, mode, 2)
+        assert got == pytest.approx(embed + linears * per_weight + 65 * 4096 * 2, rel=1e-3), mode
+    assert weight_bytes(LLAMA8B, "int4-g128", 2) < 6e9 < weight_bytes(LLAMA8B, "fp8", 2) < 9.5e9 < exact
