@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llamarun.quant.layouts import Fp8Weight, Int4Weight
+from llamarun.quant.layouts import Fp8Weight, Int4Weight, Int8Weight
 
 BLOCK_N, BLOCK_K = 32, 256
 
@@ -54,10 +54,11 @@ def _scaled_kernel(w_ptr, s_ptr, out_ptr, N, K, stride_wn, stride_on, PER_CHANNE
     tl.store(out_ptr + rows64 * stride_on + cols[None, :], w.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def dequantize_to(w: Int4Weight | Fp8Weight, dtype: torch.dtype) -> torch.Tensor:
+def dequantize_to(w: Int4Weight | Fp8Weight | Int8Weight, dtype: torch.dtype) -> torch.Tensor:
     """The [N, K] weight in `dtype`, on w's device."""
     n, k = w.shape
     out = torch.empty(n, k, dtype=dtype, device=w.scales.device if isinstance(w, Int4Weight) else w.scale.device)
+    weight = w.qweight if isinstance(w, Int8Weight | Int4Weight) else w.weight
     if isinstance(w, Int4Weight):
         if w.group_size % 8 or w.group_size & (w.group_size - 1):
             raise ValueError(f"dequantize_to: int4 group size {w.group_size} is not a power of two from 8")
@@ -68,6 +69,6 @@ def dequantize_to(w: Int4Weight | Fp8Weight, dtype: torch.dtype) -> torch.Tensor
         return out
     scale = w.scale.reshape(-1)
     grid = (triton.cdiv(n, BLOCK_N), triton.cdiv(k, BLOCK_K))
-    _scaled_kernel[grid](w.weight, scale, out, n, k, w.weight.stride(0), out.stride(0),
+    _scaled_kernel[grid](weight, scale, out, n, k, weight.stride(0), out.stride(0),
                          PER_CHANNEL=scale.numel() > 1, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=4)
     return out

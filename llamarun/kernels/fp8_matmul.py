@@ -13,18 +13,27 @@ import torch
 import torch.nn.functional as F
 
 from llamarun.kernels.dequantize import dequantize_to
-from llamarun.kernels.gemv import gemv_fp8
+from llamarun.kernels.gemv import gemv_scaled
 from llamarun.kernels.skinny_matmul import MAX_ROWS, skinny_matmul
-from llamarun.quant.layouts import Fp8Weight
+from llamarun.quant.layouts import Fp8Weight, Int8Weight
 
 
 def fp8_matmul(x: torch.Tensor, w: Fp8Weight, out: torch.Tensor | None = None,
                silu_input: bool = False) -> torch.Tensor:
     """x [M, K] (bf16/fp16) @ dequantize(w)^T -> [M, N] in x's dtype; `silu_input` as in `int4_matmul`."""
+    return scaled_matmul(x, w, out, silu_input)
+
+
+def scaled_matmul(x: torch.Tensor, w: Fp8Weight | Int8Weight, out: torch.Tensor | None = None,
+                  silu_input: bool = False) -> torch.Tensor:
+    """The weight-only product for any 8-bit weight with a channel scale: float8 here, int8 for the INT8 method
+    (its values are exact in bf16, so the same kernels read it)."""
+    weight = w.weight if isinstance(w, Fp8Weight) else w.qweight
+    scale = w.scale.reshape(-1)
     if x.shape[0] == 1:
-        return gemv_fp8(x, w.weight, w.scale.reshape(-1), out=out, silu_input=silu_input)
+        return gemv_scaled(x, weight, scale, out=out, silu_input=silu_input)
     if x.shape[0] <= MAX_ROWS:
-        return skinny_matmul(x, w.weight, w.scale.reshape(-1), out=out, silu_input=silu_input)
+        return skinny_matmul(x, weight, scale, out=out, silu_input=silu_input)
     if silu_input:
         from llamarun.kernels.activation import silu_and_mul
 

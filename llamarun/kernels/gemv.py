@@ -5,7 +5,7 @@ matters is how many weight bytes each multiprocessor has in flight. So each prog
 weight rows in wide tiles along K (several KiB a row per iteration, vector loads), multiplies in
 float32 registers and reduces along K at the end of the tile.
 
-- float8 (`gemv_fp8`): per-channel (or per-tensor) float32 scale applied once per output.
+- float8 or int8 (`gemv_scaled`): per-channel (or per-tensor) float32 scale applied once per output.
 - int4 (`gemv_int4`): the nibbles are read as int32 words of eight (k = 8c + i at bits 4i); each of the
   eight positions becomes the float 1 + q/16 by a shift and a mask (no int-to-float conversion, which
   runs at a quarter of the FMA rate) and meets the activations at stride 8, so no tile is reshaped
@@ -29,7 +29,7 @@ CONFIG = {"fp8": (4, 1024, 4), "int4": (8, 4096, 4)}  # swept on the H200, 2026-
 
 
 @triton.jit
-def _gemv_fp8_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_wn, PER_CHANNEL: tl.constexpr,
+def _gemv_scaled_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_wn, PER_CHANNEL: tl.constexpr,
                      SILU_INPUT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = rows < N
@@ -90,9 +90,12 @@ def _check(x: torch.Tensor, k: int, k_w: int, n: int, silu_input: bool) -> None:
                          + (" (merged gate/up: twice the width)" if silu_input else ""))
 
 
-def gemv_fp8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out: torch.Tensor | None = None,
-             silu_input: bool = False) -> torch.Tensor:
-    """x [1, K] @ (weight [N, K] float8 * scale)^T -> [1, N] in x's dtype (x [1, 2K] gate/up with silu_input)."""
+def gemv_scaled(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out: torch.Tensor | None = None,
+                silu_input: bool = False) -> torch.Tensor:
+    """x [1, K] @ (weight [N, K] float8 or int8 * scale)^T -> [1, N] in x's dtype.
+
+    With `silu_input`, x is the merged gate/up output [1, 2K], read as silu(gate) * up.
+    """
     n, k_w = weight.shape
     k = x.shape[1] // 2 if silu_input else x.shape[1]
     _check(x, k, k_w, n, silu_input)
@@ -101,7 +104,7 @@ def gemv_fp8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out: to
     while k % block_k:
         block_k //= 2
     y = torch.empty(1, n, dtype=x.dtype, device=x.device) if out is None else out
-    _gemv_fp8_kernel[(triton.cdiv(n, block_n),)](x, weight, scale, y, n, k, weight.stride(0),
+    _gemv_scaled_kernel[(triton.cdiv(n, block_n),)](x, weight, scale, y, n, k, weight.stride(0),
                                                  PER_CHANNEL=scale.numel() > 1, SILU_INPUT=silu_input,
                                                  BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
     return y

@@ -64,6 +64,13 @@ class Fp8Linear(PackedLinear):
             y = self._scaled_gemm(x2)
         return y.reshape(*shape[:-1], self.out_features)
 
+    def forward_silu_input(self, gate_up: torch.Tensor) -> torch.Tensor:
+        if gate_up.is_cuda and gate_up.dim() == 2 and gate_up.shape[0] <= GEMV_MAX_ROWS:
+            from llamarun.kernels.fp8_matmul import fp8_matmul
+
+            return fp8_matmul(gate_up, self.layout(), silu_input=True)  # [M, N]
+        return super().forward_silu_input(gate_up)
+
     def _scaled_gemm(self, x2: torch.Tensor) -> torch.Tensor:
         if self._rowwise:
             xq, xs = quantize_tokens_fp8(x2)  # [M, K] fp8, [M, 1] float32

@@ -100,6 +100,14 @@ class Int4Linear(PackedLinear):
         return y.reshape(*shape[:-1], self.out_features)
 
 
+    def forward_silu_input(self, gate_up: torch.Tensor) -> torch.Tensor:
+        if gate_up.is_cuda and gate_up.dim() == 2:
+            from llamarun.kernels.int4_matmul import int4_matmul
+
+            return int4_matmul(gate_up, self.layout(), silu_input=True)  # [M, N]
+        return super().forward_silu_input(gate_up)
+
+
 class Int4Method(QuantMethod):
     """INT4 weight-only (W4A16), asymmetric, group size 128 or 64 online (32 for GGUF blocks)."""
 

@@ -71,8 +71,18 @@ class Int8Linear(PackedLinear):
             xq, xs = quantize_tokens_int8(x2)  # [M, K] int8, [M, 1] float32
             acc = torch._int_mm(xq, self.qweight.t())  # [M, N] int32
             return (acc.float() * xs * self.scale).to(x2.dtype)
-        # int8 values are exact in bf16/fp16, so this is the weight-only product, scaled per channel.
-        return (x2 @ self.qweight.to(x2.dtype).t()) * self.scale.to(x2.dtype)  # [M, N]
+        # Weight-only: int8 values are exact in bf16/fp16; decode batches read the int8 bytes once in the
+        # same kernels as FP8 (GEMV, skinny tensor-core), larger ones expand the weight for cuBLAS.
+        from llamarun.kernels.fp8_matmul import scaled_matmul
+
+        return scaled_matmul(x2, self.layout())  # [M, N]
+
+    def forward_silu_input(self, gate_up: torch.Tensor) -> torch.Tensor:
+        if gate_up.is_cuda and gate_up.dim() == 2 and gate_up.shape[0] < INT_MM_MIN_ROWS:
+            from llamarun.kernels.fp8_matmul import scaled_matmul
+
+            return scaled_matmul(gate_up, self.layout(), silu_input=True)  # [M, N]
+        return super().forward_silu_input(gate_up)
 
     def _cpu(self, x2: torch.Tensor) -> torch.Tensor:
         xb = x2.to(torch.bfloat16)  # [M, K]

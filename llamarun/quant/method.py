@@ -36,6 +36,16 @@ class PackedLinear(nn.Module):
         """The packed weight in its shared layout (for references, bytes and checkpoint writers)."""
         raise NotImplementedError
 
+    def forward_silu_input(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """self(silu(gate) * up) from the merged gate/up output [M, 2K] (`layers.fused.down_projection`).
+
+        GPU subclasses read the activation inside their decode kernel (one launch less per layer);
+        this default runs the two steps.
+        """
+        from llamarun.layers.fused import silu_and_mul
+
+        return self(silu_and_mul(gate_up))
+
     def nbytes(self) -> int:
         """Bytes the packed weight takes (kernel-private copies such as bf16 scales not counted): what one
         decode step reads."""

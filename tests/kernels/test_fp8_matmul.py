@@ -47,3 +47,14 @@ def test_skinny_matmul_refuses_bad_shapes(device, dtype):
         skinny_matmul(torch.randn(17, 64).to(dtype).to(device), w.weight, w.scale)
     with pytest.raises(ValueError, match="does not match"):
         skinny_matmul(torch.randn(1, 32).to(dtype).to(device), w.weight, w.scale)
+
+
+@pytest.mark.parametrize("rows", [1, 4, 20])  # GEMV, skinny, expand + matmul
+def test_int8_weights_take_the_same_kernels(rows, device, dtype):
+    from llamarun.kernels.fp8_matmul import scaled_matmul
+    from llamarun.quant.layouts import Int8Weight
+
+    q = torch.randint(-127, 128, (40, 512), dtype=torch.int8)
+    w = Int8Weight(q.to(device), (torch.rand(40) * 0.01).to(device))
+    x = torch.randn(rows, 512).to(dtype).to(device)
+    _close(scaled_matmul(x, w), x.float() @ dequantize(w).t())
