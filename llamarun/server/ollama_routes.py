@@ -120,11 +120,12 @@ async def _respond(request: Request, stream: bool, reply: Reply, piece: Piece,
                 out_ids.extend(chunk.token_ids)
                 if not (chunk.text or chunk.logprobs or chunk.finished):
                     continue  # half a UTF-8 character: wait for the rest
+                text = chunk.text
                 if chunk.tool_calls:  # as Ollama: the calls in a message of their own, before the last
                     yield ndjson({"model": model, "created_at": rfc3339(time.time()),
-                                  **piece(chunk.text, chunk.tool_calls), "done": False})
-                    chunk.text = ""
-                obj = {"model": model, "created_at": rfc3339(time.time()), **piece(chunk.text, [])}
+                                  **piece(text, chunk.tool_calls), "done": False})
+                    text = ""
+                obj = {"model": model, "created_at": rfc3339(time.time()), **piece(text, [])}
                 if want_logprobs:
                     obj["logprobs"] = _logprobs(chunk.logprobs)
                 if chunk.finished:
