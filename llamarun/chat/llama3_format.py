@@ -104,11 +104,20 @@ class Llama3ChatFormat(ChatTemplate):
 
     def _with_system_preamble(self, chat: list[Message], tools: list[dict] | None) -> list[Message]:
         preamble = self._system_preamble(tools)
-        if not preamble:
-            return chat
-        if chat[0].role == "system":
-            return [replace(chat[0], content=preamble + chat[0].content), *chat[1:]]
-        return [Message(role="system", content=preamble), *chat]
+        if preamble and chat[0].role == "system":
+            own = chat[0].content
+            # With tools, Meta's reference ends the system turn with a newline after the user's own prompt.
+            tail = "\n" if tools is not None and own else ""
+            chat = [replace(chat[0], content=preamble + own + tail), *chat[1:]]
+        elif preamble:
+            chat = [Message(role="system", content=preamble), *chat]
+        custom = [t for t in tools or [] if _tool_name(0, t) not in _BUILTIN_TOOLS]
+        if custom:
+            # Meta's JSON tool format: the definitions in a user turn of their own, before the first user
+            # turn, so every turn of a conversation shares the same prompt prefix (and its cache).
+            at = next((i for i, m in enumerate(chat) if m.role == "user"), len(chat))
+            chat.insert(at, Message(role="user", content=_custom_tools_prompt(custom)))
+        return chat
 
     def _system_preamble(self, tools: list[dict] | None) -> str:
         if tools is not None and (
@@ -121,21 +130,25 @@ class Llama3ChatFormat(ChatTemplate):
         text = ""
         if tools is not None:
             text += "Environment: ipython\n"
-            # The code interpreter is switched on by the Environment line alone.
+            # The code interpreter is switched on by the Environment line alone; with no Tools line,
+            # Meta's reference leaves the line empty.
             listed = [n for n in names if n in _QUERY_TOOLS]
-            if listed:
-                text += f"Tools: {', '.join(listed)}\n"
+            text += f"Tools: {', '.join(listed)}\n" if listed else "\n"
         if self.include_default_system or tools is not None:
             day = self.today or date.today()
             text += f"Cutting Knowledge Date: {_KNOWLEDGE_CUTOFF}\nToday Date: {day.strftime('%d %b %Y')}\n\n"
-        custom = [t for t, n in zip(tools or [], names, strict=True) if n not in _BUILTIN_TOOLS]
-        if custom:
-            text += (
-                "You can call the functions below. To call one, reply with only a JSON object "
-                '{"name": function name, "parameters": {argument name: value}} and nothing else.\n\n'
-            )
-            text += "".join(json.dumps(t, indent=4, ensure_ascii=False) + "\n\n" for t in custom)
         return text
+
+
+def _custom_tools_prompt(custom: list[dict]) -> str:
+    """Meta's instructions for JSON custom tools (llama-models' Llama 3.1 prompt format), each tool as JSON."""
+    return (
+        "Answer the user's question by making use of the following functions if needed.\n"
+        "If none of the function can be used, please say so.\n"
+        "Here is a list of functions in JSON format:\n"
+        + "".join(json.dumps(t, indent=4, ensure_ascii=False) + "\n" for t in custom)
+        + "\nReturn function calls in JSON format."
+    )
 
 
 def _header(role: str) -> list[Piece]:
@@ -146,8 +159,10 @@ def _message_pieces(message: Message) -> list[Piece]:
     # Meta's format calls the tool-result role "ipython"; everywhere else in llamarun it is "tool".
     out = _header("ipython" if message.role == "tool" else message.role)
     calls = message.tool_calls
-    # Meta tags a turn with <|python_tag|> only when its first call is the code interpreter.
-    if calls and calls[0].name == _CODE_INTERPRETER:
+    # Built-in calls (code, brave_search, wolfram_alpha) follow <|python_tag|>, as the model writes them and as
+    # Meta's prompt-format document and its Hugging Face template re-encode them (llama-models' ChatFormat
+    # code tags only code); custom JSON calls are untagged, as in ChatFormat.
+    if calls and calls[0].name in _BUILTIN_TOOLS:
         out.append((True, PYTHON_TAG))
     out.append((False, message.content))
     out.extend((False, _tool_call_text(call)) for call in calls)

@@ -22,7 +22,9 @@ from llamarun.llm.generation import Generation, StageFactory, collect_all, merge
 from llamarun.llm.request_limits import RequestLimits
 from llamarun.llm.served import ServedModel
 from llamarun.llm.text_stream import Completion, StreamChunk
+from llamarun.llm.tool_stage import tool_stage_factory
 from llamarun.sampling.params import SamplingParams
+from llamarun.tools.choice import apply_forced_call
 
 
 @dataclass
@@ -31,7 +33,9 @@ class ChatRequest:
 
     Either `messages` (rendered through the model's chat template, with `tools`) or `prompts` (raw text
     or token ids, no template; one generation set per prompt). `n` generations run per prompt; seeded
-    ones use seed, seed+1, ... so they differ yet repeat. `context` is token ids put before the prompt
+    ones use seed, seed+1, ... so they differ yet repeat. With `tools`, replies are parsed for calls
+    (llm/tool_stage.py); `forced_call_schema` (tool_choice "required" or a named function) constrains
+    the reply to one call through the grammar. `context` is token ids put before the prompt
     (Ollama's generate). `strict_max_tokens`: asking for more than the context holds is an error (OpenAI)
     rather than silently lowered (Ollama). `api` labels the request in metrics.
     """
@@ -40,6 +44,7 @@ class ChatRequest:
     messages: list[Message] | None = None
     prompts: list[str | list[int]] | None = None
     tools: list[dict[str, Any]] | None = None
+    forced_call_schema: dict[str, Any] | None = None
     format: str | dict[str, Any] | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
     n: int = 1
@@ -87,11 +92,13 @@ class ChatService:
             model = lease.served
             prompts = await asyncio.to_thread(prompt_ids, model, req)
             self.limits.check_prompt_tokens(prompts, "messages" if req.messages is not None else "prompt")
-            params = [fit_max_tokens(model, ids, req.params, strict=req.strict_max_tokens) for ids in prompts]
+            base = apply_forced_call(req.params, req.forced_call_schema)
+            params = [fit_max_tokens(model, ids, base, strict=req.strict_max_tokens) for ids in prompts]
             rid = request_id or f"req-{uuid.uuid4().hex[:24]}"
             all_ids = [ids for ids in prompts for _ in range(req.n)]
             all_params = [_seeded(p, i) for p in params for i in range(req.n)]
-            gens = await start_all(model, all_ids, all_params, rid, self.stages)
+            stages = (*self.stages, tool_stage_factory(req.tools, model.tokenizer)) if req.tools else self.stages
+            gens = await start_all(model, all_ids, all_params, rid, stages)
         except BaseException:
             self.models.release(lease)
             raise

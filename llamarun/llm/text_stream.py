@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from llamarun.chat.messages import ToolCall
 from llamarun.engine.stats import RequestStats
 from llamarun.sampling.params import SamplingParams
 from llamarun.sampling.stop import StopStringMatcher
@@ -33,7 +34,8 @@ class TokenLogprob:
 
 @dataclass
 class StreamChunk:
-    """New text of one request since the last chunk; the last chunk has `finished` and `stats`."""
+    """New text of one request since the last chunk; the last chunk has `finished` and `stats`, and the
+    tool calls the reply made (llm/tool_stage.py fills them in)."""
 
     text: str
     token_ids: list[int]
@@ -41,6 +43,7 @@ class StreamChunk:
     finished: bool = False
     finish_reason: str | None = None
     stats: RequestStats | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
 
 @dataclass
@@ -52,9 +55,11 @@ class Completion:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     stats: RequestStats = field(default_factory=RequestStats)
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
     def add(self, chunk: StreamChunk) -> None:
         self.text += chunk.text
+        self.tool_calls += chunk.tool_calls
         self.token_ids += chunk.token_ids
         self.logprobs += chunk.logprobs
         if chunk.finished:

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from llamarun.chat.messages import ToolCall
 from llamarun.engine.energy import energy_fields
 from llamarun.engine.stats import RequestStats
 from llamarun.llm.chat_service import ChatRequest, Reply
@@ -22,10 +23,11 @@ from llamarun.server.errors import parse_body
 from llamarun.server.ollama_schemas import ChatBody, GenerateBody, chat_request, generate_request
 from llamarun.server.store_info import rfc3339
 from llamarun.server.streaming import CleanupStreamingResponse, ndjson, unless_disconnected
+from llamarun.tools.wire import ollama_tool_calls
 
 router = APIRouter()
 NDJSON = "application/x-ndjson"
-Piece = Callable[[str], dict[str, Any]]
+Piece = Callable[[str, list[ToolCall]], dict[str, Any]]
 
 
 @router.post("/api/generate")
@@ -37,7 +39,7 @@ async def generate(request: Request) -> Response:
         return await _load_or_unload(request, req, {"response": ""})
     reply = await request.app.state.service.start(req)
     prompt = reply.prompts[0]
-    return await _respond(request, body.stream, reply, lambda text: {"response": text},
+    return await _respond(request, body.stream, reply, lambda text, _calls: {"response": text},
                           lambda out: {"context": prompt + out})
 
 
@@ -49,8 +51,14 @@ async def chat(request: Request) -> Response:
     if not req.messages:
         return await _load_or_unload(request, req, {"message": {"role": "assistant", "content": ""}})
     reply = await request.app.state.service.start(req)
-    return await _respond(request, body.stream, reply, lambda text: {"message": {"role": "assistant", "content": text}},
-                          lambda out: {})
+    return await _respond(request, body.stream, reply, _chat_message, lambda out: {})
+
+
+def _chat_message(text: str, calls: list[ToolCall]) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if calls:
+        message["tool_calls"] = ollama_tool_calls(calls)
+    return {"message": message}
 
 
 async def _load_or_unload(request: Request, req: ChatRequest, empty: dict[str, Any]) -> JSONResponse:
@@ -100,7 +108,7 @@ async def _respond(request: Request, stream: bool, reply: Reply, piece: Piece,
         if gone:
             return Response(status_code=499)
         result = results[0]
-        body = {"model": model, "created_at": rfc3339(time.time()), **piece(result.text)}
+        body = {"model": model, "created_at": rfc3339(time.time()), **piece(result.text, result.tool_calls)}
         if want_logprobs:
             body["logprobs"] = _logprobs(result.logprobs)
         return JSONResponse(body | _final(reply, result.stats, result.finish_reason) | extra(result.token_ids))
@@ -112,7 +120,12 @@ async def _respond(request: Request, stream: bool, reply: Reply, piece: Piece,
                 out_ids.extend(chunk.token_ids)
                 if not (chunk.text or chunk.logprobs or chunk.finished):
                     continue  # half a UTF-8 character: wait for the rest
-                obj = {"model": model, "created_at": rfc3339(time.time()), **piece(chunk.text)}
+                text = chunk.text
+                if chunk.tool_calls:  # as Ollama: the calls in a message of their own, before the last
+                    yield ndjson({"model": model, "created_at": rfc3339(time.time()),
+                                  **piece(text, chunk.tool_calls), "done": False})
+                    text = ""
+                obj = {"model": model, "created_at": rfc3339(time.time()), **piece(text, [])}
                 if want_logprobs:
                     obj["logprobs"] = _logprobs(chunk.logprobs)
                 if chunk.finished:

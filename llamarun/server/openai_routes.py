@@ -29,6 +29,7 @@ from llamarun.server.openai_schemas import (
 )
 from llamarun.server.store_info import list_entries
 from llamarun.server.streaming import SSE_DONE, SSE_HEADERS, CleanupStreamingResponse, sse, unless_disconnected
+from llamarun.tools.wire import openai_tool_calls
 
 router = APIRouter()
 FINGERPRINT = f"llamarun-{__version__}"
@@ -103,8 +104,8 @@ async def _respond(request: Request, body: Any, reply: Reply, fmt: _Format) -> R
                                     headers=SSE_HEADERS)
 
 
-def _finish_reason(reason: str | None) -> str:
-    return "length" if reason == "length" else "stop"
+def _finish_reason(reason: str | None, called: bool = False) -> str:
+    return "tool_calls" if called else "length" if reason == "length" else "stop"
 
 
 class _Format:
@@ -161,16 +162,26 @@ class _ChatFormat(_Format):
         if chunk.text or chunk.logprobs:
             out.append({"index": i, "delta": {"content": chunk.text}, "logprobs": self._logprobs(chunk.logprobs),
                         "finish_reason": None})
+        if chunk.tool_calls:
+            out.append({"index": i, "delta": {"tool_calls": openai_tool_calls(chunk.tool_calls, with_index=True)},
+                        "logprobs": None, "finish_reason": None})
         if chunk.finished:
-            reason = _finish_reason(chunk.finish_reason)
+            reason = _finish_reason(chunk.finish_reason, bool(chunk.tool_calls))
             out.append({"index": i, "delta": {}, "logprobs": None, "finish_reason": reason})
         return out
 
     def whole(self, results: list[Completion]) -> dict[str, Any]:
-        choices = [{"index": i, "message": {"role": "assistant", "content": r.text},
-                    "logprobs": self._logprobs(r.logprobs), "finish_reason": _finish_reason(r.finish_reason)}
+        choices = [{"index": i, "message": _message(r), "logprobs": self._logprobs(r.logprobs),
+                    "finish_reason": _finish_reason(r.finish_reason, bool(r.tool_calls))}
                    for i, r in enumerate(results)]
         return self.envelope(choices, chunk=False, usage=self.usage())
+
+
+def _message(result: Completion) -> dict[str, Any]:
+    if not result.tool_calls:
+        return {"role": "assistant", "content": result.text}
+    # As OpenAI: a turn that only calls tools has content null.
+    return {"role": "assistant", "content": result.text or None, "tool_calls": openai_tool_calls(result.tool_calls)}
 
 
 class _CompletionFormat(_Format):

@@ -4,7 +4,7 @@ OpenAI's defaults apply here, not Ollama's: temperature 1, top_p 1, and no top-k
 repetition penalty unless a client sends the common extensions (`top_k`, `min_p`,
 `repetition_penalty`, as vLLM accepts them). Unknown fields are ignored; fields that would change the
 answer but are not implemented (`response_format` other than text, `logit_bias`, image or audio
-content, forced tool choice, `suffix`, `best_of`) are refused with a 400.
+content, `suffix`, `best_of`) are refused with a 400. `tool_choice` is checked in tools/choice.py.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from llamarun.chat.messages import Message, parse_messages
 from llamarun.llm.chat_service import ChatRequest
 from llamarun.sampling.params import SamplingParams
 from llamarun.server.errors import ApiError
+from llamarun.tools.choice import forced_call_schema, resolve_tool_choice
 
 MAX_N = 16  # independent choices per request; each is a full generation on the engine
 # Strict: JSON true is not 1, nor 2.0 or "2" an integer (OpenAI refuses them too).
@@ -102,9 +103,6 @@ def sampling_params(req: _Common, max_tokens: int | None, logprobs: int | None) 
 
 def chat_params(req: ChatCompletionBody) -> SamplingParams:
     """Sampling for a chat request, after refusing what is not implemented."""
-    choice = req.tool_choice
-    if choice is not None and choice not in ("none", "auto"):
-        raise ApiError(400, "only tool_choice 'auto' and 'none' are supported", param="tool_choice")
     if req.top_logprobs is not None and not req.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
     if req.max_tokens is not None and req.max_completion_tokens is not None \
@@ -150,8 +148,10 @@ def chat_completion_request(body: ChatCompletionBody) -> ChatRequest:
     """A /v1/chat/completions body as the chat service's request (OpenAI's defaults)."""
     params = chat_params(body)
     fmt = body.response_format or {}
-    return ChatRequest(body.model, messages=chat_messages(body.messages),
-                       tools=body.tools if body.tools and body.tool_choice != "none" else None,
+    choice = resolve_tool_choice(body.tool_choice, body.tools)
+    tools = body.tools if body.tools and choice.mode != "none" else None
+    return ChatRequest(body.model, messages=chat_messages(body.messages), tools=tools,
+                       forced_call_schema=forced_call_schema(tools, choice),
                        format=None if fmt.get("type", "text") == "text" else fmt, params=params, n=body.n,
                        strict_max_tokens=True, api="openai")
 

@@ -178,6 +178,22 @@ DIALOGS = {
 }
 
 
+def with_builtin_call_tags(ids: list[int], dialog: list[dict], meta_tok) -> list[int]:
+    """Meta's ids with <|python_tag|> before each brave_search/wolfram_alpha call.
+
+    Meta's prompt-format document (and its Hugging Face template) write the tag before every built-in call,
+    as the model itself does; llama-models' ChatFormat code adds it only before code. We follow the document.
+    """
+    tag = meta_tok.special_tokens["<|python_tag|>"]
+    for m in dialog:
+        for c in (c.get("function", c) for c in m.get("tool_calls") or []):
+            if c["name"] in ("brave_search", "wolfram_alpha"):
+                call = meta_tok.encode(f'{c["name"]}.call(query="{c["arguments"]["query"]}")', bos=False, eos=False)
+                at = next(i for i in range(len(ids)) if ids[i:i + len(call)] == call)
+                ids = [*ids[:at], tag, *ids[at:]]
+    return ids
+
+
 @pytest.mark.parametrize("name", sorted(DIALOGS))
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
 def test_ids_identical_to_meta_chat_format(name, add_generation_prompt, meta_tok, our_tok):
@@ -189,12 +205,15 @@ def test_ids_identical_to_meta_chat_format(name, add_generation_prompt, meta_tok
         open_header = meta._encode_header("assistant")
         assert expected[-len(open_header) :] == open_header
         expected = expected[: -len(open_header)]
+    expected = with_builtin_call_tags(expected, dialog, meta_tok)
     ids = Llama3ChatFormat().encode(dialog, our_tok, add_generation_prompt=add_generation_prompt)
     assert ids == expected
     # render() shows exactly what encode() feeds the model.
     assert Llama3ChatFormat().render(dialog, add_generation_prompt=add_generation_prompt) == meta_tok.decode(
         expected
     )
+    if name in ("brave_search", "wolfram_alpha"):
+        assert "<|python_tag|>" + name + ".call(" in meta_tok.decode(expected)
 
 
 def test_typed_control_tokens_stay_text(meta_tok, our_tok):
@@ -266,10 +285,14 @@ def test_tools_write_environment_and_tool_lines():
         "Environment: ipython\nTools: brave_search, wolfram_alpha\n"
         "Cutting Knowledge Date: December 2023\nToday Date: 21 Sep 2024\n\n"
     )
-    assert system.endswith("Be helpful.")
-    # The custom tool is described as JSON the model can read back; built-ins are not.
-    blocks = [b for b in system.split("\n\n") if b.startswith("{")]
+    assert system.endswith("Be helpful.\n")
+    # The custom tool is described as JSON the model can read back, in a user turn before the first user
+    # message; built-ins are not.
+    first_user = text.split("<|start_header_id|>user<|end_header_id|>\n\n", 2)[1].split("<|eot_id|>", 1)[0]
+    blocks = [b for b in first_user.split("Here is a list of functions in JSON format:\n")[1].split("\n\n")
+              if b.startswith("{")]
     assert [json.loads(b) for b in blocks] == [weather]
+    assert text.count("<|start_header_id|>user<|end_header_id|>") == 2 and "\n\nHi<|eot_id|>" in text
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +88,8 @@ class Call:
 
 @dataclass
 class FakeAsyncLLM:
-    """A ServedModel; `reply`, `token_delay` and `fail_*` script its behaviour."""
+    """A ServedModel; `reply`, `token_delay` and `fail_*` script its behaviour; `script`, when set, writes the
+    reply from the prompt's text (a tool-calling conversation: a call first, an answer after the result)."""
 
     name: str
     context_length: int = 512
@@ -102,6 +103,7 @@ class FakeAsyncLLM:
     joules_per_token: float | None = None  # set: the fake is a metered GPU (each token costs this much energy)
     format: str = "gguf"
     quantization: str = "Q4_1"
+    script: Callable[[str], str] | None = None
     calls: list[Call] = field(default_factory=list)
     embedded: list[list[int]] = field(default_factory=list)
     running: int = 0
@@ -126,7 +128,9 @@ class FakeAsyncLLM:
         """What the chat service sends for `messages` (for tests to compare against)."""
         return self.template.encode(messages, self.tokenizer, tools=tools)
 
-    def reply_for(self, params: SamplingParams) -> str:
+    def reply_for(self, params: SamplingParams, prompt_ids: Sequence[int] = ()) -> str:
+        if self.script is not None:
+            return self.script(self.tokenizer.decode(prompt_ids, skip_special=True))
         return self.reply if params.seed is None else f"{self.reply} [seed {params.seed}]"
 
     def tokens(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> FakeTokens:
@@ -195,7 +199,7 @@ class FakeTokens:
         if llm.fail_before_first is not None:
             raise llm.fail_before_first
         self._count_cached()
-        tokens, limit = list(llm.reply_for(call.params).encode()), call.params.max_tokens
+        tokens, limit = list(llm.reply_for(call.params, call.prompt_ids).encode()), call.params.max_tokens
         llm.running += 1
         self.started = True
         try:
