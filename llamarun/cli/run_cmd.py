@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from llamarun.api import LLM
-    from llamarun.cli.verbose import print_stats, weight_rows
+    from llamarun.cli.verbose import load_phase_row, print_stats, weight_rows
     from llamarun.utils.devices import check_device
 
     params = sampling_params(args)  # validate flags and read the prompt before a long load
@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         if prompt:
             stream = _one_shot(llm, prompt, args, params)
             if args.verbose:
-                print_stats(stream.stats, llm.device, llm.load_seconds, args.weight_rows)
+                print_stats(stream.stats, llm.device, llm.load_seconds,
+                            [*args.weight_rows, load_phase_row(llm.load_phases)])
             return 0
         return _interactive(llm, args, params)
     finally:
@@ -127,7 +128,7 @@ def _one_shot(llm, prompt: str, args: argparse.Namespace, params):
 
 def _interactive(llm, args: argparse.Namespace, params) -> int:
     from llamarun.chat.messages import Message
-    from llamarun.cli.verbose import print_stats
+    from llamarun.cli.verbose import load_phase_row, print_stats
 
     system, turns, load = args.system, [], llm.load_seconds
     print("Type /? for help, /bye to exit.", file=sys.stderr)
@@ -169,5 +170,6 @@ def _interactive(llm, args: argparse.Namespace, params) -> int:
         turns.append(Message("assistant", stream.text))
         if args.verbose:
             # Like Ollama, the load is reported once, with the request that paid for it.
-            print_stats(stream.stats, llm.device, load, args.weight_rows)
+            phases = [load_phase_row(llm.load_phases)] if load else []
+            print_stats(stream.stats, llm.device, load, [*args.weight_rows, *phases])
             load = 0.0

@@ -61,6 +61,14 @@ def weight_rows(model: Any) -> list[tuple[str, str]]:
     return footprint_rows(model_footprint(model))
 
 
+def load_phase_row(phases: dict[str, float]) -> tuple[str, str]:
+    """The `--verbose` row that splits the load duration into its phases (llm/loading.py)."""
+    parts = [f"{name} {format_duration(phases[name])}" for name in ("checks", "weights", "engine") if name in phases]
+    if phases.get("graphs"):
+        parts[-1] += f" (CUDA graphs {format_duration(phases['graphs'])})"
+    return "load phases", ", ".join(parts)
+
+
 def print_stats(stats: RequestStats, device: str, load_seconds: float,
                 extra: list[tuple[str, str]] = ()) -> None:
     """Print the statistics to stderr; `load_seconds` is 0 for requests that did not pay for the load."""

@@ -45,6 +45,7 @@ class AsyncLLM:
         self.format, self.quantization = lm.checkpoint.format, str(lm.checkpoint.quantization)
         self.stop_ids, self.context_length, self.weights = lm.stop_ids, lm.context_length, lm.weights
         self.load_seconds, self.memory_bytes, self.device = lm.load_seconds, lm.memory_bytes, lm.device
+        self.load_phases = lm.load_phases
         self.engine = lm.engine
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._ids = itertools.count()

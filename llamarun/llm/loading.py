@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -35,6 +35,9 @@ class LoadedModel:
     weights: str
     load_seconds: float
     memory_bytes: int
+    # Seconds per load phase: "checks" (resolve, headers, memory plan, tokenizer), "weights" (read and
+    # place every tensor, packing included), "engine" (KV cache and runner; "graphs" of it on GPUs).
+    load_phases: dict[str, float] = field(default_factory=dict)
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """A raw prompt, no template: bos is added when the tokenizer's convention says so."""
@@ -73,12 +76,19 @@ def load_model(model: str | ResolvedModel, *, context_length: int | None = None,
                 model_name=resolved.name, smaller=smaller).check()
     tokenizer = ckpt.tokenizer()
     template = select_chat_template(ckpt.chat_template, tokenizer)
+    t_checks = time.perf_counter()
     with count_bar("loading weights", len(ckpt.tensor_names), enabled=None if progress else False) as bar:
         net = build_model(ckpt, dtype, device, on_tensor=lambda _name: bar.advance(),
                           pack=packer(method_for(mode)))
+    t_weights = time.perf_counter()
     engine = LLMEngine(net, EngineConfig(context_length=context, kv_tokens=kv), dtype=dtype, device=device)
+    t_end = time.perf_counter()
+    phases = {"checks": t_checks - t0, "weights": t_weights - t_checks, "engine": t_end - t_weights}
+    graphs = getattr(engine.runner, "capture_seconds", 0.0)
+    if graphs:
+        phases["graphs"] = graphs
     return LoadedModel(
         name=resolved.name, checkpoint=ckpt, config=config, tokenizer=tokenizer, template=template,
         stop_ids=ckpt.stop_token_ids(), engine=engine, context_length=context, device=device, dtype=dtype,
-        weights=mode, load_seconds=time.perf_counter() - t0, memory_bytes=wbytes + engine.cache.nbytes,
+        weights=mode, load_seconds=t_end - t0, memory_bytes=wbytes + engine.cache.nbytes, load_phases=phases,
     )

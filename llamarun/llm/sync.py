@@ -90,6 +90,7 @@ class LLM:
         self.name, self.config, self.tokenizer, self.template = s.name, s.config, s.tokenizer, s.template
         self.stop_ids, self.device, self.weights = s.stop_ids, s.device, s.weights
         self.context_length, self.load_seconds, self.engine = s.context_length, s.load_seconds, s.engine
+        self.load_phases = s.load_phases
         self.service = ChatService(SingleModel(s))
         self._runner = asyncio.Runner()
 

@@ -57,6 +57,8 @@ def test_one_shot_verbose_prints_every_field(home: Path) -> None:
     prompt = int(re.search(r"^prompt eval count:\s+(\d+)", proc.stderr, re.M).group(1))
     cached = int(re.search(r"^prompt cached count:\s+(\d+)", proc.stderr, re.M).group(1))
     assert prompt > 10 and 0 <= cached < prompt  # the whole templated prompt, cached part included
+    phases = re.search(r"^load phases:\s+checks (\S+), weights (\S+), engine (\S+)$", proc.stderr, re.M)
+    assert phases, f"no load phases line:\n{proc.stderr}"
 
 
 def test_seeded_runs_repeat_and_stdin_is_a_prompt(home: Path) -> None:

@@ -85,3 +85,12 @@ def test_random_weights_pack_every_linear_and_match_the_plan():
     groups = model_footprint(model)
     assert sum(g.bytes for g in groups) == rm.weight_bytes
     assert decode_bytes(groups) < rm.config.num_parameters  # int8 linears: under a byte per parameter
+
+
+def test_load_phase_row_names_each_phase_and_the_graph_capture():
+    from llamarun.cli.verbose import load_phase_row
+
+    name, value = load_phase_row({"checks": 0.05, "weights": 4.2, "engine": 3.1, "graphs": 2.9})
+    assert name == "load phases"
+    assert value == "checks 50ms, weights 4.2s, engine 3.1s (CUDA graphs 2.9s)"
+    assert load_phase_row({"checks": 0.5, "weights": 1.0, "engine": 0.2})[1] == "checks 500ms, weights 1s, engine 200ms"
