@@ -97,11 +97,31 @@ def quantize_like_gpt_fast(model: Any, mode: str, device: str) -> Any:
         handler = quantize.WeightOnlyInt8QuantHandler(model)
         state = handler.create_quantized_state_dict()
     else:
+        _accept_int32_int4pack()
         handler = quantize.WeightOnlyInt4QuantHandler(model, groupsize=128)
         state = handler.create_quantized_state_dict(use_cuda=device.startswith("cuda"))
     model = handler.convert_for_runtime()
     model.load_state_dict(state, assign=True)
     return model.to(device=device).eval()
+
+
+def _accept_int32_int4pack() -> None:
+    """gpt-fast hands torch's tinygemm packer int32 values [N, K]; since torch 2.5 the CUDA op takes the
+    nibbles pre-packed as uint8 [N, K / 2] (high nibble first) and refuses int32. Wrap the op so gpt-fast's
+    own handler runs unchanged: the kernel, the layout and the numbers are gpt-fast's."""
+    import torch
+
+    op = torch.ops.aten._convert_weight_to_int4pack
+    if getattr(op, "_llamarun_compat", False):
+        return
+
+    def convert(weight: Any, inner_k_tiles: int) -> Any:
+        if weight.dtype == torch.int32:
+            weight = (weight[:, 0::2] << 4 | weight[:, 1::2]).to(torch.uint8)
+        return op(weight, inner_k_tiles)
+
+    convert._llamarun_compat = True  # type: ignore[attr-defined]
+    torch.ops.aten._convert_weight_to_int4pack = convert  # type: ignore[assignment]
 
 
 def decode_step_bytes(args: Any, prompt_tokens: int, new_tokens: int, element: int = 2) -> int:
