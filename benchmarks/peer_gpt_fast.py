@@ -97,9 +97,15 @@ def quantize_like_gpt_fast(model: Any, mode: str, device: str) -> Any:
         handler = quantize.WeightOnlyInt8QuantHandler(model)
         state = handler.create_quantized_state_dict()
     else:
+        import torch
+
+        original = torch.ops.aten._convert_weight_to_int4pack
         _accept_int32_int4pack()
-        handler = quantize.WeightOnlyInt4QuantHandler(model, groupsize=128)
-        state = handler.create_quantized_state_dict(use_cuda=device.startswith("cuda"))
+        try:
+            handler = quantize.WeightOnlyInt4QuantHandler(model, groupsize=128)
+            state = handler.create_quantized_state_dict(use_cuda=device.startswith("cuda"))
+        finally:  # torch.compile must see the real op namespace again
+            torch.ops.aten._convert_weight_to_int4pack = original
     model = handler.convert_for_runtime()
     model.load_state_dict(state, assign=True)
     return model.to(device=device).eval()
@@ -112,15 +118,12 @@ def _accept_int32_int4pack() -> None:
     import torch
 
     op = torch.ops.aten._convert_weight_to_int4pack
-    if getattr(op, "_llamarun_compat", False):
-        return
 
     def convert(weight: Any, inner_k_tiles: int) -> Any:
         if weight.dtype == torch.int32:
             weight = (weight[:, 0::2] << 4 | weight[:, 1::2]).to(torch.uint8)
         return op(weight, inner_k_tiles)
 
-    convert._llamarun_compat = True  # type: ignore[attr-defined]
     torch.ops.aten._convert_weight_to_int4pack = convert  # type: ignore[assignment]
 
 
