@@ -2,8 +2,7 @@
 
 Everything a creation could fail on that the client can fix is checked here, before the first status
 line is streamed, so bad requests get a plain 4xx: the new name, the base model or the uploaded blobs,
-parameter names and values, opening messages, and the template (a Jinja chat template; Ollama's Go
-templates are refused with a hint, since llamarun renders chats with Jinja as Transformers does).
+parameter names and values, opening messages, and the template (store/model_defaults.py).
 """
 
 from __future__ import annotations
@@ -14,11 +13,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from llamarun.errors import LlamarunError, ModelNotFoundError, RequestError
+from llamarun.errors import ModelNotFoundError, RequestError
 from llamarun.server.errors import ApiError
 from llamarun.store.blobs import BlobStore
 from llamarun.store.home import Manifest, ModelStore
-from llamarun.store.model_defaults import ModelDefaults, check_messages, check_parameters
+from llamarun.store.model_defaults import ModelDefaults, settings_from_fields
 
 
 class CreateBody(BaseModel):
@@ -82,7 +81,7 @@ def plan_create(body: CreateBody, store: ModelStore, resolve_base: Any) -> Creat
         store.entry_dir(name, tag)
     except (ValueError, ModelNotFoundError) as err:
         raise ApiError(400, f"invalid model name: {err}", param="model") from None
-    defaults = _defaults(fields)
+    defaults = settings_from_fields(fields)
     if fields.get("files") and fields.get("from"):
         raise RequestError("give either from (a model) or files (uploaded blobs), not both", param="from")
     if fields.get("files"):
@@ -100,30 +99,3 @@ def _given(body: CreateBody) -> dict[str, Any]:
     data = {"from": body.from_, "files": body.files, "template": body.template, "system": body.system,
             "parameters": body.parameters, "messages": body.messages, "license": body.license}
     return {k: v for k, v in data.items() if v is not None}
-
-
-def _defaults(fields: dict[str, Any]) -> ModelDefaults:
-    template = fields.get("template")
-    if template is not None:
-        check_template(template)
-    license_ = fields.get("license")
-    if isinstance(license_, list):
-        license_ = "\n\n".join(license_)
-    return ModelDefaults(system=fields.get("system"), template=template,
-                         parameters=check_parameters(fields.get("parameters") or {}),
-                         messages=check_messages(fields.get("messages") or []), license=license_)
-
-
-def check_template(source: str) -> None:
-    """A Jinja chat template that parses; Ollama's Go templates (`{{ .Prompt }}`) get a pointed message."""
-    from llamarun.chat.jinja_template import JinjaChatTemplate
-
-    if "{{ ." in source or "{{- ." in source or "{{ if ." in source:
-        raise RequestError("the template is an Ollama Go template; llamarun renders chats with Jinja: give a "
-                           "Jinja chat template (the kind in tokenizer_config.json's chat_template)",
-                           param="template")
-    try:
-        JinjaChatTemplate(source, bos_token=None, eos_token=None)
-    except LlamarunError as err:
-        raise RequestError(f"the template is not a valid Jinja chat template: {err.message}",
-                           param="template") from None

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from llamarun.errors import RequestError
+from llamarun.errors import LlamarunError, RequestError
 
 # Ollama's parameter name -> (SamplingParams field or "num_ctx", type).
 PARAMETERS: dict[str, tuple[str, type]] = {
@@ -106,3 +106,33 @@ def check_messages(raw: list[Any]) -> tuple[dict[str, str], ...]:
                                param=f"messages.{i}")
         out.append({"role": m["role"], "content": m["content"]})
     return tuple(out)
+
+
+def settings_from_fields(fields: dict[str, Any]) -> ModelDefaults:
+    """Checked settings from create fields (`system`, `template`, `parameters`, `messages`, `license`), as the
+    JSON body or a Modelfile (store/modelfile.py) gives them."""
+    template = fields.get("template")
+    if template is not None:
+        check_template(template)
+    license_ = fields.get("license")
+    if isinstance(license_, list):
+        license_ = "\n\n".join(license_)
+    return ModelDefaults(system=fields.get("system"), template=template,
+                         parameters=check_parameters(fields.get("parameters") or {}),
+                         messages=check_messages(fields.get("messages") or []), license=license_)
+
+
+def check_template(source: str) -> None:
+    """A Jinja chat template that parses. llamarun renders chats with Jinja, as Transformers does, so
+    Ollama's Go templates (`{{ .Prompt }}`) are refused with a pointed message rather than misread."""
+    from llamarun.chat.jinja_template import JinjaChatTemplate
+
+    if "{{ ." in source or "{{- ." in source or "{{ if ." in source:
+        raise RequestError("the template is an Ollama Go template; llamarun renders chats with Jinja: give a "
+                           "Jinja chat template (the kind in tokenizer_config.json's chat_template)",
+                           param="template")
+    try:
+        JinjaChatTemplate(source, bos_token=None, eos_token=None)
+    except LlamarunError as err:
+        raise RequestError(f"the template is not a valid Jinja chat template: {err.message}",
+                           param="template") from None
