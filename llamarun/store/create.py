@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from llamarun.errors import LlamarunError, RequestError
-from llamarun.loaders.detect import detect_format
+from llamarun.loaders.detect import GGUF_MAGIC, detect_format
 from llamarun.store.blobs import BlobStore
 from llamarun.store.home import FileRecord, Manifest, ModelStore
 from llamarun.store.model_defaults import ModelDefaults
@@ -39,7 +39,21 @@ def blob_files(blobs: BlobStore, files: dict[str, str]) -> dict[str, Path]:
             raise RequestError(f"blob {digest[:80]} ({name}) has not been uploaded: POST it to "
                                f"/api/blobs/{digest[:80]} first", param="files", code="blob_not_found")
         out[name] = path
+    _check_layout(out)
     return out
+
+
+def _check_layout(files: dict[str, Path]) -> None:
+    """What can be told before building: one file must be GGUF; several must hold config.json and safetensors."""
+    if len(files) == 1:
+        name, path = next(iter(files.items()))
+        with open(path, "rb") as f:
+            if f.read(4) != GGUF_MAGIC:
+                raise RequestError(f"'{name}' is not a model llamarun reads: a single file must be GGUF "
+                                   "(upload a safetensors model as its folder's files)", param="files")
+    elif "config.json" not in files or not any(n.endswith(".safetensors") for n in files):
+        raise RequestError("the files are not a model llamarun reads: a safetensors model needs config.json and "
+                           "its .safetensors files (with the tokenizer's files)", param="files")
 
 
 def create_from_blobs(store: ModelStore, name: str, tag: str, files: dict[str, Path],

@@ -111,6 +111,25 @@ def test_create_from_an_uploaded_gguf_blob(home, base, loader, default_gguf) -> 
     assert blob.exists() and not _leftovers(home)
 
 
+def test_create_from_uploaded_safetensors_files(home, base, loader, tmp_path) -> None:
+    from tiny_checkpoints import TinySpec, add_byte_tokenizer, make_weights, write_hf
+
+    spec = TinySpec()
+    folder = add_byte_tokenizer(write_hf(spec, make_weights(spec, seed=1)[0], tmp_path / "hf"))
+    client = ollama.Client(host=base)
+    files = {p.name: client.create_blob(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    assert "config.json" in files and any(n.endswith(".safetensors") for n in files)
+    client.create(model="tiny-st", files=files, system="tiny")
+    entry = home.get("tiny-st", "latest")
+    assert entry.format == "hf" and sorted(p.name for p in entry.model_path.iterdir()) == sorted(files)
+    shown = httpx.post(f"{base}/api/show", json={"model": "tiny-st"}).json()
+    assert shown["details"]["format"] == "hf" and shown["system"] == "tiny"
+    client.chat(model="tiny-st", messages=[{"role": "user", "content": "x"}])
+    assert loader.last("tiny-st:latest").messages_seen[-1][0][0]["content"] == "tiny"
+    no_config = {n: d for n, d in files.items() if n != "config.json"}
+    assert _create_error(base, {"model": "broken", "files": no_config}) == (400, "not a model llamarun reads")
+
+
 def test_blob_upload_checks_the_digest_and_leaves_nothing_on_mismatch(home, base) -> None:
     data = b"not a model" * 1000
     good = "sha256:" + hashlib.sha256(data).hexdigest()
