@@ -95,7 +95,7 @@ async def create_response(request: Request) -> Response:
 
     def remember(text: str) -> None:
         if body.store:
-            memory.keep(shape.id, body.model, [*turns, Message("assistant", text)])
+            memory.keep(shape.id, [*turns, Message("assistant", text)])
 
     if not body.stream:
         try:

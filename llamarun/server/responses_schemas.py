@@ -25,6 +25,7 @@ from llamarun.server.errors import ApiError
 Int = Annotated[int, Field(strict=True, ge=1, le=2**31)]
 Float = Annotated[float, Field(strict=True)]
 KEPT_RESPONSES = 1000  # conversations kept for previous_response_id, oldest dropped first
+KEPT_CHARS = 64 * 2**20  # and at most this much text in all, so long conversations cannot fill memory
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 _TEXT_PARTS = ("input_text", "output_text", "text")
 
@@ -126,16 +127,19 @@ def responses_request(body: ResponsesBody, earlier: list[Message]) -> ChatReques
 class ResponseMemory:
     """Finished conversations by response id, for `previous_response_id` (in memory, bounded)."""
 
-    def __init__(self, limit: int = KEPT_RESPONSES) -> None:
-        self.limit = limit
-        self._kept: collections.OrderedDict[str, tuple[str, list[Message]]] = collections.OrderedDict()
+    def __init__(self, limit: int = KEPT_RESPONSES, max_chars: int = KEPT_CHARS) -> None:
+        self.limit, self.max_chars = limit, max_chars
+        self._kept: collections.OrderedDict[str, tuple[int, list[Message]]] = collections.OrderedDict()
+        self._chars = 0
         self._lock = threading.Lock()
 
-    def keep(self, response_id: str, model: str, conversation: list[Message]) -> None:
+    def keep(self, response_id: str, conversation: list[Message]) -> None:
+        size = sum(len(m.content) for m in conversation)
         with self._lock:
-            self._kept[response_id] = (model, conversation)
-            while len(self._kept) > self.limit:
-                self._kept.popitem(last=False)
+            self._kept[response_id] = (size, conversation)
+            self._chars += size
+            while self._kept and (len(self._kept) > self.limit or self._chars > self.max_chars):
+                self._chars -= self._kept.popitem(last=False)[1][0]
 
     def earlier(self, response_id: str | None) -> list[Message]:
         """The turns before this request (instructions excluded: each request gives its own, as OpenAI does)."""

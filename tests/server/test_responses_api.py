@@ -94,3 +94,29 @@ def test_previous_response_id_continues_the_conversation(client, live) -> None:
 def test_unsupported_fields_get_a_400_naming_them(live, extra, param) -> None:
     r = httpx.post(f"{live[0]}/v1/responses", json={"model": DEFAULT, "input": "hi", **extra})
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_memory_drops_the_oldest_beyond_its_count_or_text_budget() -> None:
+    from llamarun.chat.messages import Message
+    from llamarun.server.errors import ApiError
+    from llamarun.server.responses_schemas import ResponseMemory
+
+    memory = ResponseMemory(limit=2, max_chars=10)
+    memory.keep("a", [Message("user", "1234")])
+    memory.keep("b", [Message("user", "1234")])
+    memory.keep("c", [Message("user", "12")])  # three kept would pass the count
+    assert [m.content for m in memory.earlier("b")] == ["1234"]
+    with pytest.raises(ApiError):
+        memory.earlier("a")
+    memory.keep("d", [Message("user", "123456789")])  # 2 + 9 chars > 10: "b" and "c" go
+    assert memory.earlier("d") and all(_gone(memory, k) for k in "bc")
+
+
+def _gone(memory, key: str) -> bool:
+    from llamarun.server.errors import ApiError
+
+    try:
+        memory.earlier(key)
+    except ApiError:
+        return True
+    return False
