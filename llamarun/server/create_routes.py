@@ -46,7 +46,7 @@ def _build(store: ModelStore, plan: CreatePlan) -> Manifest:
 
     if plan.files is not None:
         return create_from_blobs(store, plan.name, plan.tag, plan.files, plan.defaults)
-    return create_from_model(store, plan.name, plan.tag, plan.base, plan.base_path, plan.defaults)  # type: ignore[arg-type]
+    return create_from_model(store, plan.name, plan.tag, plan.base, plan.base_path, plan.defaults)
 
 
 @router.post("/api/create")

@@ -81,12 +81,14 @@ def create_from_blobs(store: ModelStore, name: str, tag: str, files: dict[str, P
         return store.commit(staged, manifest)
 
 
-def create_from_model(store: ModelStore, name: str, tag: str, base: Manifest | None, base_path: Path,
+def create_from_model(store: ModelStore, name: str, tag: str, base: Manifest | None, base_path: Path | None,
                       defaults: ModelDefaults) -> Manifest:
     """An entry running the same weights as `base` (a store entry) or the checkpoint at `base_path`."""
     if base is not None:
         merged = defaults.over(ModelDefaults.from_dict(base.defaults))
         return store.copy(base.name, base.tag, name, tag, defaults=merged.to_dict())
+    if base_path is None:
+        raise ValueError("create_from_model needs a store entry or a checkpoint path")
     path = base_path.resolve()
     fmt = detect_format(path)
     size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
