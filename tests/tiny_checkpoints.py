@@ -8,8 +8,10 @@ safetensors, GGUF (F32), MLX 4-bit and Meta consolidated shards, and all four mu
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -179,7 +181,9 @@ def gguf_name(name: str) -> str:
     return f"blk.{layer}.{_GGUF_LAYER[rest.removesuffix('.weight')]}.weight"
 
 
-def write_gguf(spec: TinySpec, weights: dict[str, torch.Tensor], path: Path) -> Path:
+def write_gguf(spec: TinySpec, weights: dict[str, torch.Tensor], path: Path,
+               extra_keys: Callable[[Any], None] | None = None) -> Path:
+    """A GGUF of `weights`; `extra_keys(writer)` may add metadata keys (such as llama.pooling_type)."""
     import gguf
 
     from llamarun.config import RopeScaling, base_inv_freq
@@ -201,6 +205,8 @@ def write_gguf(spec: TinySpec, weights: dict[str, torch.Tensor], path: Path) -> 
     w.add_token_types([1] * len(byte_vocab()))
     w.add_token_merges(MERGES)
     w.add_chat_template(CHAT_TEMPLATE)
+    if extra_keys is not None:
+        extra_keys(w)
     if spec.llama3_rope:
         base = base_inv_freq(spec.rope_theta, spec.head_dim)
         scaled = RopeScaling(factor=8.0).scale(base)

@@ -48,16 +48,21 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=run)
 
 
-def sampling_params(args: argparse.Namespace):
-    from llamarun.sampling.params import SamplingParams
-
+def _flags(args: argparse.Namespace) -> dict:
+    """The sampling flags given on the command line, by SamplingParams field."""
     given = {
         "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
         "repetition_penalty": args.repeat_penalty, "repeat_last_n": args.repeat_last_n,
         "presence_penalty": args.presence_penalty, "frequency_penalty": args.frequency_penalty,
-        "seed": args.seed, "max_tokens": args.num_predict, "stop": tuple(args.stop),
+        "seed": args.seed, "max_tokens": args.num_predict, "stop": tuple(args.stop) or None,
     }
-    return SamplingParams(**{k: v for k, v in given.items() if v is not None})
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def sampling_params(args: argparse.Namespace):
+    from llamarun.sampling.params import SamplingParams
+
+    return SamplingParams(**_flags(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,9 +110,11 @@ def _request(llm, args: argparse.Namespace, params, system: str | None, turns: l
     from llamarun.chat.messages import Message
     from llamarun.llm.chat_service import ChatRequest
 
+    given = frozenset(_flags(args))  # a created model's parameters fill the rest
     if args.raw:
-        return ChatRequest(llm.name, prompts=[turns[-1].content], params=params)
-    return ChatRequest(llm.name, messages=([Message("system", system)] if system else []) + turns, params=params)
+        return ChatRequest(llm.name, prompts=[turns[-1].content], params=params, given=given)
+    return ChatRequest(llm.name, messages=([Message("system", system)] if system else []) + turns, params=params,
+                       given=given)
 
 
 def _emit(stream) -> None:

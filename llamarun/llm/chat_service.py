@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from llamarun.chat.messages import Message
 from llamarun.errors import LlamarunError, RequestError
 from llamarun.llm.generation import Generation, StageFactory, collect_all, merged, start_all
+from llamarun.llm.model_settings import SettingsLookup, apply_settings, chat_template
 from llamarun.llm.request_limits import RequestLimits
 from llamarun.llm.served import ServedModel
 from llamarun.llm.text_stream import Completion, StreamChunk
@@ -37,7 +38,9 @@ class ChatRequest:
     (llm/tool_stage.py); `forced_call_schema` (tool_choice "required" or a named function) constrains
     the reply to one call through the grammar. `context` is token ids put before the prompt
     (Ollama's generate). `strict_max_tokens`: asking for more than the context holds is an error (OpenAI)
-    rather than silently lowered (Ollama). `api` labels the request in metrics.
+    rather than silently lowered (Ollama). `api` labels the request in metrics. `given`: the SamplingParams
+    fields the client set (None: all), which a created model's parameters leave alone; `template`: a
+    Jinja chat template replacing the model's (a created model's, llm/model_settings.py).
     """
 
     model: str
@@ -53,6 +56,8 @@ class ChatRequest:
     keep_alive: float | None = None
     strict_max_tokens: bool = False
     api: str = "python"
+    given: frozenset[str] | None = None
+    template: str | None = None
 
 
 class Lease(Protocol):
@@ -75,17 +80,23 @@ OnFinish = Callable[[ServedModel, ChatRequest, Completion], None]
 
 
 class ChatService:
-    """Starts ChatRequests on the models of a ModelSource, within `limits` per request."""
+    """Starts ChatRequests on the models of a ModelSource, within `limits` per request; `settings` finds a
+    created model's own settings by name."""
 
     def __init__(self, models: ModelSource, *, on_finish: OnFinish | None = None,
-                 stages: Sequence[StageFactory] = (), limits: RequestLimits | None = None) -> None:
+                 stages: Sequence[StageFactory] = (), limits: RequestLimits | None = None,
+                 settings: SettingsLookup | None = None) -> None:
         self.models, self.on_finish, self.stages = models, on_finish, tuple(stages)
         self.limits = limits or RequestLimits()
+        self.settings = settings
 
     async def start(self, req: ChatRequest, request_id: str | None = None) -> Reply:
         """Acquire the model, build and check the prompts, start every generation; errors come before any text."""
         _check_request(req)
         self.limits.check_generations(req)
+        model_settings = await asyncio.to_thread(self.settings, req.model) if self.settings else None
+        if model_settings is not None:
+            req = apply_settings(req, model_settings)
         started = time.perf_counter()
         lease = await self.models.acquire(req.model, num_ctx=req.num_ctx, keep_alive=req.keep_alive)
         try:
@@ -174,7 +185,8 @@ def prompt_ids(model: ServedModel, req: ChatRequest) -> list[list[int]]:
     """The token ids of each prompt of `req`, checked against the vocabulary and the context."""
     if req.messages is not None:
         try:
-            ids = model.template.encode(req.messages, model.tokenizer, add_generation_prompt=True, tools=req.tools)
+            template = chat_template(model, req.template)
+            ids = template.encode(req.messages, model.tokenizer, add_generation_prompt=True, tools=req.tools)
         except LlamarunError:
             raise
         except Exception as err:  # a template's own failure is about these messages

@@ -9,6 +9,7 @@ thread (engine/hub.py), between engine steps, like all torch work of a served mo
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -20,22 +21,53 @@ import torch
 from llamarun.attention.backend import use_backend
 from llamarun.cache.contiguous import ContiguousKVCache
 from llamarun.engine.hub import EngineHub
+from llamarun.errors import UnsupportedError
 from llamarun.models.llama import LlamaForCausalLM
 
-Pooling = Literal["mean", "last"]
+Pooling = Literal["mean", "cls", "last"]
 T = TypeVar("T")
 CHUNK_TOKENS = 512  # prompt tokens per forward: bounds activation memory, as forward.py does
 
 
+# llama.cpp's enum llama_pooling_type, as GGUF files store it in `<arch>.pooling_type`.
+GGUF_POOLING: dict[int, Pooling] = {0: "mean", 1: "mean", 2: "cls", 3: "last"}  # 0 (none): our default
+
+
 def checkpoint_pooling(path: Path | str) -> Pooling:
-    """The pooling a checkpoint names: last-token when its sentence-transformers `1_Pooling/config.json`
-    says `pooling_mode_lasttoken`, mean otherwise (also for formats that name none, GGUF included)."""
-    config = Path(path) / "1_Pooling" / "config.json"
+    """The pooling a checkpoint names, mean when it names none.
+
+    A GGUF file: its `<arch>.pooling_type` (1 mean, 2 cls, 3 last; 4, rank, is a reranker's and refused).
+    A folder: last-token when its sentence-transformers `1_Pooling/config.json` says
+    `pooling_mode_lasttoken`, cls for `pooling_mode_cls_token`.
+    """
+    path = Path(path)
+    if path.is_file():
+        stat = path.stat()
+        return _gguf_pooling(str(path), stat.st_mtime_ns, stat.st_size)
+    config = path / "1_Pooling" / "config.json"
     try:
         settings = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "mean"
-    return "last" if isinstance(settings, dict) and settings.get("pooling_mode_lasttoken") else "mean"
+    if not isinstance(settings, dict):
+        return "mean"
+    return "last" if settings.get("pooling_mode_lasttoken") else "cls" if settings.get("pooling_mode_cls_token") \
+        else "mean"
+
+
+@functools.lru_cache(maxsize=16)
+def _gguf_pooling(path: str, _mtime: int, _size: int) -> Pooling:
+    """Cached per file version: embed calls ask per request, and a header read takes tens of milliseconds."""
+    from llamarun.loaders.gguf.reader import read_gguf
+
+    meta = read_gguf(path).metadata
+    value = meta.get(f"{meta.get('general.architecture', 'llama')}.pooling_type")
+    if value is None:
+        return "mean"
+    if int(value) not in GGUF_POOLING:
+        raise UnsupportedError(f"{Path(path).name} names pooling type {value} (4 is a reranker's 'rank'), which "
+                               "embeddings do not support", "use an embedding model with mean, cls or last pooling")
+    return GGUF_POOLING[int(value)]
 
 
 @torch.inference_mode()
@@ -55,7 +87,9 @@ def final_hidden_states(model: LlamaForCausalLM, token_ids: list[int], dtype: to
 
 def pool(states: torch.Tensor, pooling: Pooling) -> torch.Tensor:
     """One vector [hidden] from per-token states [tokens, hidden]."""
-    return states[-1] if pooling == "last" else states.mean(dim=0)
+    if pooling == "last":
+        return states[-1]  # [hidden]
+    return states[0] if pooling == "cls" else states.mean(dim=0)  # [hidden]
 
 
 def normalized(vector: torch.Tensor, dimensions: int | None = None) -> list[float]:

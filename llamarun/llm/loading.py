@@ -73,7 +73,7 @@ def load_model(model: str | ResolvedModel, *, context_length: int | None = None,
     wbytes = weight_bytes(config, mode, element)
     smaller = [(e.ref, e.approx_bytes) for e in smaller_variants(resolved.name, wbytes)]
     plan_memory(config, wbytes, kv, device=device, kv_bytes_per_element=element,
-                model_name=resolved.name, smaller=smaller).check()
+                model_name=resolved.name, smaller=smaller, scratch_tokens=context).check()
     tokenizer = ckpt.tokenizer()
     template = select_chat_template(ckpt.chat_template, tokenizer)
     t_checks = time.perf_counter()

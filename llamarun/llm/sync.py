@@ -17,9 +17,11 @@ import torch
 from llamarun.chat.messages import Message, parse_messages
 from llamarun.llm.async_llm import AsyncLLM
 from llamarun.llm.chat_service import ChatRequest, ChatService, Reply
+from llamarun.llm.model_settings import store_settings
 from llamarun.llm.served import ServedModel
 from llamarun.llm.text_stream import Completion
 from llamarun.sampling.params import SamplingParams
+from llamarun.store.home import ModelStore
 
 T = TypeVar("T")
 
@@ -91,7 +93,8 @@ class LLM:
         self.stop_ids, self.device, self.weights = s.stop_ids, s.device, s.weights
         self.context_length, self.load_seconds, self.engine = s.context_length, s.load_seconds, s.engine
         self.load_phases = s.load_phases
-        self.service = ChatService(SingleModel(s))
+        # A created model (`llamarun create`) brings its system prompt, opening messages and template.
+        self.service = ChatService(SingleModel(s), settings=store_settings(ModelStore()))
         self._runner = asyncio.Runner()
 
     def _run(self, step: Awaitable[T]) -> T:

@@ -24,9 +24,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamarun import __version__
 from llamarun.llm.chat_service import ChatRequest, ChatService
+from llamarun.llm.model_settings import store_settings
 from llamarun.llm.served import ServedModel
 from llamarun.llm.text_stream import Completion
-from llamarun.server import embed_routes, ollama_model_routes, ollama_routes, openai_routes
+from llamarun.server import (
+    blob_routes,
+    create_routes,
+    embed_routes,
+    ollama_model_routes,
+    ollama_routes,
+    openai_routes,
+    responses_routes,
+)
 from llamarun.server.errors import error_response, install_error_handlers
 from llamarun.server.metrics import CONTENT_TYPE, ServerMetrics
 from llamarun.server.model_manager import FOREVER, ModelManager
@@ -34,7 +43,8 @@ from llamarun.server.origins import OriginPolicy, cors_headers, is_loopback, pre
 
 log = logging.getLogger("llamarun.server")
 STATIC = Path(__file__).parent / "static"
-ROUTERS = (ollama_routes.router, ollama_model_routes.router, openai_routes.router, embed_routes.router)
+ROUTERS = (ollama_routes.router, ollama_model_routes.router, openai_routes.router, embed_routes.router,
+           blob_routes.router, create_routes.router, responses_routes.router)
 OPEN_PATHS = frozenset({"/health", "/"})  # the chat page itself holds no data; it asks for the key
 
 
@@ -77,9 +87,9 @@ def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any 
         metrics.generation_finished(model.name, req.api, result.finish_reason, stats)
 
     app.state.manager = manager
-    app.state.service = ChatService(manager, on_finish=finished)
-    app.state.metrics = metrics
     app.state.store = store if store is not None else ModelStore()
+    app.state.service = ChatService(manager, on_finish=finished, settings=store_settings(app.state.store))
+    app.state.metrics = metrics
     app.state.pull = pull or pull_model
     install_error_handlers(app)
     for router in ROUTERS:
@@ -128,6 +138,8 @@ class _Gate:
     def _route(self, path: str) -> str:
         if path in self.known:
             return path
+        if path.startswith("/api/blobs/"):
+            return "/api/blobs/{digest}"
         return "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
 
     def _authorized(self, scope: Scope) -> bool:

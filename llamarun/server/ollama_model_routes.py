@@ -28,6 +28,7 @@ from llamarun.server.store_info import (
     rfc3339,
 )
 from llamarun.server.streaming import CleanupStreamingResponse, ndjson
+from llamarun.store.model_defaults import ModelDefaults
 
 router = APIRouter()
 
@@ -62,14 +63,18 @@ async def show(request: Request) -> dict[str, Any]:
     if info is None:
         raise ModelNotFoundError(f"cannot read the metadata of '{req.model}'", "is the checkpoint complete?")
     modified = model.manifest.pulled_at if model.manifest else model.path.stat().st_mtime
-    template = info.chat_template or ""
+    settings = ModelDefaults.from_dict(model.manifest.defaults if model.manifest else None)
+    template = settings.template or info.chat_template or ""
     capabilities = ["completion"] + (["tools"] if "tools" in template else [])
     manager = request.app.state.manager
     facts = model_info(info)
     if req.verbose:
         facts |= await asyncio.to_thread(tokenizer_keys, manager, model.name, model.path, info.format)
-    return {"license": info.license or "", "modelfile": modelfile(model.name, model.path, info),
-            "parameters": parameters_text(served_context(manager, model.name, info)), "template": template,
+    num_ctx = settings.parameters.get("num_ctx") if manager.get(model.name) is None else None
+    parameters = settings.parameters | {"num_ctx": num_ctx or served_context(manager, model.name, info)}
+    return {"license": settings.license or info.license or "", "system": settings.system or "",
+            "modelfile": modelfile(model.name, model.path, info, settings),
+            "parameters": parameters_text(parameters["num_ctx"], parameters), "template": template,
             "details": details(info, info.format), "model_info": facts, "capabilities": capabilities,
             "modified_at": rfc3339(modified)}
 

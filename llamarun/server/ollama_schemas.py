@@ -207,6 +207,16 @@ def sampling_params(options: Options | None, logprobs: bool | None = None,
     return params, o.num_ctx
 
 
+def given_fields(options: Options | None) -> frozenset[str]:
+    """The SamplingParams fields `options` sets (a created model's parameters fill the others)."""
+    from llamarun.store.model_defaults import PARAMETERS
+
+    if options is None:
+        return frozenset()
+    return frozenset(PARAMETERS[k][0] for k in options.model_fields_set
+                     if k in PARAMETERS and getattr(options, k) is not None)
+
+
 def _arguments(value: dict[str, Any] | str) -> dict[str, Any]:
     if isinstance(value, dict):
         return value
@@ -225,7 +235,7 @@ def chat_request(body: ChatBody) -> ChatRequest:
     params, num_ctx = sampling_params(body.options, body.logprobs, body.top_logprobs)
     return ChatRequest(body.model, messages=[m.to_message() for m in body.messages or []], tools=body.tools or None,
                        format=body.format or None, params=params, num_ctx=num_ctx,
-                       keep_alive=parse_keep_alive(body.keep_alive), api="ollama")
+                       keep_alive=parse_keep_alive(body.keep_alive), api="ollama", given=given_fields(body.options))
 
 
 def generate_request(body: GenerateBody) -> ChatRequest:
@@ -238,7 +248,7 @@ def generate_request(body: GenerateBody) -> ChatRequest:
                        param="template")
     params, num_ctx = sampling_params(body.options, body.logprobs, body.top_logprobs)
     req = ChatRequest(body.model, format=body.format or None, params=params, context=body.context, num_ctx=num_ctx,
-                      keep_alive=parse_keep_alive(body.keep_alive), api="ollama")
+                      keep_alive=parse_keep_alive(body.keep_alive), api="ollama", given=given_fields(body.options))
     if body.raw:
         req.prompts = [body.prompt or ""]
     else:

@@ -153,13 +153,26 @@ def chat_completion_request(body: ChatCompletionBody) -> ChatRequest:
     return ChatRequest(body.model, messages=chat_messages(body.messages), tools=tools,
                        forced_call_schema=forced_call_schema(tools, choice),
                        format=None if fmt.get("type", "text") == "text" else fmt, params=params, n=body.n,
-                       strict_max_tokens=True, api="openai")
+                       strict_max_tokens=True, api="openai", given=given_fields(body))
 
 
 def completion_request(body: CompletionBody) -> ChatRequest:
     """A /v1/completions body: raw prompts (text or token ids), no template."""
     return ChatRequest(body.model, prompts=prompt_list(body.prompt), params=completion_params(body), n=body.n,
-                       strict_max_tokens=True, api="openai")
+                       strict_max_tokens=True, api="openai", given=given_fields(body))
+
+
+# Request field -> the SamplingParams field it sets.
+_SAMPLING_FIELDS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                    "repetition_penalty": "repetition_penalty", "presence_penalty": "presence_penalty",
+                    "frequency_penalty": "frequency_penalty", "seed": "seed", "stop": "stop",
+                    "max_tokens": "max_tokens", "max_completion_tokens": "max_tokens"}
+
+
+def given_fields(body: BaseModel) -> frozenset[str]:
+    """The SamplingParams fields the client set (a created model's parameters fill the others)."""
+    return frozenset(_SAMPLING_FIELDS[k] for k in body.model_fields_set
+                     if k in _SAMPLING_FIELDS and getattr(body, k) is not None)
 
 
 def prompt_list(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:

@@ -9,6 +9,7 @@ is only counted, never sent).
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,12 +33,19 @@ def served_context(manager: ModelManager, name: str, info: ModelInfo | None) -> 
     return min(ctx, trained) if trained else ctx
 
 
-def parameters_text(num_ctx: int) -> str:
-    """Ollama's `parameters`: the sampling defaults requests get unless they set options, and num_ctx."""
+def parameters_text(num_ctx: int, model_parameters: dict[str, Any] | None = None) -> str:
+    """Ollama's `parameters`: the sampling defaults requests get unless they set options, and num_ctx;
+    a created model's own parameters replace them (`stop` once per string)."""
     d = SamplingParams()
-    values = {"temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p,
-              "repeat_penalty": d.repetition_penalty, "repeat_last_n": d.repeat_last_n, "num_ctx": num_ctx}
-    return "\n".join(f"{key:<{_PARAMETER_WIDTH}} {value}" for key, value in values.items())
+    values: dict[str, Any] = {"temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p,
+                              "repeat_penalty": d.repetition_penalty, "repeat_last_n": d.repeat_last_n,
+                              "num_ctx": num_ctx}
+    values |= model_parameters or {}
+    lines = []
+    for key, value in values.items():
+        for v in value if isinstance(value, list) else [value]:
+            lines.append(f"{key:<{_PARAMETER_WIDTH}} {json.dumps(v) if isinstance(v, str) else v}")
+    return "\n".join(lines)
 
 
 def tokenizer_keys(manager: ModelManager, name: str, path: Path, fmt: str) -> dict[str, Any]:

@@ -58,6 +58,7 @@ class Manifest:
     files: list[FileRecord] = field(default_factory=list)
     size: int = 0
     pulled_at: float = field(default_factory=time.time)
+    defaults: dict[str, Any] | None = None  # a created model's settings (store/model_defaults.py)
     entry_dir: Path | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -87,7 +88,7 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any], entry_dir: Path | None = None) -> Manifest:
         files = [FileRecord(**f) for f in data.get("files", [])]
-        keys = ("name", "tag", "source", "format", "path", "size", "pulled_at")
+        keys = ("name", "tag", "source", "format", "path", "size", "pulled_at", "defaults")
         return cls(**{k: data[k] for k in keys if k in data}, files=files, entry_dir=entry_dir)
 
 
@@ -167,8 +168,10 @@ class ModelStore:
         assert result is not None
         return result
 
-    def copy(self, name: str, tag: str, new_name: str, new_tag: str) -> Manifest:
-        """A second entry `new_name:new_tag` of the same model (files hard-linked where the file system allows)."""
+    def copy(self, name: str, tag: str, new_name: str, new_tag: str, *,
+             defaults: dict[str, Any] | None = None) -> Manifest:
+        """A second entry `new_name:new_tag` of the same model (files hard-linked where the file system allows);
+        `defaults` replaces the source's settings (store/model_defaults.py) when given."""
         source = self.get(name, tag)
         if source is None:
             raise ModelNotFoundError(f"model '{name}:{tag}' is not in the store", "see `llamarun list`")
@@ -187,7 +190,8 @@ class ModelStore:
                     os.link(item, dest)  # weights are large and never written in place: share them
                 except OSError:
                     shutil.copy2(item, dest)
-            return self.commit(staged, dataclasses.replace(source, name=new_name, tag=new_tag,
+            settings = defaults if defaults is not None else source.defaults
+            return self.commit(staged, dataclasses.replace(source, name=new_name, tag=new_tag, defaults=settings,
                                                            pulled_at=time.time(), entry_dir=None))
 
     def remove(self, name: str, tag: str) -> Manifest:

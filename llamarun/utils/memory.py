@@ -35,10 +35,11 @@ class MemoryPlan:
     max_context: int
     model_name: str | None = None
     smaller: tuple[tuple[str, int], ...] = ()  # smaller downloads of the same model: (ref, bytes)
+    scratch_bytes: int = 0  # the embeddings' throwaway cache and hidden states for one input
 
     @property
     def total_bytes(self) -> int:
-        return self.weight_bytes + self.kv_cache_bytes + self.overhead_bytes
+        return self.weight_bytes + self.kv_cache_bytes + self.overhead_bytes + self.scratch_bytes
 
     @property
     def fits(self) -> bool:
@@ -48,7 +49,8 @@ class MemoryPlan:
         """The largest round context (a multiple of 1024, or of 128 when short) that fits; 0 if none."""
         if self.available_bytes is None:
             return self.max_context
-        spare = self.available_bytes - self.weight_bytes - self.overhead_bytes
+        # The scratch is kept at its planned size: conservative, as it would shrink with the context.
+        spare = self.available_bytes - self.weight_bytes - self.overhead_bytes - self.scratch_bytes
         tokens = min(spare // max(self.kv_bytes_per_token, 1), self.max_context) if spare > 0 else 0
         step = 1024 if tokens >= 1024 else 128
         return int(tokens // step * step)
@@ -58,9 +60,10 @@ class MemoryPlan:
         if self.fits:
             return self
         assert self.available_bytes is not None
+        scratch = f" + embedding cache {_gb(self.scratch_bytes)}" if self.scratch_bytes else ""
         need = (f"needs {_gb(self.total_bytes)} (weights {_gb(self.weight_bytes)} + KV cache "
                 f"{_gb(self.kv_cache_bytes)} for {self.context_length} tokens + overhead "
-                f"{_gb(self.overhead_bytes)}) but {self.device} has {_gb(self.available_bytes)} available")
+                f"{_gb(self.overhead_bytes)}{scratch}) but {self.device} has {_gb(self.available_bytes)} available")
         what = f"{self.model_name} " if self.model_name else "the model "
         options = []
         ctx = self.largest_context()
@@ -76,18 +79,21 @@ class MemoryPlan:
         if self.available_bytes is None:
             return []
         min_kv = min(self.context_length, 2048) * self.kv_bytes_per_token
-        room = self.available_bytes - self.overhead_bytes - min_kv
+        room = self.available_bytes - self.overhead_bytes - self.scratch_bytes - min_kv
         return [(ref, size) for ref, size in self.smaller if size <= room][:2]
 
 
 def plan_memory(config: ModelConfig, weight_bytes: int, context_length: int, *, device: str = "cpu",
                 kv_bytes_per_element: int = 2, available_bytes: int | None = None,
-                model_name: str | None = None, smaller: Sequence[tuple[str, int]] = ()) -> MemoryPlan:
+                model_name: str | None = None, smaller: Sequence[tuple[str, int]] = (),
+                scratch_tokens: int = 0) -> MemoryPlan:
     """Plan memory for `config` with `weight_bytes` of weights and a KV cache of `context_length` tokens.
 
     `available_bytes` defaults to what the device reports (MemAvailable on CPU, free memory on CUDA).
     `model_name` names the model in the advice; `smaller` lists (ref, bytes) of smaller quantizations of
     it, largest first (the store's catalog knows them), so the advice can name one that fits.
+    `scratch_tokens`: the longest input an embedding runs (one context): its throwaway KV cache
+    (llm/embeddings.py, beside the engine's) and its float32 hidden states are counted too.
     """
     per_token = config.kv_bytes_per_token(kv_bytes_per_element)
     kind = "cuda" if device.startswith("cuda") else "cpu"
@@ -101,7 +107,7 @@ def plan_memory(config: ModelConfig, weight_bytes: int, context_length: int, *, 
                       kv_cache_bytes=per_token * context_length, overhead_bytes=overhead,
                       available_bytes=available_bytes, kv_bytes_per_token=per_token,
                       max_context=config.max_position_embeddings, model_name=model_name,
-                      smaller=tuple(smaller))
+                      smaller=tuple(smaller), scratch_bytes=scratch_tokens * (per_token + 4 * h))
 
 
 def available_memory(device: str = "cpu") -> int | None:

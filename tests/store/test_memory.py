@@ -123,3 +123,20 @@ print("torch" in sys.modules, "llamarun.store" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["DoesNotFitError", "True", "False", "False"]
+
+
+def test_the_embedding_cache_counts_in_the_plan() -> None:
+    """One context of throwaway KV cache plus float32 hidden states: what an embedding of the longest input holds
+    beside the engine's cache."""
+    ctx = 8192
+    without = plan_memory(LLAMA_8B, int(16.06 * GB), 4 * ctx, available_bytes=100 * GB)
+    plan = plan_memory(LLAMA_8B, int(16.06 * GB), 4 * ctx, available_bytes=100 * GB, scratch_tokens=ctx)
+    per_token = LLAMA_8B.kv_bytes_per_token(2) + 4 * LLAMA_8B.hidden_size
+    assert plan.scratch_bytes == ctx * per_token and plan.total_bytes == without.total_bytes + ctx * per_token
+    # Memory for everything but the scratch: fits without it, not with it, and the error names it.
+    tight = without.total_bytes + ctx * per_token // 2
+    assert plan_memory(LLAMA_8B, int(16.06 * GB), 4 * ctx, available_bytes=tight).fits
+    with pytest.raises(DoesNotFitError, match="embedding cache"):
+        plan_memory(LLAMA_8B, int(16.06 * GB), 4 * ctx, available_bytes=tight, scratch_tokens=ctx).check()
+    assert plan_memory(LLAMA_8B, int(16.06 * GB), 4 * ctx, available_bytes=tight,
+                       scratch_tokens=ctx).largest_context() < 4 * ctx
