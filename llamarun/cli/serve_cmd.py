@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from llamarun.errors import LlamarunError
-from llamarun.llm.request_limits import DEFAULT_MAX_GENERATIONS, DEFAULT_MAX_PROMPT_TOKENS
+from llamarun.llm.request_limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_GENERATIONS, DEFAULT_MAX_PROMPT_TOKENS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434
@@ -57,6 +57,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-prompt-tokens", type=int, default=DEFAULT_MAX_PROMPT_TOKENS, metavar="N",
                    help="most prompt tokens in one request, all prompts together "
                         f"(default {DEFAULT_MAX_PROMPT_TOKENS})")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, metavar="N",
+                   help=f"largest request body in bytes; larger ones get 413 (default {DEFAULT_MAX_BODY_BYTES}, "
+                        "8 MiB: room for a 128k-token prompt)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(handler=serve)
 
@@ -72,7 +75,7 @@ def check_args(args: argparse.Namespace) -> float:
         raise LlamarunError(f"--ctx {args.ctx} is below 1", "give the context length in tokens, e.g. 4096")
     if args.memory_budget is not None and args.memory_budget <= 0:
         raise LlamarunError(f"--memory-budget {args.memory_budget} is not positive", "give it in GB, e.g. 16")
-    for flag in ("max_generations", "max_prompt_tokens"):
+    for flag in ("max_generations", "max_prompt_tokens", "max_body_bytes"):
         if getattr(args, flag) < 1:
             name = "--" + flag.replace("_", "-")
             raise LlamarunError(f"{name} {getattr(args, flag)} is below 1", f"give {name} as a count, e.g. 64")
@@ -122,7 +125,8 @@ def build_app(args: argparse.Namespace, keep_alive: float, loader: Any = None) -
                            models_dirs=args.models_dir)
     pinned_keep_alive = FOREVER if args.keep_alive is None else keep_alive  # the served model's
     app = create_app(manager, api_key=args.api_key, preload=args.model, preload_keep_alive=pinned_keep_alive,
-                     bind_host=args.host, origins=parse_origins(args.origins))
+                     bind_host=args.host, origins=parse_origins(args.origins),
+                     max_body_bytes=args.max_body_bytes)
     app.state.service.limits = RequestLimits(args.max_generations, args.max_prompt_tokens)
     return app
 

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamarun import __version__
 from llamarun.llm.chat_service import ChatRequest, ChatService
+from llamarun.llm.request_limits import DEFAULT_MAX_BODY_BYTES
 from llamarun.llm.served import ServedModel
 from llamarun.llm.text_stream import Completion
 from llamarun.server import embed_routes, ollama_model_routes, ollama_routes, openai_routes
@@ -41,7 +42,8 @@ OPEN_PATHS = frozenset({"/health", "/"})  # the chat page itself holds no data; 
 def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any = None,
                pull: Callable[..., Any] | None = None, metrics: ServerMetrics | None = None,
                preload: str | None = None, preload_keep_alive: float = FOREVER, reap_interval: float = 1.0,
-               bind_host: str | None = None, origins: Sequence[str] = ()) -> FastAPI:
+               bind_host: str | None = None, origins: Sequence[str] = (),
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     """The server application.
 
     manager: loads and unloads models; api_key: required as `Authorization: Bearer KEY` when set;
@@ -49,7 +51,8 @@ def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any 
     (default `llamarun.store.resolve.pull_model`); preload: a model loaded at start-up and pinned, kept
     for preload_keep_alive seconds after its last use (negative: forever) whatever clients ask;
     bind_host: the address the server listens on (a loopback one turns on the Host check); origins:
-    browser origins allowed besides the local ones (exact or `*` globs).
+    browser origins allowed besides the local ones (exact or `*` globs); max_body_bytes: larger
+    request bodies get a 413.
     """
     from llamarun.store.home import ModelStore
     from llamarun.store.resolve import pull_model
@@ -81,6 +84,7 @@ def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any 
     app.state.metrics = metrics
     app.state.store = store if store is not None else ModelStore()
     app.state.pull = pull or pull_model
+    app.state.max_body_bytes = max_body_bytes
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
