@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llamarun.errors import LlamarunError, ModelNotFoundError, RequestError
+from llamarun.errors import DoesNotFitError, LlamarunError, ModelNotFoundError, RequestError
 
 log = logging.getLogger("llamarun.server")
 
@@ -38,12 +38,13 @@ class ApiError(Exception):
     """A request the server refuses: an HTTP status and one line saying why (and, for OpenAI, which param)."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.headers = headers
 
 
 def is_openai_path(path: str) -> bool:
@@ -69,9 +70,14 @@ def error_response(path: str, status: int, message: str, *, param: str | None = 
 
 
 def from_llamarun_error(err: LlamarunError) -> ApiError:
-    """User-caused engine errors: an unknown model is 404, every other one 400 (naming the field at fault)."""
+    """User-caused engine errors: an unknown model is 404, a model that does not fit the server's memory 503
+    (with Retry-After when room may come), every other one 400 (naming the field at fault)."""
     if isinstance(err, ModelNotFoundError):
         return ApiError(404, str(err), param="model", code="model_not_found")
+    if isinstance(err, DoesNotFitError):
+        retry = getattr(err, "retry_after", None)
+        return ApiError(503, str(err), param="model", code="model_does_not_fit",
+                        headers=None if retry is None else {"Retry-After": str(retry)})
     if isinstance(err, RequestError):  # SamplingParamsError too: both name the request field at fault
         return ApiError(400, str(err), param=err.param, code=err.code)
     return ApiError(400, str(err))
@@ -168,7 +174,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api(request: Request, err: ApiError) -> JSONResponse:
-        return error_response(request.url.path, err.status, err.message, param=err.param, code=err.code)
+        return error_response(request.url.path, err.status, err.message, param=err.param, code=err.code,
+                              headers=err.headers)
 
     @app.exception_handler(LlamarunError)
     async def _llamarun(request: Request, err: LlamarunError) -> JSONResponse:
