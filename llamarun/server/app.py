@@ -28,6 +28,7 @@ from llamarun.llm.request_limits import DEFAULT_MAX_BODY_BYTES
 from llamarun.llm.served import ServedModel
 from llamarun.llm.text_stream import Completion
 from llamarun.server import embed_routes, ollama_model_routes, ollama_routes, openai_routes
+from llamarun.server.admission import Admission, AdmissionGate
 from llamarun.server.errors import error_response, install_error_handlers
 from llamarun.server.metrics import CONTENT_TYPE, ServerMetrics
 from llamarun.server.model_manager import FOREVER, ModelManager
@@ -43,7 +44,7 @@ def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any 
                pull: Callable[..., Any] | None = None, metrics: ServerMetrics | None = None,
                preload: str | None = None, preload_keep_alive: float = FOREVER, reap_interval: float = 1.0,
                bind_host: str | None = None, origins: Sequence[str] = (),
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, admission: Admission | None = None) -> FastAPI:
     """The server application.
 
     manager: loads and unloads models; api_key: required as `Authorization: Bearer KEY` when set;
@@ -52,7 +53,7 @@ def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any 
     for preload_keep_alive seconds after its last use (negative: forever) whatever clients ask;
     bind_host: the address the server listens on (a loopback one turns on the Host check); origins:
     browser origins allowed besides the local ones (exact or `*` globs); max_body_bytes: larger
-    request bodies get a 413.
+    request bodies get a 413; admission: the queue cap and drain state (server/admission.py).
     """
     from llamarun.store.home import ModelStore
     from llamarun.store.resolve import pull_model
@@ -85,6 +86,7 @@ def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any 
     app.state.store = store if store is not None else ModelStore()
     app.state.pull = pull or pull_model
     app.state.max_body_bytes = max_body_bytes
+    app.state.admission = admission = admission or Admission()
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
@@ -114,6 +116,7 @@ def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any 
 
     known = {getattr(r, "path", "") for router in (app, *ROUTERS) for r in router.routes}
     policy = OriginPolicy(origins, check_host=is_loopback(bind_host))
+    app.add_middleware(AdmissionGate, admission=admission)  # inside the gate: foreign pages never count
     app.add_middleware(_Gate, api_key=api_key, metrics=metrics, known=frozenset(known), policy=policy)
     return app
 
