@@ -150,6 +150,10 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     keep_alive = check_args(args)
+    from llamarun.store.health import clean_stale_tmp
+    from llamarun.store.home import ModelStore
+
+    clean_stale_tmp(ModelStore())  # what pulls killed earlier left behind
     if args.model:
         from llamarun.store.resolve import resolve_model
 
