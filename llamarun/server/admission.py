@@ -130,6 +130,9 @@ class AdmissionGate:
         cut = asyncio.ensure_future(self.admission._cut_event().wait())
         try:
             await asyncio.wait({app, cut}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # uvicorn cancelled us (its own shutdown): the request goes with us
+            app.cancel()
+            raise
         finally:
             cut.cancel()
         if app.done():
