@@ -19,7 +19,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llamarun", description="Run Llama-family models locally.")
     parser.add_argument("--version", action="version", version=f"llamarun {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from llamarun.cli import bench_cmd, create_cmd, embed_cmd, quantize_cmd, run_cmd, serve_cmd, store_cmds
+    from llamarun.cli import (
+        bench_cmd,
+        create_cmd,
+        embed_cmd,
+        quantize_cmd,
+        run_cmd,
+        serve_cmd,
+        store_cmds,
+        verify_cmd,
+    )
 
     run_cmd.register(subparsers)
     embed_cmd.register(subparsers)
@@ -28,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     quantize_cmd.register(subparsers)
     store_cmds.register(subparsers)
     create_cmd.register(subparsers)
+    verify_cmd.register(subparsers)
     return parser
 
 

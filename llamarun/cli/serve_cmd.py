@@ -17,11 +17,17 @@ from typing import Any
 
 from llamarun.cli.weights_flags import add_weights_flags, weights_from_args
 from llamarun.errors import LlamarunError
-from llamarun.llm.request_limits import DEFAULT_MAX_GENERATIONS, DEFAULT_MAX_PROMPT_TOKENS
+from llamarun.llm.request_limits import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_GENERATIONS,
+    DEFAULT_MAX_PROMPT_TOKENS,
+    DEFAULT_MAX_QUEUE,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434
 DEFAULT_KEEP_ALIVE = 300.0  # Ollama's 5 minutes, for models other than the served one
+DEFAULT_DRAIN_SECONDS = 30.0
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -57,6 +63,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-prompt-tokens", type=int, default=DEFAULT_MAX_PROMPT_TOKENS, metavar="N",
                    help="most prompt tokens in one request, all prompts together "
                         f"(default {DEFAULT_MAX_PROMPT_TOKENS})")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, metavar="N",
+                   help=f"largest request body in bytes; larger ones get 413 (default {DEFAULT_MAX_BODY_BYTES}, "
+                        "8 MiB: room for a 128k-token prompt)")
+    p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE, metavar="N",
+                   help="most generation and embedding requests waiting or running at once; more get 429 "
+                        f"with Retry-After (default {DEFAULT_MAX_QUEUE})")
+    p.add_argument("--drain-seconds", type=float, default=DEFAULT_DRAIN_SECONDS, metavar="S",
+                   help="on SIGTERM, refuse new requests (503) and let running ones finish for up to S seconds "
+                        f"before exiting (default {DEFAULT_DRAIN_SECONDS:g})")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(handler=serve)
 
@@ -72,7 +87,9 @@ def check_args(args: argparse.Namespace) -> float:
         raise LlamarunError(f"--ctx {args.ctx} is below 1", "give the context length in tokens, e.g. 4096")
     if args.memory_budget is not None and args.memory_budget <= 0:
         raise LlamarunError(f"--memory-budget {args.memory_budget} is not positive", "give it in GB, e.g. 16")
-    for flag in ("max_generations", "max_prompt_tokens"):
+    if args.drain_seconds < 0:
+        raise LlamarunError(f"--drain-seconds {args.drain_seconds:g} is negative", "give seconds, e.g. 30")
+    for flag in ("max_generations", "max_prompt_tokens", "max_body_bytes", "max_queue"):
         if getattr(args, flag) < 1:
             name = "--" + flag.replace("_", "-")
             raise LlamarunError(f"{name} {getattr(args, flag)} is below 1", f"give {name} as a count, e.g. 64")
@@ -112,6 +129,7 @@ def build_app(args: argparse.Namespace, keep_alive: float, loader: Any = None) -
     """The application `serve` runs (separate so tests can build it with a fake loader)."""
     from llamarun.llm.request_limits import RequestLimits
     from llamarun.server import ModelManager, create_app
+    from llamarun.server.admission import Admission
     from llamarun.server.model_manager import FOREVER, default_loader
     from llamarun.server.origins import parse_origins
     from llamarun.utils.memory import available_memory
@@ -122,7 +140,8 @@ def build_app(args: argparse.Namespace, keep_alive: float, loader: Any = None) -
                            models_dirs=args.models_dir)
     pinned_keep_alive = FOREVER if args.keep_alive is None else keep_alive  # the served model's
     app = create_app(manager, api_key=args.api_key, preload=args.model, preload_keep_alive=pinned_keep_alive,
-                     bind_host=args.host, origins=parse_origins(args.origins))
+                     bind_host=args.host, origins=parse_origins(args.origins),
+                     max_body_bytes=args.max_body_bytes, admission=Admission(args.max_queue))
     app.state.service.limits = RequestLimits(args.max_generations, args.max_prompt_tokens)
     return app
 
@@ -131,6 +150,10 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     keep_alive = check_args(args)
+    from llamarun.store.health import clean_stale_tmp
+    from llamarun.store.home import ModelStore
+
+    clean_stale_tmp(ModelStore())  # what pulls killed earlier left behind
     if args.model:
         from llamarun.store.resolve import resolve_model
 
@@ -143,22 +166,26 @@ def serve(args: argparse.Namespace) -> int:
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"llamarun serving on http://{shown}:{sock.getsockname()[1]} "
           f"(Ollama API at /api, OpenAI API at /v1)", file=sys.stderr)
-    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
+    # The drain below already waited for requests in flight; uvicorn's own grace only closes connections.
+    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     try:
-        run_on_main_thread_engines(server, sock)
+        run_on_main_thread_engines(server, sock, app.state.admission, args.drain_seconds)
     finally:
         sock.close()
     print("llamarun server stopped", file=sys.stderr)
     return 0
 
 
-def run_on_main_thread_engines(server: Any, sock: socket.socket) -> None:
+def run_on_main_thread_engines(server: Any, sock: socket.socket, admission: Any = None,
+                               drain_seconds: float = DEFAULT_DRAIN_SECONDS) -> None:
     """HTTP on a background thread, engines on the main one.
 
     PyTorch's OpenMP CPU kernels run 2-3x slower off the main thread, so the engines keep it
     (engine/hub.py) and uvicorn, which is mostly waiting on sockets, takes a thread of its own.
-    Ctrl-C or SIGTERM ask uvicorn to finish gracefully; its thread's end stops the hub.
+    SIGTERM drains (server/admission.py): new requests get 503, those in flight run on for up to
+    `drain_seconds`, then uvicorn stops; the engines keep stepping meanwhile. A second SIGTERM, or
+    Ctrl-C, asks uvicorn to stop at once.
     """
     import signal
     import threading
@@ -173,8 +200,21 @@ def run_on_main_thread_engines(server: Any, sock: socket.socket) -> None:
         finally:
             hub.stop()
 
+    def drain() -> None:
+        if admission is not None:
+            admission.start_draining()
+            if not admission.wait_idle(drain_seconds):
+                print(f"llamarun: {admission.in_flight} request(s) still running after {drain_seconds:g} s; "
+                      "ending them", file=sys.stderr)
+                admission.cut_streams()  # each stream gets a last error event, then its end
+                admission.wait_idle(2.0)
+        server.should_exit = True
+
     def terminate(*_: Any) -> None:
-        raise KeyboardInterrupt
+        if admission is None or admission.draining:
+            raise KeyboardInterrupt
+        print("llamarun: SIGTERM: draining (new requests get 503)", file=sys.stderr)
+        threading.Thread(target=drain, name="llamarun-drain", daemon=True).start()
 
     previous = signal.signal(signal.SIGTERM, terminate)
     thread = threading.Thread(target=http, name="llamarun-http", daemon=True)

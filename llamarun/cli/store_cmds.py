@@ -111,7 +111,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     store = ModelStore()
     for name in args.names:
         name_, tag = split_ref(canonical_ref(name))
-        if store.get(name_, tag) is None:
+        if not store.has(name_, tag):  # a corrupt entry can still be removed
             pulled = close_matches(name, [m.ref for m in store.list()])
             hint = f"did you mean {', '.join(pulled)}? " if pulled else ""
             raise ModelNotFoundError(f"model '{name}' is not in the store", hint + "see `llamarun list`")

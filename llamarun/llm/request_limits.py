@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_GENERATIONS = 64
 DEFAULT_MAX_PROMPT_TOKENS = 262_144  # 64 prompts of a 4k context
+# The HTTP body cap (server/request_body.py). A 128k-token prompt is ~512 kB of English and a few MB as
+# a JSON token-id list or escaped non-Latin text; 8 MiB holds that while bounding what one body can cost.
+DEFAULT_MAX_BODY_BYTES = 8 * 2**20
+DEFAULT_MAX_QUEUE = 512  # requests waiting or running per server (server/admission.py); Ollama's OLLAMA_MAX_QUEUE
 
 
 @dataclass(frozen=True)

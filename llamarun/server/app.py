@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from llamarun import __version__
 from llamarun.llm.chat_service import ChatRequest, ChatService
 from llamarun.llm.model_settings import store_settings
+from llamarun.llm.request_limits import DEFAULT_MAX_BODY_BYTES
 from llamarun.llm.served import ServedModel
 from llamarun.llm.text_stream import Completion
 from llamarun.server import (
@@ -36,6 +37,7 @@ from llamarun.server import (
     openai_routes,
     responses_routes,
 )
+from llamarun.server.admission import Admission, AdmissionGate
 from llamarun.server.errors import error_response, install_error_handlers
 from llamarun.server.metrics import CONTENT_TYPE, ServerMetrics
 from llamarun.server.model_manager import FOREVER, ModelManager
@@ -51,7 +53,8 @@ OPEN_PATHS = frozenset({"/health", "/"})  # the chat page itself holds no data; 
 def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any = None,
                pull: Callable[..., Any] | None = None, metrics: ServerMetrics | None = None,
                preload: str | None = None, preload_keep_alive: float = FOREVER, reap_interval: float = 1.0,
-               bind_host: str | None = None, origins: Sequence[str] = ()) -> FastAPI:
+               bind_host: str | None = None, origins: Sequence[str] = (),
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, admission: Admission | None = None) -> FastAPI:
     """The server application.
 
     manager: loads and unloads models; api_key: required as `Authorization: Bearer KEY` when set;
@@ -59,7 +62,8 @@ def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any 
     (default `llamarun.store.resolve.pull_model`); preload: a model loaded at start-up and pinned, kept
     for preload_keep_alive seconds after its last use (negative: forever) whatever clients ask;
     bind_host: the address the server listens on (a loopback one turns on the Host check); origins:
-    browser origins allowed besides the local ones (exact or `*` globs).
+    browser origins allowed besides the local ones (exact or `*` globs); max_body_bytes: larger
+    request bodies get a 413; admission: the queue cap and drain state (server/admission.py).
     """
     from llamarun.store.home import ModelStore
     from llamarun.store.resolve import pull_model
@@ -91,6 +95,8 @@ def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any 
     app.state.service = ChatService(manager, on_finish=finished, settings=store_settings(app.state.store))
     app.state.metrics = metrics
     app.state.pull = pull or pull_model
+    app.state.max_body_bytes = max_body_bytes
+    app.state.admission = admission = admission or Admission()
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
@@ -120,6 +126,7 @@ def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any 
 
     known = {getattr(r, "path", "") for router in (app, *ROUTERS) for r in router.routes}
     policy = OriginPolicy(origins, check_host=is_loopback(bind_host))
+    app.add_middleware(AdmissionGate, admission=admission)  # inside the gate: foreign pages never count
     app.add_middleware(_Gate, api_key=api_key, metrics=metrics, known=frozenset(known), policy=policy)
     return app
 

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from llamarun.errors import ModelNotFoundError
 from llamarun.server.create_request import CreateBody, CreatePlan, plan_create
-from llamarun.server.errors import parse_body
+from llamarun.server.request_body import parse_body
 from llamarun.server.store_info import resolve
 from llamarun.server.streaming import CleanupStreamingResponse, ndjson
 from llamarun.store.home import Manifest, ModelStore

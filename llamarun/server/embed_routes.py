@@ -18,8 +18,9 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from llamarun.llm.embed_inputs import EmbedInput, check_dimensions, check_input_count, embedding_ids
-from llamarun.server.errors import ApiError, parse_body
+from llamarun.server.errors import ApiError
 from llamarun.server.ollama_schemas import Options, parse_keep_alive
+from llamarun.server.request_body import parse_body
 
 router = APIRouter()
 Dimensions = Annotated[int, Field(ge=1, le=2**31)]

@@ -1,4 +1,4 @@
-"""Errors in each API's own shape, and request bodies parsed with pydantic into those errors.
+"""Errors in each API's own shape, and the checks that turn hostile request bodies into 400s.
 
 Ollama answers `{"error": "..."}`; OpenAI answers `{"error": {"message", "type", "param", "code"}}`.
 Which shape a failure takes is decided by the path (`/v1/...` is OpenAI, everything else Ollama), so
@@ -10,22 +10,23 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
-from llamarun.errors import LlamarunError, ModelNotFoundError, RequestError
+from llamarun.errors import DoesNotFitError, LlamarunError, ModelNotFoundError, RequestError
 
 log = logging.getLogger("llamarun.server")
 
 MAX_JSON_DEPTH = 100  # far deeper than any real body or tool schema
+# Far more objects and arrays than a real body holds (thousands of messages, a few tool schemas), while
+# one body of 230k tiny messages would become ~1M Python objects whose garbage-collector passes stall
+# every thread, the event loop included, for seconds.
+MAX_JSON_CONTAINERS = 50_000
 _SURROGATE = re.compile("[\ud800-\udfff]")  # only lone ones survive json.loads as such
-MAX_BODY_BYTES = 32 * 2**20  # far above any real prompt; stops a client from filling memory
 _OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
                  413: "invalid_request_error", 415: "invalid_request_error",
                  429: "rate_limit_error", 503: "server_error"}
@@ -33,19 +34,17 @@ _OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "inv
 _JSON_TYPES = frozenset({"application/json", "application/x-www-form-urlencoded"})
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict", "list"})
 
-M = TypeVar("M", bound=BaseModel)
-
-
 class ApiError(Exception):
     """A request the server refuses: an HTTP status and one line saying why (and, for OpenAI, which param)."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.headers = headers
 
 
 def is_openai_path(path: str) -> bool:
@@ -71,9 +70,14 @@ def error_response(path: str, status: int, message: str, *, param: str | None = 
 
 
 def from_llamarun_error(err: LlamarunError) -> ApiError:
-    """User-caused engine errors: an unknown model is 404, every other one 400 (naming the field at fault)."""
+    """User-caused engine errors: an unknown model is 404, a model that does not fit the server's memory 503
+    (with Retry-After when room may come), every other one 400 (naming the field at fault)."""
     if isinstance(err, ModelNotFoundError):
         return ApiError(404, str(err), param="model", code="model_not_found")
+    if isinstance(err, DoesNotFitError):
+        retry = getattr(err, "retry_after", None)
+        return ApiError(503, str(err), param="model", code="model_does_not_fit",
+                        headers=None if retry is None else {"Retry-After": str(retry)})
     if isinstance(err, RequestError):  # SamplingParamsError too: both name the request field at fault
         return ApiError(400, str(err), param=err.param, code=err.code)
     return ApiError(400, str(err))
@@ -134,8 +138,10 @@ def decode_json(raw: bytes) -> Any:
 
 
 def _check_plain(data: Any) -> None:
-    """Walk the parsed body without recursion: depth within MAX_JSON_DEPTH, every string valid Unicode."""
+    """Walk the parsed body without recursion: depth within MAX_JSON_DEPTH, at most MAX_JSON_CONTAINERS
+    objects and arrays, every string valid Unicode."""
     stack = [(data, 1)]
+    containers = 0
     while stack:
         value, depth = stack.pop()
         if isinstance(value, str):
@@ -146,6 +152,10 @@ def _check_plain(data: Any) -> None:
         if depth > MAX_JSON_DEPTH:
             raise ApiError(400, f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels",
                            code="invalid_json")
+        containers += 1
+        if containers > MAX_JSON_CONTAINERS:
+            raise ApiError(400, f"the request body holds more than {MAX_JSON_CONTAINERS} JSON objects and "
+                                "arrays (messages, content parts, tools); send fewer", code="invalid_json")
         if isinstance(value, dict):
             for key in value:
                 _check_text(key)
@@ -159,38 +169,13 @@ def _check_text(text: str) -> None:
                             "valid Unicode text", code="invalid_json")
 
 
-async def parse_body(request: Request, model: type[M]) -> M:
-    """Read the JSON body (application/json, or form-encoded from `curl -d`) and validate it as `model`."""
-    check_content_type(request.headers.get("content-type"))
-    chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES // 2**20} MiB")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise ApiError(400, "the client disconnected while sending the request") from None
-    raw = b"".join(chunks)
-    if not raw.strip():
-        raise ApiError(400, "missing request body", code="invalid_body")
-    data = decode_json(raw)
-    if not isinstance(data, dict):
-        raise ApiError(400, f"the request body must be a JSON object, not {type(data).__name__}",
-                       code="invalid_body")
-    try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        message, param = describe_validation(err.errors(include_url=False))
-        raise ApiError(400, message, param=param, code="invalid_value") from None
-
-
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every failure in the API's own shape; unexpected exceptions become a logged 500."""
 
     @app.exception_handler(ApiError)
     async def _api(request: Request, err: ApiError) -> JSONResponse:
-        return error_response(request.url.path, err.status, err.message, param=err.param, code=err.code)
+        return error_response(request.url.path, err.status, err.message, param=err.param, code=err.code,
+                              headers=err.headers)
 
     @app.exception_handler(LlamarunError)
     async def _llamarun(request: Request, err: LlamarunError) -> JSONResponse:

@@ -3,7 +3,8 @@
 A request leases a model (`acquire` ... `release`); a leased model is never unloaded. When the last
 lease ends, the model stays for that request's keep_alive (seconds; negative keeps it forever, 0
 unloads it at once), then a reaper unloads it. Before loading, idle models are unloaded, least
-recently used first, until the new one fits the budget; if the loader still says it does not fit,
+recently used first, until the new one fits the budget next to the models in use and the loads in
+flight, else the request gets a 503 (memory_budget.py); if the loader still says it does not fit,
 every idle model goes and the load is tried once more.
 
 The models named on `llamarun serve` are pinned (`preload`): they keep the keep_alive the operator
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from llamarun.errors import DoesNotFitError
+from llamarun.server.memory_budget import Holder, OverBudgetError, checkpoint_size, choose_victims
 
 if TYPE_CHECKING:  # the server imports no torch until a model loads
     from llamarun.llm.served import ServedModel
@@ -84,17 +86,6 @@ class Lease:
         return self.model.served
 
 
-def _file_size(target: ResolvedModel | str) -> int:
-    """The checkpoint's size on disk: loaded weights take at least that."""
-    try:
-        path = target.path  # type: ignore[union-attr]
-        if path.is_dir():
-            return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        return path.stat().st_size
-    except Exception:
-        return 0
-
-
 class ModelManager:
     """Loads, shares, times out and unloads models for the server."""
 
@@ -108,7 +99,7 @@ class ModelManager:
         self.loader = loader or default_loader()
         self.local_paths = LocalPaths(models_dirs)  # checkpoint paths clients may name (none by default)
         self.resolve = resolve or self._resolve_in_store
-        self.estimate = estimate or (_file_size if resolve is None else (lambda _name: 0))
+        self.estimate = estimate or (checkpoint_size if resolve is None else (lambda _name: 0))
         self._resolved: dict[str, ResolvedModel] = {}  # what the last acquire found, for the load that follows
         self.memory_budget = memory_budget
         self.keep_alive = keep_alive
@@ -120,6 +111,7 @@ class ModelManager:
         self._wanted: Counter[str] = Counter()  # requests waiting for a load: never evict those models
         self._pinned: dict[str, float] = {}  # the served models -> their keep_alive, which clients cannot change
         self._sizes: dict[str, int] = {}  # memory of earlier loads, to plan the next one
+        self._reserved: dict[str, int] = {}  # loads in flight -> the bytes they were let in with
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Future] = set()
         self._closed = False
@@ -200,11 +192,11 @@ class ModelManager:
             target = self._resolved.get(key, key)
             if self.memory_budget is not None and key not in self._sizes:
                 self._sizes[key] = await asyncio.to_thread(self.estimate, target)
-            await self._make_room(key)
+            await self._make_room(key, self._sizes.get(key, 0))  # OverBudgetError (503) if it cannot fit
             try:
                 served = await asyncio.to_thread(self.loader, target, ctx)
             except DoesNotFitError:
-                if not await self._make_room(key, everything=True):
+                if not await self._make_room(key, 0, everything=True):
                     raise
                 served = await asyncio.to_thread(self.loader, target, ctx)
             now = self.clock()
@@ -214,34 +206,42 @@ class ModelManager:
             async with self._lock:
                 self._models[key] = lm
                 self._sizes[key] = lm.memory_bytes
-            await self._make_room(key, loaded=True)  # it came out bigger than planned
+                self._reserved.pop(key, None)
+            try:
+                await self._make_room(key, lm.memory_bytes)  # bigger than planned: others make room, or it goes
+            except OverBudgetError:
+                self._drop(lm)
+                await self._shutdown(lm)
+                raise
             if self.on_load is not None:
                 self.on_load(key)
             return lm
         finally:
+            self._reserved.pop(key, None)
             self._loading.pop(key, None)
 
-    async def _make_room(self, key: str, everything: bool = False, loaded: bool = False) -> bool:
-        """Unload idle models (least recently used first) until `key` should fit; True if any went."""
+    async def _make_room(self, key: str, need: int, everything: bool = False) -> bool:
+        """Unload idle models (least recently used first) so `key` fits the budget, reserving `need` bytes
+        for its load; True if any went. Raises OverBudgetError when it cannot fit (memory_budget.py)."""
         async with self._lock:
-            idle = sorted((m for m in self._models.values() if m.active == 0 and m.name not in self._wanted
-                           and m.name != key and m.name not in self._pinned),
-                          key=lambda m: m.last_used)
-            victims: list[ModelSlot] = []
+            holders = [Holder(m.name, m.memory_bytes, idle=m.active == 0 and m.name not in self._wanted
+                              and m.name not in self._pinned, pinned=m.name in self._pinned)
+                       for m in sorted(self._models.values(), key=lambda m: m.last_used) if m.name != key]
+            holders += [Holder(k, n, idle=False, pinned=False) for k, n in self._reserved.items() if k != key]
             if everything:
-                victims = idle
-            elif self.memory_budget is not None:
-                need = 0 if loaded else self._sizes.get(key, 0)
-                used = sum(m.memory_bytes for m in self._models.values())
-                while idle and used + need > self.memory_budget:
-                    victim = idle.pop(0)
-                    used -= victim.memory_bytes
-                    victims.append(victim)
-            for victim in victims:
+                victims = [h.name for h in holders if h.idle]
+            elif self.memory_budget is None:
+                victims = []
+            else:
+                victims = choose_victims(key, need, self.memory_budget, holders)
+                if need and key not in self._models:
+                    self._reserved[key] = need
+            gone = [self._models[name] for name in victims]
+            for victim in gone:
                 self._drop(victim)
-        for victim in victims:
+        for victim in gone:
             await self._shutdown(victim)
-        return bool(victims)
+        return bool(gone)
 
     def _drop(self, lm: ModelSlot) -> None:
         if self._models.get(lm.name) is lm:

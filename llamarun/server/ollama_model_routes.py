@@ -14,8 +14,9 @@ from fastapi.responses import JSONResponse, Response
 
 from llamarun import __version__
 from llamarun.errors import ModelNotFoundError
-from llamarun.server.errors import ApiError, parse_body
+from llamarun.server.errors import ApiError
 from llamarun.server.ollama_schemas import CopyRequest, ModelRequest
+from llamarun.server.request_body import parse_body
 from llamarun.server.show_info import parameters_text, served_context, tokenizer_keys
 from llamarun.server.store_info import (
     describe,

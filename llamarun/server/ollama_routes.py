@@ -19,8 +19,8 @@ from llamarun.engine.energy import energy_fields
 from llamarun.engine.stats import RequestStats
 from llamarun.llm.chat_service import ChatRequest, Reply
 from llamarun.llm.text_stream import TokenLogprob
-from llamarun.server.errors import parse_body
 from llamarun.server.ollama_schemas import ChatBody, GenerateBody, chat_request, generate_request
+from llamarun.server.request_body import parse_request
 from llamarun.server.store_info import rfc3339
 from llamarun.server.streaming import CleanupStreamingResponse, ndjson, unless_disconnected
 from llamarun.tools.wire import ollama_tool_calls
@@ -33,8 +33,7 @@ Piece = Callable[[str, list[ToolCall]], dict[str, Any]]
 @router.post("/api/generate")
 async def generate(request: Request) -> Response:
     """Complete a prompt (through the chat template unless `raw`)."""
-    body = await parse_body(request, GenerateBody)
-    req = generate_request(body)
+    body, req = await parse_request(request, GenerateBody, generate_request)
     if not body.prompt and not body.context:
         return await _load_or_unload(request, req, {"response": ""})
     reply = await request.app.state.service.start(req)
@@ -46,8 +45,7 @@ async def generate(request: Request) -> Response:
 @router.post("/api/chat")
 async def chat(request: Request) -> Response:
     """Answer the next assistant turn of a conversation."""
-    body = await parse_body(request, ChatBody)
-    req = chat_request(body)
+    body, req = await parse_request(request, ChatBody, chat_request)
     if not req.messages:
         return await _load_or_unload(request, req, {"message": {"role": "assistant", "content": ""}})
     reply = await request.app.state.service.start(req)

@@ -20,13 +20,14 @@ from llamarun import __version__
 from llamarun.engine.energy import energy_fields
 from llamarun.llm.chat_service import Reply
 from llamarun.llm.text_stream import Completion, StreamChunk, TokenLogprob
-from llamarun.server.errors import ApiError, parse_body
+from llamarun.server.errors import ApiError
 from llamarun.server.openai_schemas import (
     ChatCompletionBody,
     CompletionBody,
     chat_completion_request,
     completion_request,
 )
+from llamarun.server.request_body import parse_request
 from llamarun.server.store_info import list_entries
 from llamarun.server.streaming import SSE_DONE, SSE_HEADERS, CleanupStreamingResponse, sse, unless_disconnected
 from llamarun.tools.wire import openai_tool_calls
@@ -37,15 +38,15 @@ FINGERPRINT = f"llamarun-{__version__}"
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    body = await parse_body(request, ChatCompletionBody)
-    reply = await request.app.state.service.start(chat_completion_request(body), f"chatcmpl-{uuid.uuid4().hex[:24]}")
+    body, req = await parse_request(request, ChatCompletionBody, chat_completion_request)
+    reply = await request.app.state.service.start(req, f"chatcmpl-{uuid.uuid4().hex[:24]}")
     return await _respond(request, body, reply, _ChatFormat(body, reply))
 
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
-    body = await parse_body(request, CompletionBody)
-    reply = await request.app.state.service.start(completion_request(body), f"cmpl-{uuid.uuid4().hex[:24]}")
+    body, req = await parse_request(request, CompletionBody, completion_request)
+    reply = await request.app.state.service.start(req, f"cmpl-{uuid.uuid4().hex[:24]}")
     return await _respond(request, body, reply, _CompletionFormat(body, reply))
 
 

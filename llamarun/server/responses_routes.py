@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 
 from llamarun.chat.messages import Message
 from llamarun.llm.chat_service import Reply
-from llamarun.server.errors import parse_body
+from llamarun.server.request_body import parse_body
 from llamarun.server.responses_schemas import ResponseMemory, ResponsesBody, responses_request
 from llamarun.server.streaming import SSE_HEADERS, CleanupStreamingResponse, unless_disconnected
 

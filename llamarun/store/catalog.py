@@ -138,7 +138,14 @@ def close_matches(ref: str, candidates: list[str], n: int = 3) -> list[str]:
 
 
 def smaller_variants(ref: str, below_bytes: int) -> list[CatalogEntry]:
-    """Catalog entries of the same family whose download is smaller than `below_bytes`, largest first."""
+    """Catalog entries of the same family whose download is smaller than `below_bytes`, largest first.
+
+    Never the model itself, nor one at least as large as its own download: a 135M model loaded in f32
+    takes more than its Q4 file, and that file must not come back as "the smaller" advice.
+    """
+    own = lookup(ref)
+    if own is not None:
+        below_bytes = min(below_bytes, own.approx_bytes)
     family = split_ref(canonical_ref(ref))[0].lower()
-    same = [e for e in _ENTRIES if e.name.lower() == family and e.approx_bytes < below_bytes]
+    same = [e for e in _ENTRIES if e.name.lower() == family and e.approx_bytes < below_bytes and e is not own]
     return sorted(same, key=lambda e: -e.approx_bytes)

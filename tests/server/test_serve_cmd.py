@@ -44,6 +44,8 @@ def test_defaults() -> None:
 @pytest.mark.parametrize("argv, fragment", [
     (["--port", "70000"], "not a port"), (["--ctx", "0"], "--ctx"), (["--keep-alive", "soon"], "keep_alive"),
     (["--api-key", " "], "empty"), (["--memory-budget", "-2"], "memory-budget"),
+    (["--max-body-bytes", "0"], "--max-body-bytes"), (["--max-queue", "0"], "--max-queue"),
+    (["--drain-seconds", "-1"], "--drain-seconds"),
 ])
 def test_bad_flags_are_one_line_errors(argv: list[str], fragment: str) -> None:
     with pytest.raises(LlamarunError) as err:
@@ -65,8 +67,9 @@ def test_a_taken_port_is_a_clear_error() -> None:
 def test_build_app_preloads_and_guards(store, monkeypatch) -> None:
     monkeypatch.setenv("LLAMARUN_HOME", str(store.root))
     loader = FakeLoader()
-    args = parse(DEFAULT, "--api-key", "k", "--ctx", "256")
+    args = parse(DEFAULT, "--api-key", "k", "--ctx", "256", "--max-body-bytes", "5000", "--max-queue", "7")
     app = serve_cmd.build_app(args, serve_cmd.check_args(args), loader=loader)
+    assert app.state.max_body_bytes == 5000 and app.state.admission.max_queue == 7
     with TestClient(app, base_url="http://127.0.0.1:11434") as client:  # bound to loopback: Host is checked
         assert [m.name for m in loader.instances] == [DEFAULT]  # loaded before the first request
         assert loader.instances[0].context_length == 256

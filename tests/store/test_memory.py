@@ -10,7 +10,7 @@ import pytest
 
 from llamarun.config import ModelConfig, RopeScaling
 from llamarun.errors import DoesNotFitError
-from llamarun.store.catalog import smaller_variants
+from llamarun.store.catalog import lookup, smaller_variants
 from llamarun.utils.memory import available_memory, plan_memory
 
 GB = 1000**3
@@ -140,3 +140,16 @@ def test_the_embedding_cache_counts_in_the_plan() -> None:
         plan_memory(LLAMA_8B, int(16.06 * GB), 4 * ctx, available_bytes=tight, scratch_tokens=ctx).check()
     assert plan_memory(LLAMA_8B, int(16.06 * GB), 4 * ctx, available_bytes=tight,
                        scratch_tokens=ctx).largest_context() < 4 * ctx
+
+
+def test_the_advice_never_names_the_model_itself() -> None:
+    # Issue 10, item 9: `run smollm2:135m --ctx 100000000` suggested "the smaller smollm2:135m". Loaded in
+    # f32 the model takes more than its own Q4 download, which made it look like a smaller variant.
+    own = lookup("smollm2:135m")
+    assert own is not None
+    assert all(e.ref != own.ref for e in smaller_variants("smollm2:135m", 10 * own.approx_bytes))
+    assert all(e.ref != own.ref for e in smaller_variants("smollm2", 10 * own.approx_bytes))  # via its alias
+    assert all(e.approx_bytes < own.approx_bytes for e in smaller_variants("smollm2", 10 * own.approx_bytes))
+    # A larger variant is still offered its smaller siblings
+    names = [e.ref for e in smaller_variants("llama3.3:70b", 10 * LLAMA_70B_BF16)]
+    assert "llama3.3:70b" not in names and "llama3.3:70b-q4_K_M" in names
