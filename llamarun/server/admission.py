@@ -26,7 +26,7 @@ from llamarun.llm.request_limits import DEFAULT_MAX_QUEUE
 from llamarun.server.errors import error_response
 
 MODEL_WORK = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings",
-                        "/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+                        "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"})
 RETRY_AFTER_BUSY = "1"
 RETRY_AFTER_DRAINING = "5"
 CUT_MESSAGE = "the server is shutting down and stopped this request before it finished"
