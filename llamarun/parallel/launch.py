@@ -52,9 +52,13 @@ class TensorParallel:
     engine: LLMEngine
     group: ParallelGroup
     processes: list[Any] = field(default_factory=list)  # spawned workers; empty under torchrun
+    closed: bool = False
 
     def close(self) -> None:
-        """Stop the workers, wait for them (killing any that hang), and leave the process group."""
+        """Stop the workers, wait for them (killing any that hang), and leave the process group. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
         runner = self.engine.runner
         try:
             if isinstance(runner, BroadcastRunner):
@@ -77,6 +81,7 @@ def start_tensor_parallel(spec: ShardSpec, world_size: int,
     """
     if world_size < 1:
         raise LlamarunError(f"--tp {world_size} is below 1", "give the number of ranks, e.g. --tp 2")
+    _check_plan(spec, world_size)  # a --tp the model cannot split fails here, before any process starts
     env = torchrun_env()
     if env is not None:
         rank, world, local_rank = env
@@ -105,6 +110,13 @@ def start_tensor_parallel(spec: ShardSpec, world_size: int,
         _kill(processes)
         raise ParallelError(f"{err.message}{': ' + ', '.join(dead) if dead else ''}", err.hint) from None
     return _rank_zero(spec, group, processes, on_tensor)
+
+
+def _check_plan(spec: ShardSpec, world_size: int) -> None:
+    from llamarun.loaders.registry import open_checkpoint
+    from llamarun.parallel.plan import ShardPlan
+
+    ShardPlan(open_checkpoint(spec.path, spec.format).config, 0, world_size)
 
 
 def _rank_zero(spec: ShardSpec, group: ParallelGroup, processes: list[Any],
@@ -138,7 +150,7 @@ def _build_engine(spec: ShardSpec, group: ParallelGroup, on_tensor: Callable[[st
         return LLMEngine(model, spec.engine, dtype=dtype, device=group.device), None
     except LlamarunError as err:
         return None, str(err)
-    except Exception as err:  # noqa: BLE001 - a bug on one rank must still reach rank 0, not hang the rest
+    except Exception as err:  # a bug on one rank must still reach rank 0, not hang the rest
         return None, f"{type(err).__name__}: {err}"
 
 

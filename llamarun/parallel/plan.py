@@ -21,9 +21,6 @@ import torch
 from llamarun.config import ModelConfig
 from llamarun.errors import LlamarunError
 
-_COLUMN_SUFFIXES = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "gate_proj.weight", "up_proj.weight")
-
-
 @dataclass(frozen=True)
 class Slice:
     """Keep [start, end) along `dim`, then pad with zero rows up to `padded` (dim 0 only; 0: no padding)."""
@@ -118,7 +115,3 @@ def pad_rows(kept: torch.Tensor, part: Slice) -> torch.Tensor:
         return kept
     return torch.cat([kept, kept.new_zeros((missing, *kept.shape[1:]))])  # [padded, hidden]
 
-
-def is_column_parallel(name: str) -> bool:
-    """Whether `name` is one of the merged projections sharded by output rows (q/k/v, gate/up)."""
-    return name.endswith(_COLUMN_SUFFIXES)

@@ -10,13 +10,10 @@ counts, generators) in step with rank 0's and lets any runner (the torch one, th
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from llamarun.engine.step import SampledToken, SchedulerOutput
 from llamarun.parallel.group import ParallelError, ParallelGroup
-
-log = logging.getLogger(__name__)
 
 
 class BroadcastRunner:
