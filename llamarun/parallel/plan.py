@@ -21,6 +21,7 @@ import torch
 from llamarun.config import ModelConfig
 from llamarun.errors import LlamarunError
 
+
 @dataclass(frozen=True)
 class Slice:
     """Keep [start, end) along `dim`, then pad with zero rows up to `padded` (dim 0 only; 0: no padding)."""
