@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from llamarun.errors import LlamarunError
+from llamarun.parallel.settings import add_tp_argument, apply_tp_argument
 
 HELP = """Commands:
   /set system <text>   set the system message (clears the conversation)
@@ -33,6 +34,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--weights", choices=["auto", "exact", "int8"], default="auto",
                    help="exact: expand weights to the compute dtype; int8: packed int8 CPU kernels; "
                         "auto (default): int8 on CPU for GGUF/MLX quantized files, exact otherwise")
+    add_tp_argument(p)
     s = p.add_argument_group("sampling (defaults as in Ollama)")
     s.add_argument("--temperature", type=float)
     s.add_argument("--top-k", type=int)
@@ -69,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from llamarun.utils.devices import check_device
 
     params = sampling_params(args)  # validate flags and read the prompt before a long load
+    apply_tp_argument(args)
     if args.ctx is not None and args.ctx < 1:
         raise LlamarunError(f"--ctx {args.ctx} is below 1", "give the context length in tokens, e.g. 4096")
     if args.device:

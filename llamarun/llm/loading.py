@@ -50,6 +50,7 @@ def load_model(model: str | ResolvedModel, *, context_length: int | None = None,
     from llamarun.chat.select import select_chat_template
     from llamarun.loaders.registry import open_checkpoint
     from llamarun.models.build import build_model
+    from llamarun.parallel.settings import tensor_parallel_size
     from llamarun.quant.int8_cpu import pack_int8
     from llamarun.store.catalog import smaller_variants
     from llamarun.utils.memory import plan_memory
@@ -73,10 +74,17 @@ def load_model(model: str | ResolvedModel, *, context_length: int | None = None,
                 model_name=resolved.name, smaller=smaller).check()
     tokenizer = ckpt.tokenizer()
     template = select_chat_template(ckpt.chat_template, tokenizer)
+    engine_config = EngineConfig(context_length=context, kv_tokens=kv)
     with count_bar("loading weights", len(ckpt.tensor_names), enabled=None if progress else False) as bar:
-        net = build_model(ckpt, dtype, device, on_tensor=lambda _name: bar.advance(),
-                          pack=pack_int8 if mode == "int8" else None)
-    engine = LLMEngine(net, EngineConfig(context_length=context, kv_tokens=kv), dtype=dtype, device=device)
+        if tensor_parallel_size() > 1:  # split over ranks (--tp N, or started by torchrun): llamarun/parallel
+            from llamarun.parallel.launch import load_parallel_engine
+
+            engine = load_parallel_engine(resolved.path, ckpt.format, engine_config, dtype, device, mode,
+                                          on_tensor=lambda _name: bar.advance())
+        else:
+            net = build_model(ckpt, dtype, device, on_tensor=lambda _name: bar.advance(),
+                              pack=pack_int8 if mode == "int8" else None)
+            engine = LLMEngine(net, engine_config, dtype=dtype, device=device)
     return LoadedModel(
         name=resolved.name, checkpoint=ckpt, config=config, tokenizer=tokenizer, template=template,
         stop_ids=ckpt.stop_token_ids(), engine=engine, context_length=context, device=device, dtype=dtype,

@@ -5,5 +5,6 @@ plan.py    which rows or columns of each checkpoint tensor a rank keeps, and the
 layers.py  the wrappers that make a sharded Llama whole again: all-reduce, vocab-parallel embedding, logits gather
 load.py    build rank r's shard, reading only its rows where the format allows (HF safetensors)
 runner.py  rank 0 broadcasts each plain-data step; the other ranks run it on their shard
+settings.py  `--tp N` / torchrun's WORLD_SIZE: how many ranks a load splits over
 launch.py  start the workers (spawned here, or by torchrun) and hand rank 0 a ready engine
 """

@@ -10,6 +10,7 @@ shard, and reports; a rank that fails to build makes start-up fail on every rank
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from llamarun.parallel.group import (
     torchrun_env,
 )
 from llamarun.parallel.runner import BroadcastRunner, serve_steps
+from llamarun.parallel.settings import tensor_parallel_size
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,13 @@ def start_tensor_parallel(spec: ShardSpec, world_size: int,
     return _rank_zero(spec, group, processes, on_tensor)
 
 
+def load_parallel_engine(path: Any, fmt: str, config: EngineConfig, dtype: torch.dtype, device: str, weights: str,
+                         on_tensor: Callable[[str], None] | None = None) -> LLMEngine:
+    """The hook llm/loading.py calls when tensor_parallel_size() > 1: rank 0's engine over all ranks."""
+    spec = ShardSpec(str(path), fmt, config, str(dtype).removeprefix("torch."), device, weights)
+    return start_tensor_parallel(spec, tensor_parallel_size(), on_tensor).engine
+
+
 def _check_plan(spec: ShardSpec, world_size: int) -> None:
     from llamarun.loaders.registry import open_checkpoint
     from llamarun.parallel.plan import ShardPlan
@@ -129,7 +138,9 @@ def _rank_zero(spec: ShardSpec, group: ParallelGroup, processes: list[Any],
         close_group()
         raise
     engine.runner = BroadcastRunner(engine.runner, group)
-    return TensorParallel(engine, group, processes)
+    handle = TensorParallel(engine, group, processes)
+    atexit.register(handle.close)  # the CLI and server never close engines: stop the workers as the process ends
+    return handle
 
 
 def _build_engine(spec: ShardSpec, group: ParallelGroup, on_tensor: Callable[[str], None] | None = None
