@@ -1,6 +1,7 @@
 """Process groups for tensor parallelism, and collectives that report which rank stopped where.
 
-Two groups join the same ranks. The default group (gloo on CPUs, NCCL on GPUs) carries activations;
+Two groups join the same ranks (after the default group, which only waits for them all to start, with
+a long timeout). The activation group (gloo on CPUs, NCCL on GPUs) carries activations;
 every collective on it has a short timeout, so a dead or hung rank surfaces as an error within
 seconds instead of a hang. The control group (always gloo, on the host) carries each engine step from
 rank 0 to the workers; its timeout is long, because a worker waits there for as long as the server
@@ -21,6 +22,7 @@ import torch.distributed as dist
 from llamarun.errors import LlamarunError
 
 DEFAULT_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 600.0  # joining and loading: a rank imports torch and reads its shard first
 CONTROL_TIMEOUT = timedelta(days=7)  # a worker waits here while the server is idle
 
 
@@ -60,10 +62,14 @@ class ParallelGroup:
                 size = torch.tensor([payload.numel()], dtype=torch.long)
             else:
                 size = torch.zeros(1, dtype=torch.long)
-            dist.broadcast(size, src=0, group=self.control)
+            # Rank 0 gives up after the collective timeout (a root's broadcast waits for hung receivers too);
+            # a worker waits for the next step as long as the server stays idle.
+            short = timedelta(seconds=self.timeout_s)
+            idle = short if self.rank == 0 else timedelta(0)  # 0: the group's own (days-long) timeout
+            dist.broadcast(size, src=0, group=self.control, async_op=True).wait(idle)
             if self.rank != 0:
                 payload = torch.empty(int(size.item()), dtype=torch.uint8)
-            dist.broadcast(payload, src=0, group=self.control)
+            dist.broadcast(payload, src=0, group=self.control, async_op=True).wait(short)
         return obj if self.rank == 0 else pickle.loads(payload.numpy().tobytes())
 
     def gather_objects(self, obj: Any, op_name: str = "start-up check") -> list[Any]:
@@ -108,22 +114,30 @@ def rank_device(device: str | torch.device, local_rank: int) -> torch.device:
 
 
 def init_group(rank: int, world_size: int, device: str | torch.device, *, store: Any = None,
-               local_rank: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> ParallelGroup:
-    """Join the ranks: through `store` (a TCPStore, when spawned here) or the env:// variables torchrun sets."""
+               local_rank: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+               start_timeout_s: float = START_TIMEOUT_S) -> ParallelGroup:
+    """Join the ranks: through `store` (a TCPStore, when spawned here) or the env:// variables torchrun sets.
+
+    Joining waits up to `start_timeout_s` (a rank first imports torch); collectives on activations then
+    time out after `timeout_s`.
+    """
     # NVLink multicast (NVLS) has hung and failed on the machines we use; the plain NCCL paths do not.
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     dev = rank_device(device, rank if local_rank is None else local_rank)
-    timeout = timedelta(seconds=timeout_s)
     kwargs: dict[str, Any] = {"store": store} if store is not None else {"init_method": "env://"}
     if dev.type == "cuda":
         kwargs["device_id"] = dev  # binds NCCL to this rank's GPU at once
+    backend = backend_for(dev)
     try:
-        dist.init_process_group(backend_for(dev), rank=rank, world_size=world_size, timeout=timeout, **kwargs)
+        dist.init_process_group(backend, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=start_timeout_s), **kwargs)
+        activations = dist.new_group(backend=backend, timeout=timedelta(seconds=timeout_s))
         control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
     except (RuntimeError, ValueError, OSError) as err:
+        close_group()
         raise ParallelError(f"rank {rank} of {world_size} could not join the process group ({err})",
-                            f"the other ranks did not all start within {timeout_s:g} s") from None
-    return ParallelGroup(rank, world_size, dev, timeout_s, dist.group.WORLD, control)
+                            f"the other ranks did not all start within {start_timeout_s:g} s") from None
+    return ParallelGroup(rank, world_size, dev, timeout_s, activations, control)
 
 
 def close_group() -> None:

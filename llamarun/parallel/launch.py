@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,6 +25,7 @@ from llamarun.engine.llm_engine import EngineConfig, LLMEngine
 from llamarun.errors import LlamarunError
 from llamarun.parallel.group import (
     DEFAULT_TIMEOUT_S,
+    START_TIMEOUT_S,
     ParallelError,
     ParallelGroup,
     close_group,
@@ -44,7 +46,8 @@ class ShardSpec:
     dtype: str = "float32"
     device: str = "cpu"
     weights: str = "exact"  # "exact" or "int8" (the CPU int8 packing, applied to each rank's shards)
-    timeout_s: float = DEFAULT_TIMEOUT_S
+    timeout_s: float = DEFAULT_TIMEOUT_S  # per collective once running
+    start_timeout_s: float = START_TIMEOUT_S  # for all ranks to start and build their shards
 
 
 @dataclass
@@ -93,25 +96,46 @@ def start_tensor_parallel(spec: ShardSpec, world_size: int,
         if rank != 0:
             code = _worker(rank, world, None, spec, local_rank)
             sys.exit(code)
-        group = init_group(0, world, spec.device, local_rank=local_rank, timeout_s=spec.timeout_s)
+        group = init_group(0, world, spec.device, local_rank=local_rank, timeout_s=spec.timeout_s,
+                           start_timeout_s=spec.start_timeout_s)
         return _rank_zero(spec, group, [], on_tensor)
     import torch.distributed as dist
     import torch.multiprocessing as mp
 
     store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True,
-                          timeout=timedelta(seconds=spec.timeout_s), wait_for_workers=False)
+                          timeout=timedelta(seconds=spec.start_timeout_s), wait_for_workers=False)
     ctx = mp.get_context("spawn")
     processes = [ctx.Process(target=_spawned_worker, args=(rank, world_size, store.port, spec), daemon=True,
                              name=f"llamarun-tp-rank{rank}") for rank in range(1, world_size)]
     for proc in processes:
         proc.start()
     try:
-        group = init_group(0, world_size, spec.device, store=store, timeout_s=spec.timeout_s)
+        _wait_started(store, processes, spec.start_timeout_s)
+        group = init_group(0, world_size, spec.device, store=store, timeout_s=spec.timeout_s,
+                           start_timeout_s=spec.start_timeout_s)
     except ParallelError as err:
         dead = [f"rank {r} exited with code {p.exitcode}" for r, p in enumerate(processes, 1) if not p.is_alive()]
         _kill(processes)
         raise ParallelError(f"{err.message}{': ' + ', '.join(dead) if dead else ''}", err.hint) from None
     return _rank_zero(spec, group, processes, on_tensor)
+
+
+_STARTED = "llamarun/started/"
+
+
+def _wait_started(store: Any, processes: list[Any], timeout_s: float) -> None:
+    """Wait until every spawned rank has reached the store; one that died first fails start-up at once."""
+    keys = [f"{_STARTED}{rank}" for rank in range(1, len(processes) + 1)]
+    deadline = time.monotonic() + timeout_s
+    while not store.check(keys):
+        for rank, proc in enumerate(processes, 1):
+            if not proc.is_alive():
+                raise ParallelError(f"tensor-parallel rank {rank} exited with code {proc.exitcode} while starting",
+                                    "see its error above")
+        if time.monotonic() > deadline:
+            raise ParallelError(f"the tensor-parallel ranks did not start within {timeout_s:g} s",
+                                "is the machine overloaded?")
+        time.sleep(0.05)
 
 
 def load_parallel_engine(path: Any, fmt: str, config: EngineConfig, dtype: torch.dtype, device: str, weights: str,
@@ -184,9 +208,10 @@ def _worker(rank: int, world_size: int, port: int | None, spec: ShardSpec, local
         store = None
         if port is not None:
             store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False,
-                                  timeout=timedelta(seconds=spec.timeout_s))
+                                  timeout=timedelta(seconds=spec.start_timeout_s))
+            store.set(f"{_STARTED}{rank}", "1")
         group = init_group(rank, world_size, spec.device, store=store, local_rank=local_rank,
-                           timeout_s=spec.timeout_s)
+                           timeout_s=spec.timeout_s, start_timeout_s=spec.start_timeout_s)
         engine, problem = _build_engine(spec, group)
         _check_all_built(group, problem)
         serve_steps(engine.runner, group)

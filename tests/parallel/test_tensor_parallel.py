@@ -122,3 +122,24 @@ def test_a_tp_the_heads_cannot_split_fails_before_starting_anything(tmp_path_fac
     path = checkpoint(tmp_path_factory, TinySpec(), seed=1)
     with pytest.raises(LlamarunError, match="--tp that divides"):
         start_tensor_parallel(ShardSpec(path, "hf", ENGINE), 3)
+
+
+def test_a_hung_worker_times_out_naming_the_rank_and_collective(tmp_path_factory):
+    """A worker that stops answering (SIGSTOP) is not a hang: the collective's timeout names where rank 0 stood."""
+    import os
+    import signal
+
+    path = checkpoint(tmp_path_factory, TinySpec(), seed=2)
+    handle = start_tensor_parallel(ShardSpec(path, "hf", ENGINE, timeout_s=3), 2)
+    worker = handle.processes[0]
+    try:
+        os.kill(worker.pid, signal.SIGSTOP)
+        handle.engine.add_request([1, 2, 3], GREEDY, request_id="hung")
+        t0 = time.monotonic()
+        with pytest.raises(ParallelError, match=r"rank 0 of 2: (all_reduce after|step broadcast)"):
+            while handle.engine.has_unfinished:
+                handle.engine.step()
+        assert time.monotonic() - t0 < 3 + 10
+    finally:
+        handle.close()  # kills the stopped worker after waiting its timeout
+    assert not worker.is_alive()
