@@ -87,6 +87,11 @@ def start_tensor_parallel(spec: ShardSpec, world_size: int,
     if world_size < 1:
         raise LlamarunError(f"--tp {world_size} is below 1", "give the number of ranks, e.g. --tp 2")
     _check_plan(spec, world_size)  # a --tp the model cannot split fails here, before any process starts
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        raise LlamarunError("a tensor-parallel model is already running in this process",
+                            "close it (TensorParallel.close) before loading another with --tp")
     env = torchrun_env()
     if env is not None:
         rank, world, local_rank = env
@@ -99,7 +104,6 @@ def start_tensor_parallel(spec: ShardSpec, world_size: int,
         group = init_group(0, world, spec.device, local_rank=local_rank, timeout_s=spec.timeout_s,
                            start_timeout_s=spec.start_timeout_s)
         return _rank_zero(spec, group, [], on_tensor)
-    import torch.distributed as dist
     import torch.multiprocessing as mp
 
     store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True,

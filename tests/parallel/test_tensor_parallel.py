@@ -87,6 +87,12 @@ def test_tp2_seeded_sampling_equals_one_process(tp2):
     assert_same(run_all(handle.engine, SEEDED), one_process(path, SEEDED))
 
 
+def test_a_second_parallel_model_in_one_process_is_refused_clearly(tp2):
+    path, _ = tp2
+    with pytest.raises(LlamarunError, match="already running in this process"):
+        start_tensor_parallel(ShardSpec(path, "hf", ENGINE), 2)
+
+
 def test_a_dead_worker_gives_a_clear_error_within_the_timeout(tp2):
     _, handle = tp2
     worker = handle.processes[0]
