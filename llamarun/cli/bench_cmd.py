@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from llamarun.cli.weights_flags import add_weights_flags, weights_from_args
 from llamarun.errors import LlamarunError
+from llamarun.parallel.settings import add_tp_argument, apply_tp_argument
 
 if TYPE_CHECKING:
     from llamarun.bench.report import RunRecord
@@ -61,6 +62,7 @@ def register(subparsers: Any) -> None:
     m.add_argument("--ctx", type=int, help="context length in tokens (default 4096)")
     m.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     add_weights_flags(m)
+    add_tp_argument(m)
     p.set_defaults(handler=run)
 
 
@@ -126,10 +128,11 @@ def run(args: argparse.Namespace) -> int:
     levels = parse_levels(args.concurrency)
     counts = parse_requests(args.requests, levels)
     _check_args(args, levels, counts)
+    apply_tp_argument(args)
     deadline = start + args.time_budget if args.time_budget else None
     record = RunRecord(args.json_path, model=args.model or "", settings={
         "prompt_tokens": args.prompt_tokens, "output_tokens": args.output_tokens, "seed": args.seed,
-        "concurrency": levels, "requests": counts})
+        "concurrency": levels, "requests": counts, "tp": args.tp or 1})
     if args.url or args.serve:
         record.mode = "serving"
         record.model, results, settings = _serving(args, levels, counts)

@@ -54,6 +54,7 @@ def load_model(model: str | ResolvedModel, *, context_length: int | None = None,
     from llamarun.chat.select import select_chat_template
     from llamarun.loaders.registry import open_checkpoint
     from llamarun.models.build import build_model
+    from llamarun.parallel.settings import tensor_parallel_size
     from llamarun.store.catalog import smaller_variants
     from llamarun.utils.memory import plan_memory
     from llamarun.utils.progress import count_bar
@@ -77,11 +78,19 @@ def load_model(model: str | ResolvedModel, *, context_length: int | None = None,
     tokenizer = ckpt.tokenizer()
     template = select_chat_template(ckpt.chat_template, tokenizer)
     t_checks = time.perf_counter()
+    engine_config = EngineConfig(context_length=context, kv_tokens=kv)
     with count_bar("loading weights", len(ckpt.tensor_names), enabled=None if progress else False) as bar:
-        net = build_model(ckpt, dtype, device, on_tensor=lambda _name: bar.advance(),
-                          pack=packer(method_for(mode)))
-    t_weights = time.perf_counter()
-    engine = LLMEngine(net, EngineConfig(context_length=context, kv_tokens=kv), dtype=dtype, device=device)
+        if tensor_parallel_size() > 1:  # split over ranks (--tp N, or started by torchrun): llamarun/parallel
+            from llamarun.parallel.launch import load_parallel_engine
+
+            engine = load_parallel_engine(resolved.path, ckpt.format, engine_config, dtype, device, mode,
+                                          on_tensor=lambda _name: bar.advance())
+            t_weights = time.perf_counter()  # the shards load inside the engine's start: reported as weights
+        else:
+            net = build_model(ckpt, dtype, device, on_tensor=lambda _name: bar.advance(),
+                              pack=packer(method_for(mode)))
+            t_weights = time.perf_counter()
+            engine = LLMEngine(net, engine_config, dtype=dtype, device=device)
     t_end = time.perf_counter()
     phases = {"checks": t_checks - t0, "weights": t_weights - t_checks, "engine": t_end - t_weights}
     graphs = getattr(engine.runner, "capture_seconds", 0.0)

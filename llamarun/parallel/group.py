@@ -1,0 +1,154 @@
+"""Process groups for tensor parallelism, and collectives that report which rank stopped where.
+
+Two groups join the same ranks (after the default group, which only waits for them all to start, with
+a long timeout). The activation group (gloo on CPUs, NCCL on GPUs) carries activations;
+every collective on it has a short timeout, so a dead or hung rank surfaces as an error within
+seconds instead of a hang. The control group (always gloo, on the host) carries each engine step from
+rank 0 to the workers; its timeout is long, because a worker waits there for as long as the server
+is idle. A dead peer still fails it at once: its sockets close when its process ends.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from llamarun.errors import LlamarunError
+
+DEFAULT_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 600.0  # joining and loading: a rank imports torch and reads its shard first
+CONTROL_TIMEOUT = timedelta(days=7)  # a worker waits here while the server is idle
+
+
+class ParallelError(LlamarunError):
+    """A collective failed: a peer rank died, hung past the timeout, or never joined."""
+
+
+@dataclass
+class ParallelGroup:
+    """This process's place among the ranks, with the groups its collectives go through."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    timeout_s: float
+    group: Any  # the default process group (activations)
+    control: Any  # gloo group for plain-data steps
+
+    def all_reduce(self, x: torch.Tensor, op_name: str = "all_reduce") -> torch.Tensor:
+        """Sum `x` over the ranks, in place; returns x."""
+        with _named(self, op_name):
+            dist.all_reduce(x, group=self.group)
+        return x
+
+    def all_gather_last(self, x: torch.Tensor, op_name: str = "all_gather") -> torch.Tensor:
+        """Concatenate every rank's `x` along the last dim, rank order: [..., d] -> [..., world * d]."""
+        parts = [torch.empty_like(x) for _ in range(self.world_size)]
+        with _named(self, op_name):
+            dist.all_gather(parts, x.contiguous(), group=self.group)
+        return torch.cat(parts, dim=-1)
+
+    def broadcast_object(self, obj: Any = None, op_name: str = "step broadcast") -> Any:
+        """Rank 0 sends `obj` (pickled) to every rank; every rank returns it. Two host collectives."""
+        with _named(self, op_name):
+            if self.rank == 0:
+                payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)  # [bytes]
+                size = torch.tensor([payload.numel()], dtype=torch.long)
+            else:
+                size = torch.zeros(1, dtype=torch.long)
+            # Rank 0 gives up after the collective timeout (a root's broadcast waits for hung receivers too);
+            # a worker waits for the next step as long as the server stays idle.
+            short = timedelta(seconds=self.timeout_s)
+            idle = short if self.rank == 0 else timedelta(0)  # 0: the group's own (days-long) timeout
+            dist.broadcast(size, src=0, group=self.control, async_op=True).wait(idle)
+            if self.rank != 0:
+                payload = torch.empty(int(size.item()), dtype=torch.uint8)
+            dist.broadcast(payload, src=0, group=self.control, async_op=True).wait(short)
+        return obj if self.rank == 0 else pickle.loads(payload.numpy().tobytes())
+
+    def gather_objects(self, obj: Any, op_name: str = "start-up check") -> list[Any]:
+        """Every rank's `obj`, in rank order, on every rank (start-up reports; not for the hot path)."""
+        out: list[Any] = [None] * self.world_size
+        with _named(self, op_name):
+            dist.all_gather_object(out, obj, group=self.control)
+        return out
+
+
+class _named:
+    """Turns a failing collective into a ParallelError naming the rank and the collective."""
+
+    def __init__(self, group: ParallelGroup, op_name: str) -> None:
+        self.group, self.op_name = group, op_name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, err, tb) -> bool:
+        if err is None or isinstance(err, LlamarunError) or not isinstance(err, RuntimeError | OSError):
+            return False
+        g = self.group
+        raise ParallelError(
+            f"rank {g.rank} of {g.world_size}: {self.op_name} failed ({str(err).splitlines()[0][:200]})",
+            f"a peer rank died or stopped answering within {g.timeout_s:g} s; see its log, then restart all ranks",
+        ) from None
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def rank_device(device: str | torch.device, local_rank: int) -> torch.device:
+    """The device rank `local_rank` of this host computes on: its own GPU, or the CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device
+    index = local_rank if device.index is None else device.index + local_rank
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def init_group(rank: int, world_size: int, device: str | torch.device, *, store: Any = None,
+               local_rank: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+               start_timeout_s: float = START_TIMEOUT_S) -> ParallelGroup:
+    """Join the ranks: through `store` (a TCPStore, when spawned here) or the env:// variables torchrun sets.
+
+    Joining waits up to `start_timeout_s` (a rank first imports torch); collectives on activations then
+    time out after `timeout_s`.
+    """
+    # NVLink multicast (NVLS) has hung and failed on the machines we use; the plain NCCL paths do not.
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    dev = rank_device(device, rank if local_rank is None else local_rank)
+    kwargs: dict[str, Any] = {"store": store} if store is not None else {"init_method": "env://"}
+    if dev.type == "cuda":
+        kwargs["device_id"] = dev  # binds NCCL to this rank's GPU at once
+    backend = backend_for(dev)
+    try:
+        dist.init_process_group(backend, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=start_timeout_s), **kwargs)
+        activations = dist.new_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
+    except (RuntimeError, ValueError, OSError) as err:
+        close_group()
+        raise ParallelError(f"rank {rank} of {world_size} could not join the process group ({err})",
+                            f"the other ranks did not all start within {start_timeout_s:g} s") from None
+    return ParallelGroup(rank, world_size, dev, timeout_s, activations, control)
+
+
+def close_group() -> None:
+    """Leave the process group (safe to call when none was made)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def torchrun_env() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when torchrun (or another env:// launcher) started this process."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return rank, world, int(os.environ.get("LOCAL_RANK", rank))

@@ -1,0 +1,239 @@
+"""Start tensor-parallel ranks on one host and hand rank 0 a ready engine.
+
+The calling process is rank 0: it keeps the scheduler, the engine loop and everything above them (CLI,
+server). `start_tensor_parallel` spawns ranks 1..N-1 (torch.multiprocessing, spawn), which join through a
+TCPStore rank 0 opens on a free port. Under torchrun (RANK / WORLD_SIZE set) nothing is spawned: every
+process calls the same function, rank 0 gets the engine back, and the other ranks serve steps until rank
+0 stops them, then exit. Each rank opens the checkpoint itself from `ShardSpec` (plain data), builds its
+shard, and reports; a rank that fails to build makes start-up fail on every rank with its message.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+from llamarun.engine.llm_engine import EngineConfig, LLMEngine
+from llamarun.errors import LlamarunError
+from llamarun.parallel.group import (
+    DEFAULT_TIMEOUT_S,
+    START_TIMEOUT_S,
+    ParallelError,
+    ParallelGroup,
+    close_group,
+    init_group,
+    torchrun_env,
+)
+from llamarun.parallel.runner import BroadcastRunner, serve_steps
+from llamarun.parallel.settings import tensor_parallel_size
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """What every rank needs to build its shard and engine; plain data, so it crosses into spawned processes."""
+
+    path: str
+    format: str
+    engine: EngineConfig
+    dtype: str = "float32"
+    device: str = "cpu"
+    weights: str = "exact"  # a --weights mode; its method packs each rank's own slices
+    timeout_s: float = DEFAULT_TIMEOUT_S  # per collective once running
+    start_timeout_s: float = START_TIMEOUT_S  # for all ranks to start and build their shards
+
+
+@dataclass
+class TensorParallel:
+    """Rank 0's handle: the engine (its runner broadcasts every step), and the workers to stop on close."""
+
+    engine: LLMEngine
+    group: ParallelGroup
+    processes: list[Any] = field(default_factory=list)  # spawned workers; empty under torchrun
+    closed: bool = False
+
+    def close(self) -> None:
+        """Stop the workers, wait for them (killing any that hang), and leave the process group. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        runner = self.engine.runner
+        try:
+            if isinstance(runner, BroadcastRunner):
+                runner.stop_workers()
+        except ParallelError:
+            pass  # a worker is gone already; the others fail their wait and exit on their own
+        for proc in self.processes:
+            proc.join(timeout=self.group.timeout_s)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        close_group()
+
+
+def start_tensor_parallel(spec: ShardSpec, world_size: int,
+                          on_tensor: Callable[[str], None] | None = None) -> TensorParallel:
+    """Rank 0's engine over `world_size` ranks (spawned here, or already started by torchrun).
+
+    Under torchrun, ranks other than 0 never return: they serve steps, then exit the process.
+    """
+    if world_size < 1:
+        raise LlamarunError(f"--tp {world_size} is below 1", "give the number of ranks, e.g. --tp 2")
+    _check_plan(spec, world_size)  # a --tp the model cannot split fails here, before any process starts
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        raise LlamarunError("a tensor-parallel model is already running in this process",
+                            "close it (TensorParallel.close) before loading another with --tp")
+    env = torchrun_env()
+    if env is not None:
+        rank, world, local_rank = env
+        if world != world_size:
+            raise LlamarunError(f"torchrun started {world} ranks, but --tp asks for {world_size}",
+                                "give torchrun --nproc-per-node the same number as --tp")
+        if rank != 0:
+            code = _worker(rank, world, None, spec, local_rank)
+            sys.exit(code)
+        group = init_group(0, world, spec.device, local_rank=local_rank, timeout_s=spec.timeout_s,
+                           start_timeout_s=spec.start_timeout_s)
+        return _rank_zero(spec, group, [], on_tensor)
+    import torch.multiprocessing as mp
+
+    store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True,
+                          timeout=timedelta(seconds=spec.start_timeout_s), wait_for_workers=False)
+    ctx = mp.get_context("spawn")
+    processes = [ctx.Process(target=_spawned_worker, args=(rank, world_size, store.port, spec), daemon=True,
+                             name=f"llamarun-tp-rank{rank}") for rank in range(1, world_size)]
+    for proc in processes:
+        proc.start()
+    try:
+        _wait_started(store, processes, spec.start_timeout_s)
+        group = init_group(0, world_size, spec.device, store=store, timeout_s=spec.timeout_s,
+                           start_timeout_s=spec.start_timeout_s)
+    except ParallelError as err:
+        dead = [f"rank {r} exited with code {p.exitcode}" for r, p in enumerate(processes, 1) if not p.is_alive()]
+        _kill(processes)
+        raise ParallelError(f"{err.message}{': ' + ', '.join(dead) if dead else ''}", err.hint) from None
+    return _rank_zero(spec, group, processes, on_tensor)
+
+
+_STARTED = "llamarun/started/"
+
+
+def _wait_started(store: Any, processes: list[Any], timeout_s: float) -> None:
+    """Wait until every spawned rank has reached the store; one that died first fails start-up at once."""
+    keys = [f"{_STARTED}{rank}" for rank in range(1, len(processes) + 1)]
+    deadline = time.monotonic() + timeout_s
+    while not store.check(keys):
+        for rank, proc in enumerate(processes, 1):
+            if not proc.is_alive():
+                raise ParallelError(f"tensor-parallel rank {rank} exited with code {proc.exitcode} while starting",
+                                    "see its error above")
+        if time.monotonic() > deadline:
+            raise ParallelError(f"the tensor-parallel ranks did not start within {timeout_s:g} s",
+                                "is the machine overloaded?")
+        time.sleep(0.05)
+
+
+def load_parallel_engine(path: Any, fmt: str, config: EngineConfig, dtype: torch.dtype, device: str, weights: str,
+                         on_tensor: Callable[[str], None] | None = None) -> LLMEngine:
+    """The hook llm/loading.py calls when tensor_parallel_size() > 1: rank 0's engine over all ranks."""
+    spec = ShardSpec(str(path), fmt, config, str(dtype).removeprefix("torch."), device, weights)
+    return start_tensor_parallel(spec, tensor_parallel_size(), on_tensor).engine
+
+
+def _check_plan(spec: ShardSpec, world_size: int) -> None:
+    from llamarun.loaders.registry import open_checkpoint
+    from llamarun.parallel.plan import ShardPlan
+
+    ShardPlan(open_checkpoint(spec.path, spec.format).config, 0, world_size)
+
+
+def _rank_zero(spec: ShardSpec, group: ParallelGroup, processes: list[Any],
+               on_tensor: Callable[[str], None] | None) -> TensorParallel:
+    engine, problem = _build_engine(spec, group, on_tensor)
+    try:
+        _check_all_built(group, problem)
+    except LlamarunError:
+        _kill(processes)
+        close_group()
+        raise
+    engine.runner = BroadcastRunner(engine.runner, group)
+    handle = TensorParallel(engine, group, processes)
+    atexit.register(handle.close)  # the CLI and server never close engines: stop the workers as the process ends
+    return handle
+
+
+def _build_engine(spec: ShardSpec, group: ParallelGroup, on_tensor: Callable[[str], None] | None = None
+                  ) -> tuple[LLMEngine | None, str | None]:
+    """This rank's engine on its shard, or the reason it could not be built (reported to every rank)."""
+    from llamarun.loaders.registry import open_checkpoint
+    from llamarun.parallel.load import build_shard
+    from llamarun.parallel.plan import ShardPlan
+
+    try:
+        dtype = getattr(torch, spec.dtype)
+        ckpt = open_checkpoint(spec.path, spec.format)
+        plan = ShardPlan(ckpt.config, group.rank, group.world_size)
+        from llamarun.quant.method import packer
+        from llamarun.quant.modes import method_for
+
+        pack = packer(method_for(spec.weights))  # each rank packs its own slices
+        model = build_shard(ckpt, plan, group, dtype, on_tensor=on_tensor, pack=pack)
+        return LLMEngine(model, spec.engine, dtype=dtype, device=group.device), None
+    except LlamarunError as err:
+        return None, str(err)
+    except Exception as err:  # a bug on one rank must still reach rank 0, not hang the rest
+        return None, f"{type(err).__name__}: {err}"
+
+
+def _check_all_built(group: ParallelGroup, problem: str | None) -> None:
+    reports = group.gather_objects(problem)
+    failed = [(rank, why) for rank, why in enumerate(reports) if why is not None]
+    if failed:
+        rank, why = failed[0]
+        raise LlamarunError(f"rank {rank} could not build its shard: {why}", "fix the first failing rank's cause")
+
+
+def _worker(rank: int, world_size: int, port: int | None, spec: ShardSpec, local_rank: int | None = None) -> int:
+    """Entry of ranks 1..N-1: join, build the shard, serve steps until rank 0 stops them; the exit code."""
+    import torch.distributed as dist
+
+    if spec.device == "cpu":
+        # The ranks of one host share its cores; without this each would start a thread per core.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    try:
+        store = None
+        if port is not None:
+            store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False,
+                                  timeout=timedelta(seconds=spec.start_timeout_s))
+            store.set(f"{_STARTED}{rank}", "1")
+        group = init_group(rank, world_size, spec.device, store=store, local_rank=local_rank,
+                           timeout_s=spec.timeout_s, start_timeout_s=spec.start_timeout_s)
+        engine, problem = _build_engine(spec, group)
+        _check_all_built(group, problem)
+        serve_steps(engine.runner, group)
+        return 0
+    except LlamarunError as err:
+        print(f"llamarun tensor-parallel rank {rank}: {err}", file=sys.stderr)
+        return 1
+    finally:
+        close_group()
+
+
+def _spawned_worker(rank: int, world_size: int, port: int, spec: ShardSpec) -> None:
+    sys.exit(_worker(rank, world_size, port, spec))
+
+
+def _kill(processes: list[Any]) -> None:
+    for proc in processes:
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
