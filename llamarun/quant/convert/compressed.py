@@ -111,10 +111,8 @@ def _unpack_zero_points(packed: torch.Tensor | None, num_bits: int, n: int, grou
         return torch.full((n, groups), offset)
     if packed.dtype != torch.int32:  # an unpacked int8 zero point (older files): shift it the same way
         return packed.float().reshape(n, groups) + offset
-    if num_bits == 4:
-        along_n = unpack_int32_nibbles(packed.t().contiguous())  # [groups, rows of words * 8]
-    else:
-        along_n = _bytes(packed.t().contiguous())  # [groups, words * 4]
+    words = packed.t().contiguous()  # [groups, words along N]
+    along_n = unpack_int32_nibbles(words) if num_bits == 4 else _bytes(words)  # [groups, >= N]
     if along_n.shape[0] != groups or along_n.shape[1] < n:
         raise ConfigMismatchError(f"weight_zero_point {tuple(packed.shape)} does not fit {n} rows x {groups} groups")
     return along_n[:, :n].t().float().contiguous()
