@@ -14,10 +14,17 @@ from llamarun.errors import CheckpointError
 if TYPE_CHECKING:
     import torch
 
+    from llamarun.quant.convert.report import PackingReport
+    from llamarun.quant.convert.result import PackedWeight
     from llamarun.text.tokenizer import Tokenizer
+
+    PackedStream = Callable[[torch.dtype], Iterator[tuple[str, torch.Tensor | PackedWeight]]]
 
 # Vocabulary strings that end a turn in the chat formats we know (Llama 3, ChatML, Llama 2/Mistral).
 END_OF_TURN_TOKENS = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>", "</s>")
+# HF names of the weights linear layers hold: the only tensors a loader may hand over packed.
+LINEAR_WEIGHT_SUFFIXES = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight",
+                          "gate_proj.weight", "up_proj.weight", "down_proj.weight", "lm_head.weight")
 
 
 @dataclass
@@ -41,6 +48,12 @@ class Checkpoint:
     # through packed int8 kernels loses far less than the file's own quantization did.
     is_quantized: bool = False
     generation_defaults: dict[str, Any] = field(default_factory=dict)
+    # Like `tensors`, but linear weights the file stores quantized come as packed layouts
+    # (quant/layouts.py) converted without expanding; None when the format has nothing to keep packed.
+    packed_source: PackedStream | None = field(default=None, repr=False)
+    # What `packed_source` kept packed, re-quantized or expanded: a plan at open, measured as it streams.
+    packing: PackingReport | None = field(default=None, repr=False)
+    packing_plan: str = ""
     _tokenizer: Tokenizer | None = field(default=None, repr=False)
 
     def tokenizer(self) -> Tokenizer:
@@ -48,6 +61,26 @@ class Checkpoint:
         if self._tokenizer is None:
             self._tokenizer = self.make_tokenizer()
         return self._tokenizer
+
+    def packed_tensors(self, dtype: torch.dtype,
+                       keep_packed: bool = True) -> Iterator[tuple[str, torch.Tensor | PackedWeight]]:
+        """`(hf_name, tensor or packed weight)`, one at a time, in the same order and names as `tensors`.
+
+        With `keep_packed`, each linear weight (see `LINEAR_WEIGHT_SUFFIXES`) whose format maps onto a
+        packed layout comes as an `Int4Weight`, `Fp8Weight` or `Int8Weight` (q/k rows already in HF
+        order), so a build hook can place it without expanding; all other tensors come as `tensors`
+        gives them. Without `keep_packed`, or for a float checkpoint, this is `tensors(dtype)`.
+        """
+        if keep_packed and self.packed_source is not None:
+            yield from self.packed_source(dtype)
+        else:
+            yield from self.tensors(dtype)
+
+    def packing_note(self) -> str:
+        """What loading packed (exact), re-quantized (with its measured error) or expanded; measured
+        figures once `packed_tensors` has streamed, the plan before that; "" for float checkpoints."""
+        measured = self.packing.note() if self.packing is not None else ""
+        return measured or self.packing_plan
 
     def stop_token_ids(self) -> tuple[int, ...]:
         """Ids that end generation: named by the checkpoint, plus its vocabulary's end-of-turn tokens."""
@@ -74,3 +107,8 @@ def end_of_turn_ids(tokenizer: Tokenizer, extra: list[int | None]) -> tuple[int,
         if token_id is not None and token_id in tokenizer.special_ids:
             ids.add(token_id)
     return tuple(sorted(ids))
+
+
+def is_linear_weight(name: str) -> bool:
+    """True for an HF name a linear layer's weight goes by (the tensors a loader may keep packed)."""
+    return name.endswith(LINEAR_WEIGHT_SUFFIXES)

@@ -6,20 +6,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from llamarun.config import ModelConfig
-from llamarun.errors import UnsupportedError
 from llamarun.loaders import hf_folder
 from llamarun.loaders.checkpoint import Checkpoint, read_json
 
 
 def open_hf(folder: Path) -> Checkpoint:
     cfg = read_json(folder / "config.json")
-    quant = cfg.get("quantization_config")
-    if quant:
-        method = quant.get("quant_method") or quant.get("format") or "unknown"
-        raise UnsupportedError(
-            f"{folder} is quantized with '{method}', which llamarun does not load yet",
-            "use the bf16 checkpoint or a GGUF/MLX quantization",
-        )
+    if cfg.get("quantization_config"):  # AWQ, GPTQ, compressed-tensors (or a clear error naming those)
+        from llamarun.loaders.hf_quantized import open_quantized_hf
+
+        return open_quantized_hf(folder, cfg)
     config = ModelConfig.from_hf(cfg)
     files = hf_folder.safetensors_files(folder)
     headers = {f: hf_folder.read_safetensors_header(f) for f in files}

@@ -1,8 +1,8 @@
 """MLX (mlx-community) checkpoints: affine group quantization packed into uint32 words.
 
 Each quantized linear stores `weight` (uint32, 32/bits values per word, lowest bits first),
-`scales` and `biases` per group of `group_size` inputs: w = scales * q + biases. For now every
-quantized tensor is expanded to the compute dtype; the quantization work will keep them packed.
+`scales` and `biases` per group of `group_size` inputs: w = scales * q + biases. `tensors` expands
+them to the compute dtype; `packed_tensors` keeps 4-bit linears packed (quant/convert/mlx.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import torch
 from llamarun.config import ModelConfig
 from llamarun.errors import ConfigMismatchError, UnsupportedError
 from llamarun.loaders import hf_folder
-from llamarun.loaders.checkpoint import Checkpoint, read_json
+from llamarun.loaders.checkpoint import Checkpoint, is_linear_weight, read_json
+from llamarun.quant.convert.mlx import mlx_other_bits_to_int8, mlx_to_int4
 
 SUPPORTED_BITS = (2, 4, 8)
 
@@ -66,7 +67,7 @@ def open_mlx(folder: Path) -> Checkpoint:
     where = {name: file for file, header in headers.items() for name in header}
     names = [n for n in where if not n.endswith((".scales", ".biases"))]
 
-    def tensors(dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    def stream(dtype, keep_packed: bool) -> Iterator[tuple[str, object]]:
         from safetensors import safe_open
 
         handles = {f: safe_open(str(f), framework="pt") for f in files}
@@ -82,11 +83,35 @@ def open_mlx(folder: Path) -> Checkpoint:
             if f"{module}.biases" not in where:
                 raise ConfigMismatchError(f"MLX tensor {module} has scales but no biases")
             bits, group = _layer_settings(quant, module)
-            yield name, dequantize_mlx(get(name), get(f"{module}.scales"), get(f"{module}.biases"),
-                                       bits, group, dtype)
+            packed, scales, biases = get(name), get(f"{module}.scales"), get(f"{module}.biases")
+            pack = keep_packed and is_linear_weight(name)  # embeddings and float paths are expanded
+            if not pack:
+                yield name, dequantize_mlx(packed, scales, biases, bits, group, dtype)
+                continue
+            if bits == 4:
+                conversion = mlx_to_int4(packed, scales, biases, group)
+            else:
+                expanded = dequantize_mlx(packed, scales, biases, bits, group, torch.float32)
+                conversion = mlx_other_bits_to_int8(expanded, bits, group)
+            report.record(conversion)
+            yield name, conversion.weight
+
+    from llamarun.quant.convert.plan import describe_plan
+    from llamarun.quant.convert.report import PackingReport
+
+    report = PackingReport()
+    linear_plan = []
+    for name in names:
+        module = name.rsplit(".", 1)[0]
+        if is_linear_weight(name) and f"{module}.scales" in where:
+            bits, group = _layer_settings(quant, module)
+            linear_plan.append((f"MLX {bits}-bit g{group}", f"int4 g{group}" if bits == 4 else "int8 per channel",
+                                bits == 4))
 
     return Checkpoint(
-        format="mlx", path=folder, config=config, tensor_names=names, tensors=tensors,
+        format="mlx", path=folder, config=config, tensor_names=names,
         **hf_folder.text_side(folder),
         quantization=f"MLX {quant['bits']}-bit, group {quant.get('group_size', 64)}", is_quantized=True,
+        tensors=lambda dtype: stream(dtype, False), packed_source=lambda dtype: stream(dtype, True),
+        packing=report, packing_plan=describe_plan(linear_plan),
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from llamarun.config import ModelConfig
 from llamarun.errors import ConfigMismatchError
-from llamarun.loaders.checkpoint import Checkpoint
+from llamarun.loaders.checkpoint import Checkpoint, is_linear_weight
 from llamarun.loaders.gguf.ggml_types import GGMLType
 from llamarun.loaders.gguf.reader import GGUFFile, read_gguf
 
@@ -94,6 +94,16 @@ def open_gguf(path: Path) -> Checkpoint:
                 t = interleaved_to_half_split(t, config.num_kv_heads)
             yield name, t
 
+    def packed(dtype) -> Iterator[tuple[str, object]]:
+        from llamarun.loaders.gguf.packed import packed_gguf_tensors
+
+        yield from packed_gguf_tensors(f, names, config, dtype, report)
+
+    from llamarun.quant.convert.plan import gguf_plan
+    from llamarun.quant.convert.report import PackingReport
+
+    report = PackingReport()
+    linear_types = [f.tensors[g].type_name for n, g in names.items() if is_linear_weight(n)]
     extra = [meta.get(k) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
                                    "tokenizer.ggml.eom_token_id")]
     return Checkpoint(
@@ -103,4 +113,5 @@ def open_gguf(path: Path) -> Checkpoint:
         extra_stop_ids=tuple(int(i) for i in extra if i is not None),
         quantization=quantization_label(f),
         is_quantized=any(len(t.shape) == 2 and t.ggml_type not in _FLOAT_TYPES for t in f.tensors.values()),
+        packed_source=packed, packing=report, packing_plan=gguf_plan(linear_types),
     )
