@@ -88,7 +88,7 @@ def load_model(model: str | ResolvedModel, *, context_length: int | None = None,
             t_weights = time.perf_counter()  # the shards load inside the engine's start: reported as weights
         else:
             net = build_model(ckpt, dtype, device, on_tensor=lambda _name: bar.advance(),
-                              pack=packer(method_for(mode)))
+                              pack=packer(method_for(mode)), keep_packed=mode == "packed")
             t_weights = time.perf_counter()
             engine = LLMEngine(net, engine_config, dtype=dtype, device=device)
     t_end = time.perf_counter()

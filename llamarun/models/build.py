@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,6 +19,7 @@ from llamarun.models.llama import LlamaForCausalLM
 # Tensors some checkpoints carry that the model derives itself.
 _DERIVED = ("rotary_emb.inv_freq", "rotary.inv_freq")
 Pack = Callable[[nn.Linear], nn.Module]
+Layout = Any  # a packed weight of quant/layouts.py (Int4Weight | Fp8Weight | Int8Weight), kept untyped here
 
 
 @dataclass
@@ -27,6 +30,7 @@ class _Target:
     attr: str
     shape: tuple[int, ...]
     rows: tuple[int, int] | None = None
+    shard: str | None = None  # the merged linear's part this tensor fills (q_proj, gate_proj, ...)
 
 
 def _targets(model: nn.Module) -> dict[str, _Target]:
@@ -37,7 +41,7 @@ def _targets(model: nn.Module) -> dict[str, _Target]:
             parent = module_name.rpartition(".")[0]
             for shard, (start, end) in module.shards.items():
                 name = f"{parent}.{shard}.weight" if parent else f"{shard}.weight"
-                targets[name] = _Target(module_name, "weight", (end - start, module.in_features), (start, end))
+                targets[name] = _Target(module_name, "weight", (end - start, module.in_features), (start, end), shard)
             continue
         for attr, param in module.named_parameters(recurse=False):
             name = f"{module_name}.{attr}" if module_name else attr
@@ -46,11 +50,14 @@ def _targets(model: nn.Module) -> dict[str, _Target]:
 
 
 def build_model(ckpt: Checkpoint, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                on_tensor: Callable[[str], None] | None = None, pack: Pack | None = None) -> LlamaForCausalLM:
+                on_tensor: Callable[[str], None] | None = None, pack: Pack | None = None,
+                keep_packed: bool = False) -> LlamaForCausalLM:
     """A ready-to-run model in eval mode; every tensor checked against the config's shapes.
 
     `pack` (see llamarun/quant) replaces each linear layer as soon as its weight is complete, so the
-    expanded weights of the whole model never sit in memory together.
+    expanded weights of the whole model never sit in memory together. With `keep_packed`, linear
+    weights a quantized checkpoint stores packed arrive as layouts and become packed linears directly
+    (merged linears once all their parts arrived), never expanded.
     """
     config = ckpt.config
     with torch.device("meta"):
@@ -59,8 +66,10 @@ def build_model(ckpt: Checkpoint, dtype: torch.dtype = torch.float32, device: st
     if config.tie_word_embeddings:
         targets.pop("lm_head.weight", None)  # tied: the head is the embedding table
     filled: dict[str, int] = {}  # module -> rows filled so far, for merged linears
+    parts: dict[str, dict[str, Layout]] = {}  # merged module -> its packed parts so far
     loaded: set[str] = set()
-    for name, tensor in ckpt.tensors(dtype):
+    stream = ckpt.packed_tensors(dtype) if keep_packed else ckpt.tensors(dtype)
+    for name, tensor in stream:
         if on_tensor is not None:
             on_tensor(name)
         if name.endswith(_DERIVED) or (name == "lm_head.weight" and config.tie_word_embeddings):
@@ -69,6 +78,10 @@ def build_model(ckpt: Checkpoint, dtype: torch.dtype = torch.float32, device: st
         if target is None:
             raise ConfigMismatchError(f"checkpoint tensor '{name}' has no place in a Llama model",
                                       "the config and weights do not belong together")
+        if not isinstance(tensor, torch.Tensor):  # a packed layout (keep_packed)
+            _place_packed(model, name, target, _to_device(tensor, device), parts, dtype)
+            loaded.add(name)
+            continue
         if tuple(tensor.shape) != target.shape:
             raise ConfigMismatchError(
                 f"tensor '{name}' has shape {tuple(tensor.shape)}, but the config implies {target.shape}",
@@ -99,6 +112,55 @@ def build_model(ckpt: Checkpoint, dtype: torch.dtype = torch.float32, device: st
             model.lm_head = pack(model.lm_head)
     model.model.rotary = RotaryEmbedding(config).to(device)
     return model.eval().requires_grad_(False)
+
+
+def _place_packed(model: nn.Module, name: str, target: _Target, layout: Layout,
+                  parts: dict[str, dict[str, Layout]], dtype: torch.dtype) -> None:
+    """Make the packed linear for `layout`; a merged linear's parts wait for each other, then join by rows.
+
+    Parts packed differently (GGUF Q4_K_M stores v_proj in Q6_K beside Q4_K q/k, say) cannot share one
+    packed module: that merged linear is expanded to `dtype` instead, exactly, and the rest stays packed.
+    """
+    from llamarun.quant.convert.rows import cat_rows
+    from llamarun.quant.layouts import dequantize
+
+    if tuple(layout.shape) != target.shape:
+        raise ConfigMismatchError(f"packed tensor '{name}' has shape {tuple(layout.shape)}, but the config implies "
+                                  f"{target.shape}", "the config and weights do not belong together")
+    if target.rows is None:
+        _replace(model, target.module, _packed_module(layout))
+        return
+    merged = model.get_submodule(target.module)
+    got = parts.setdefault(target.module, {})
+    got[target.shard] = layout
+    if len(got) == len(merged.shards):
+        ordered = [got[shard] for shard in merged.shards]  # in the merged linear's row order
+        try:
+            _replace(model, target.module, _packed_module(cat_rows(ordered)))
+        except ConfigMismatchError:  # mixed packings: expand this one linear
+            weight = torch.cat([dequantize(p, dtype) for p in ordered])  # [N, K]
+            merged.weight = nn.Parameter(weight, requires_grad=False)
+        del parts[target.module]
+
+
+def _packed_module(layout: Layout) -> nn.Module:
+    """The quantization method's linear for a layout (the method follows from the layout's kind)."""
+    from llamarun.quant.fp8 import Fp8Method
+    from llamarun.quant.int4 import Int4Method
+    from llamarun.quant.int8 import Int8Method
+    from llamarun.quant.layouts import Fp8Weight, Int4Weight
+
+    if isinstance(layout, Int4Weight):
+        return Int4Method(layout.group_size).create(layout)
+    if isinstance(layout, Fp8Weight):
+        return Fp8Method().create(layout)
+    return Int8Method().create(layout)
+
+
+def _to_device(layout: Layout, device: str | torch.device) -> Layout:
+    changes = {f.name: getattr(layout, f.name).to(device) for f in dataclasses.fields(layout)
+               if isinstance(getattr(layout, f.name), torch.Tensor)}
+    return dataclasses.replace(layout, **changes)
 
 
 def _replace(model: nn.Module, module_name: str, new: nn.Module) -> None:

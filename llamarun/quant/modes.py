@@ -14,7 +14,7 @@ from typing import Any
 from llamarun.errors import LlamarunError
 
 QUANTIZE_FORMATS = ("fp8", "int8", "int4")
-WEIGHT_MODES = ("auto", "exact", *QUANTIZE_FORMATS)
+WEIGHT_MODES = ("auto", "exact", "packed", *QUANTIZE_FORMATS)
 ONLINE_GROUP_SIZES = (128, 64)
 _INT4 = re.compile(r"int4(?:-g(\d+))?")
 
@@ -30,7 +30,7 @@ def weights_mode(name: str, group_size: int | None = None) -> str:
 
 def method_for(mode: str) -> Any:
     """The QuantMethod that packs linears under `mode`, or None for float weights."""
-    if mode in ("auto", "exact"):
+    if mode in ("auto", "exact", "packed"):  # packed: the checkpoint brings its own layouts (models/build.py)
         return None
     if mode == "fp8":
         from llamarun.quant.fp8 import Fp8Method
@@ -77,7 +77,19 @@ def resolve_weights(mode: str, *, device: str, config: Any, quantized: bool = Fa
 
 
 def choose_weights(mode: str, ckpt: Any, device: str) -> str:
-    """`resolve_weights` for a checkpoint: its config, and whether its file was quantized."""
+    """`resolve_weights` for a checkpoint: its config, and whether its file was quantized.
+
+    "packed" keeps a pre-quantized file's own packing (GGUF Q4_x onto int4, AWQ/GPTQ, MLX 4-bit,
+    compressed-tensors; quant/convert/), so nothing is expanded; a float checkpoint has nothing to keep.
+    """
+    if mode == "packed":
+        if getattr(ckpt, "packed_source", None) is None:
+            raise LlamarunError("--weights packed keeps a quantized checkpoint's own packing, and this one is not "
+                                "quantized", "use --quantize fp8|int8|int4 to quantize it as it loads")
+        if not (device == "cpu" or device.startswith("cuda")):
+            raise LlamarunError(f"packed weights run on CPUs and CUDA GPUs, not on '{device}'",
+                                "use --weights exact")
+        return mode
     return resolve_weights(mode, device=device, config=ckpt.config, quantized=ckpt.is_quantized)
 
 
@@ -112,4 +124,6 @@ def weight_bytes(config: Any, mode: str, element: int) -> int:
     """Bytes the loaded weights take: float parts at `element` bytes, packed linears at their real size."""
     from llamarun.quant.footprint import plan_footprint, total_bytes
 
+    if mode == "packed":  # the file's own layouts: at most one byte per weight (int8), planned as such
+        mode = "int8"
     return total_bytes(plan_footprint(config, method_for(mode), element, ""))

@@ -12,11 +12,13 @@ import torch
 from int4_writers import awq_tensors, gptq_tensors, random_int4, reference_weight
 from tiny_checkpoints import TinySpec, gguf_name, make_weights, write_gguf, write_mlx
 
-from llamarun.errors import ConfigMismatchError, UnsupportedError
+from llamarun.errors import ConfigMismatchError, LlamarunError, UnsupportedError
 from llamarun.loaders.checkpoint import is_linear_weight
 from llamarun.loaders.registry import open_checkpoint
 from llamarun.models.build import build_model
 from llamarun.quant.layouts import Int4Weight, Int8Weight, dequantize
+from llamarun.quant.method import PackedLinear
+from llamarun.quant.modes import choose_weights
 
 SPEC = TinySpec()
 
@@ -181,3 +183,56 @@ def test_unknown_method_and_wrong_group_size_are_clear_errors(tmp_path: Path):
     write_int4_folder(tmp_path / "g64", {"quant_method": "awq", "bits": 4, "group_size": 64}, awq)
     with pytest.raises(ConfigMismatchError, match="group_size"):
         dict(open_checkpoint(tmp_path / "g64").packed_tensors(torch.float32))
+
+
+# `--weights packed`: pre-quantized checkpoints become packed linears without expanding.
+
+
+def _logits(model: torch.nn.Module) -> torch.Tensor:
+    from llamarun.cache.contiguous import ContiguousKVCache
+    from llamarun.engine.forward import forward_tokens
+
+    cache = ContiguousKVCache(model.config, 16, torch.float32, "cpu")
+    return forward_tokens(model, cache, [1, 5, 9, 42, 7, 3], all_logits=True)  # [tokens, vocab]
+
+
+def _awq_folder(tmp_path: Path) -> Path:
+    def awq(name, n, k):
+        q, z, s = random_int4(n, k, 32, seed=hash(name) % 1000)
+        return awq_tensors(q, z, s), reference_weight(q, z, s, torch.arange(k) // 32)
+
+    write_int4_folder(tmp_path / "awq", {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True,
+                                         "version": "gemm"}, awq)
+    return tmp_path / "awq"
+
+
+def test_awq_linears_stay_packed_and_agree_with_the_expanded_model(tmp_path: Path):
+    ckpt = open_checkpoint(_awq_folder(tmp_path))
+    packed = build_model(ckpt, keep_packed=True)
+    expanded = build_model(open_checkpoint(tmp_path / "awq"))
+    layer = packed.model.layers[0]
+    for module in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
+        assert isinstance(module, PackedLinear) and module.format == "int4-g32"
+    torch.testing.assert_close(_logits(packed), _logits(expanded), atol=1e-4, rtol=1e-4)
+
+
+def test_gguf_with_mixed_packings_expands_only_the_mixed_merged_linears(tmp_path: Path):
+    kinds = write_quantized_gguf(tmp_path / "m.gguf")  # q/k/v cycle through Q4_0, Q4_1, Q8_0
+    packed = build_model(open_checkpoint(tmp_path / "m.gguf"), keep_packed=True)
+    expanded = build_model(open_checkpoint(tmp_path / "m.gguf"))
+    layer = packed.model.layers[0]
+    assert not isinstance(layer.self_attn.qkv_proj, PackedLinear)  # Q4_0 + Q4_1 + Q8_0 parts: expanded
+    assert isinstance(layer.self_attn.o_proj, PackedLinear)
+    assert any(k == "Q8_0" for k in kinds.values())
+    # Q8_0 is re-quantized to int8 per channel (about 1% error), the 4-bit ones are exact
+    torch.testing.assert_close(_logits(packed), _logits(expanded), atol=0.05, rtol=0.05)
+
+
+def test_packed_mode_refuses_float_checkpoints(tmp_path: Path):
+    from tiny_checkpoints import make_weights, write_hf
+
+    weights, _ = make_weights(SPEC)
+    ckpt = open_checkpoint(write_hf(SPEC, weights, tmp_path / "hf"))
+    with pytest.raises(LlamarunError, match="not quantized"):
+        choose_weights("packed", ckpt, "cpu")
+    assert choose_weights("packed", open_checkpoint(_awq_folder(tmp_path)), "cpu") == "packed"
