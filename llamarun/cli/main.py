@@ -19,11 +19,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llamarun", description="Run Llama-family models locally.")
     parser.add_argument("--version", action="version", version=f"llamarun {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from llamarun.cli import bench_cmd, embed_cmd, run_cmd, serve_cmd, store_cmds
+    from llamarun.cli import bench_cmd, embed_cmd, eval_cmd, run_cmd, serve_cmd, store_cmds
 
     run_cmd.register(subparsers)
     embed_cmd.register(subparsers)
     bench_cmd.register(subparsers)
+    eval_cmd.register(subparsers)
     serve_cmd.register(subparsers)
     store_cmds.register(subparsers)
     return parser
