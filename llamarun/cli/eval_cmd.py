@@ -50,6 +50,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from llamarun.utils.progress import count_bar
 
     formats = parse_formats(args.formats)
+    if args.json is not None and not args.json.parent.is_dir():  # found out now, not after an hour of forwards
+        raise LlamarunError(f"cannot write '{args.json}': no folder '{args.json.parent}'", "choose a writable path")
     text_path = args.text or DEFAULT_TEXT
     text = read_text(text_path)
     resolved = resolve_model(args.model)

@@ -74,3 +74,8 @@ def test_text_shorter_than_one_window(tiny, tmp_path, capsys) -> None:
 def test_window_longer_than_the_model_positions(tiny, capsys) -> None:
     err = error_of(["eval", tiny, "--ctx", "512"], capsys)
     assert "longer than the model's 256 positions" in err
+
+
+def test_json_path_in_a_missing_folder_fails_before_any_work(tiny, tmp_path, capsys) -> None:
+    err = error_of(["eval", tiny, "--json", str(tmp_path / "no" / "out.json")], capsys)
+    assert "cannot write" in err and "no folder" in err
