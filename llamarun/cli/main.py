@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         bench_cmd,
         create_cmd,
         embed_cmd,
+        eval_cmd,
         quantize_cmd,
         run_cmd,
         serve_cmd,
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.register(subparsers)
     embed_cmd.register(subparsers)
     bench_cmd.register(subparsers)
+    eval_cmd.register(subparsers)
     serve_cmd.register(subparsers)
     quantize_cmd.register(subparsers)
     store_cmds.register(subparsers)

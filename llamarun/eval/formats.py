@@ -1,0 +1,55 @@
+"""Formats `llamarun eval` compares: a name the user types -> the keyword arguments `load_model` takes.
+
+The table is the only place that knows what a name means, so a new weight format (a new `--weights`
+mode in quant/modes.py) becomes evaluable by adding one row here. A row whose mode the loader does
+not offer yet (fp8 and int4 until their methods land) is listed as unavailable, not as unknown.
+No torch here: dtypes are named, and the loader turns names into torch dtypes.
+"""
+
+from __future__ import annotations
+
+from llamarun.errors import LlamarunError
+
+# name -> load_model keyword arguments ("dtype" as a torch attribute name).
+FORMATS: dict[str, dict[str, str]] = {
+    "exact": {"weights": "exact"},  # expanded, in the device's compute dtype: float32 on CPUs, bfloat16 on GPUs
+    "bf16": {"weights": "exact", "dtype": "bfloat16"},
+    "fp32": {"weights": "exact", "dtype": "float32"},
+    "int8": {"weights": "int8"},  # weight-only int8 per output channel (the CPU path today)
+    "fp8": {"weights": "fp8"},
+    "int4": {"weights": "int4"},  # int4 groups of 128 with zero points
+    "int4-g64": {"weights": "int4-g64"},
+}
+DEFAULT_FORMATS = "exact,int8"
+
+
+def available_formats() -> list[str]:
+    """Names whose weights mode the loader offers in this build."""
+    from llamarun.quant.modes import WEIGHT_MODES
+
+    # "int4-g64" is the int4 mode with its group size folded in (quant/modes.weights_mode)
+    return [name for name, options in FORMATS.items() if options["weights"].split("-g")[0] in WEIGHT_MODES]
+
+
+def load_options(name: str) -> dict[str, str]:
+    """The `load_model` keyword arguments for format `name`, or a clear error naming the formats that exist."""
+    available = available_formats()
+    if name not in FORMATS:
+        raise LlamarunError(f"unknown format '{name}'", f"choose from {', '.join(available)}")
+    if name not in available:
+        raise LlamarunError(f"format '{name}' is not available in this build of llamarun",
+                            f"choose from {', '.join(available)}")
+    return dict(FORMATS[name])
+
+
+def parse_formats(spec: str) -> list[str]:
+    """Comma-separated names -> the list, each checked; the first is the reference the others are compared to."""
+    names = [part.strip() for part in spec.split(",") if part.strip()]
+    if not names:
+        raise LlamarunError("no formats given", f"for example --formats {DEFAULT_FORMATS}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise LlamarunError(f"format '{repeated[0]}' is listed twice", "name each format once")
+    for name in names:
+        load_options(name)
+    return names

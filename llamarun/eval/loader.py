@@ -1,0 +1,70 @@
+"""One format of a model, loaded for eval through the ordinary loader, and the bytes of its linear weights."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llamarun.eval.formats import load_options
+from llamarun.models.llama import LlamaForCausalLM
+from llamarun.store.resolve import ResolvedModel
+
+MIN_CONTEXT = 16  # the loader's smallest context; eval windows may be shorter
+
+
+@dataclass
+class FormatModel:
+    """A loaded format: the model to run and what the report says about it."""
+
+    name: str
+    model: LlamaForCausalLM
+    dtype: torch.dtype
+    device: str
+    weights: str  # the loader's weights mode (for "exact" with a dtype, the dtype tells them apart)
+    load_seconds: float
+    linear_bytes: int
+
+
+LoadFormat = Callable[[str], FormatModel]
+
+
+def linear_weight_bytes(model: nn.Module) -> int:
+    """Bytes held by the linear layers (attention and MLP projections of every layer, and the output head).
+
+    Counted from the tensors the modules hold (parameters and buffers: packed weights, scales, zero
+    points), so any quantization method is measured as loaded. A head tied to the embedding table
+    counts the table: it is what the head's matmul reads.
+    """
+    modules = [model.lm_head]
+    for layer in model.model.layers:
+        modules += [*layer.self_attn.children(), *layer.mlp.children()]
+    seen, total = set(), 0
+    for module in modules:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            key = (tensor.data_ptr(), tensor.device) if tensor.device.type != "meta" else id(tensor)
+            if key not in seen:
+                seen.add(key)
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def format_loader(model: ResolvedModel, *, ctx: int, device: str | None = None, progress: bool = False) -> LoadFormat:
+    """A function that loads `model` in a named format (eval/formats.py) with a KV cache of one window."""
+    from llamarun.llm.loading import load_model
+
+    def load(name: str) -> FormatModel:
+        options = load_options(name)
+        dtype = getattr(torch, options.pop("dtype")) if "dtype" in options else None
+        context = max(ctx, MIN_CONTEXT)
+        t0 = time.perf_counter()
+        loaded = load_model(model, context_length=context, kv_tokens=context, device=device, dtype=dtype,
+                            progress=progress, **options)
+        net = loaded.engine.runner.model
+        return FormatModel(name=name, model=net, dtype=loaded.dtype, device=loaded.device, weights=loaded.weights,
+                           load_seconds=time.perf_counter() - t0, linear_bytes=linear_weight_bytes(net))
+
+    return load
