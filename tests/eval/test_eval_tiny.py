@@ -122,6 +122,7 @@ def test_int8_costs_kl_and_a_quarter_of_the_bytes(folders, ids, tmp_path) -> Non
     params = SPEC.num_layers * sum(o * n for o, n in rows_in) + SPEC.vocab_size * h  # + the untied head
     out_rows = SPEC.num_layers * sum(o for o, _ in rows_in) + SPEC.vocab_size
     assert ref.linear_bytes == 4 * params
-    assert int8.linear_bytes == params + 2 * out_rows  # int8 weights, a bf16 scale per output row
+    # int8 weights, a float32 scale per output row, and the CPU kernel's bf16 copy of it where that kernel runs
+    assert int8.linear_bytes in (params + 4 * out_rows, params + 6 * out_rows)
     assert 0 < int8.totals.kl < 0.05
     assert int8.totals.tokens == len(ids) - 1

@@ -15,8 +15,9 @@ def test_todays_formats_are_available_and_map_to_weights_modes() -> None:
     assert load_options("exact") == {"weights": "exact"}
     assert load_options("bf16") == {"weights": "exact", "dtype": "bfloat16"}
     assert load_options("int8") == {"weights": "int8"}
+    assert {"fp8", "int4", "int4-g64"} <= set(available_formats())  # the quantization methods' modes
     for name in available_formats():
-        assert load_options(name)["weights"] in WEIGHT_MODES
+        assert load_options(name)["weights"].split("-g")[0] in WEIGHT_MODES  # int4-g64: int4, group 64
 
 
 def test_unknown_format_lists_the_available_ones() -> None:
