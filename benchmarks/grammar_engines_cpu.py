@@ -66,7 +66,7 @@ def bench_xgrammar(vocab, special, stops, walk, batch, steps):
     compile_s = time.perf_counter() - t0
     matchers = [xgr.GrammarMatcher(compiled) for _ in range(batch)]
     pos = [(i * 7) % len(walk) for i in range(batch)]
-    for m, p in zip(matchers, pos):
+    for m, p in zip(matchers, pos, strict=False):
         for t in walk[:p]:
             assert m.accept_token(t)
     mask = np.zeros((batch, (len(vocab) + 31) // 32), dtype=np.int32)
@@ -97,7 +97,7 @@ def bench_llguidance(vocab, special, stops, walk, batch, steps, tok):
     class Wrapped:
         eos_token_id = stops[0]
         bos_token_id = tok.bos_id
-        tokens = [b"\xff" + v if i in special else v for i, v in enumerate(vocab)]
+        tokens = [b"\xff" + v if i in special else v for i, v in enumerate(vocab)]  # noqa: RUF012
         special_token_ids = sorted(special)
 
         def __call__(self, text):
@@ -114,7 +114,7 @@ def bench_llguidance(vocab, special, stops, walk, batch, steps, tok):
     compile_s = time.perf_counter() - t0
     matchers = [llg.LLMatcher(lltok, grammar) for _ in range(batch)]
     pos = [(i * 7) % len(walk) for i in range(batch)]
-    for m, p in zip(matchers, pos):
+    for m, p in zip(matchers, pos, strict=False):
         assert m.consume_tokens(walk[:p]) or p == 0, m.get_error()
     mask = np.zeros((batch, (len(vocab) + 31) // 32), dtype=np.int32)
     executor = llg.LLExecutor(num_threads=2)

@@ -12,6 +12,7 @@ from llamarun.engine.llm_engine import EngineConfig, LLMEngine
 from llamarun.errors import LlamarunError
 from llamarun.quant.modes import choose_weights, weight_bytes
 from llamarun.store.resolve import ResolvedModel, resolve_model
+from llamarun.structured.vocab import GrammarVocab
 from llamarun.utils.devices import check_device, default_device, default_dtype
 
 DEFAULT_CONTEXT = 4096  # Ollama's default num_ctx
@@ -76,9 +77,14 @@ def load_model(model: str | ResolvedModel, *, context_length: int | None = None,
     with count_bar("loading weights", len(ckpt.tensor_names), enabled=None if progress else False) as bar:
         net = build_model(ckpt, dtype, device, on_tensor=lambda _name: bar.advance(),
                           pack=pack_int8 if mode == "int8" else None)
-    engine = LLMEngine(net, EngineConfig(context_length=context, kv_tokens=kv), dtype=dtype, device=device)
+    stop_ids = ckpt.stop_token_ids()
+    # The engine never holds the tokenizer: grammars are compiled against its token bytes (the logits may be
+    # wider than the tokenizer: padded ids are never allowed).
+    vocab = GrammarVocab.from_tokenizer(tokenizer, stop_ids, config.vocab_size)
+    engine = LLMEngine(net, EngineConfig(context_length=context, kv_tokens=kv), dtype=dtype, device=device,
+                       grammar_vocab=vocab)
     return LoadedModel(
         name=resolved.name, checkpoint=ckpt, config=config, tokenizer=tokenizer, template=template,
-        stop_ids=ckpt.stop_token_ids(), engine=engine, context_length=context, device=device, dtype=dtype,
+        stop_ids=stop_ids, engine=engine, context_length=context, device=device, dtype=dtype,
         weights=mode, load_seconds=time.perf_counter() - t0, memory_bytes=wbytes + engine.cache.nbytes,
     )
