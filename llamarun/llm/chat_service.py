@@ -20,8 +20,10 @@ from llamarun.chat.messages import Message
 from llamarun.errors import LlamarunError, RequestError
 from llamarun.llm.generation import Generation, StageFactory, collect_all, merged, start_all
 from llamarun.llm.request_limits import RequestLimits
+from llamarun.llm.response_format import with_grammar
 from llamarun.llm.served import ServedModel
 from llamarun.llm.text_stream import Completion, StreamChunk
+from llamarun.sampling.grammar_spec import GrammarSpec
 from llamarun.sampling.params import SamplingParams
 
 
@@ -33,14 +35,15 @@ class ChatRequest:
     or token ids, no template; one generation set per prompt). `n` generations run per prompt; seeded
     ones use seed, seed+1, ... so they differ yet repeat. `context` is token ids put before the prompt
     (Ollama's generate). `strict_max_tokens`: asking for more than the context holds is an error (OpenAI)
-    rather than silently lowered (Ollama). `api` labels the request in metrics.
+    rather than silently lowered (Ollama). `api` labels the request in metrics. `format`: structured output,
+    a GrammarSpec or Ollama's "json" / a JSON schema (llm/response_format.py); it becomes `params.grammar`.
     """
 
     model: str
     messages: list[Message] | None = None
     prompts: list[str | list[int]] | None = None
     tools: list[dict[str, Any]] | None = None
-    format: str | dict[str, Any] | None = None
+    format: GrammarSpec | str | dict[str, Any] | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
     n: int = 1
     context: list[int] | None = None
@@ -85,9 +88,10 @@ class ChatService:
         lease = await self.models.acquire(req.model, num_ctx=req.num_ctx, keep_alive=req.keep_alive)
         try:
             model = lease.served
+            base = await with_grammar(model, req)
             prompts = await asyncio.to_thread(prompt_ids, model, req)
             self.limits.check_prompt_tokens(prompts, "messages" if req.messages is not None else "prompt")
-            params = [fit_max_tokens(model, ids, req.params, strict=req.strict_max_tokens) for ids in prompts]
+            params = [fit_max_tokens(model, ids, base, strict=req.strict_max_tokens) for ids in prompts]
             rid = request_id or f"req-{uuid.uuid4().hex[:24]}"
             all_ids = [ids for ids in prompts for _ in range(req.n)]
             all_params = [_seeded(p, i) for p in params for i in range(req.n)]
@@ -154,11 +158,6 @@ class Reply:
 def _check_request(req: ChatRequest) -> None:
     if (req.messages is None) == (req.prompts is None):
         raise RequestError("a request needs either messages or a prompt", param="messages")
-    if req.format not in (None, ""):
-        json_mode = req.format == "json" or (isinstance(req.format, dict) and req.format.get("type") == "json_object")
-        what = "JSON mode" if json_mode else "a JSON schema format"
-        raise RequestError(f"{what} is not supported yet: structured output is not implemented",
-                           param="response_format")
     if req.n < 1:
         raise RequestError(f"n={req.n} is below 1", param="n")
 

@@ -2,9 +2,10 @@
 
 OpenAI's defaults apply here, not Ollama's: temperature 1, top_p 1, and no top-k, min-p or
 repetition penalty unless a client sends the common extensions (`top_k`, `min_p`,
-`repetition_penalty`, as vLLM accepts them). Unknown fields are ignored; fields that would change the
-answer but are not implemented (`response_format` other than text, `logit_bias`, image or audio
-content, forced tool choice, `suffix`, `best_of`) are refused with a 400.
+`repetition_penalty`, as vLLM accepts them). `response_format` (text, json_object, json_schema; on
+completions too, as vLLM takes it) is enforced by a grammar. Unknown fields are ignored; fields that would
+change the answer but are not implemented (`logit_bias`, image or audio content, forced tool choice,
+`suffix`, `best_of`) are refused with a 400.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llamarun.chat.messages import Message, parse_messages
 from llamarun.llm.chat_service import ChatRequest
+from llamarun.llm.response_format import openai_response_format
 from llamarun.sampling.params import SamplingParams
 from llamarun.server.errors import ApiError
 
@@ -82,6 +84,7 @@ class CompletionBody(_Common):
     echo: bool = False
     suffix: str | None = None
     best_of: Int | None = None
+    response_format: dict[str, Any] | None = None
 
 
 def sampling_params(req: _Common, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
@@ -149,17 +152,16 @@ def chat_messages(messages: list[ChatMessage]) -> list[Message]:
 def chat_completion_request(body: ChatCompletionBody) -> ChatRequest:
     """A /v1/chat/completions body as the chat service's request (OpenAI's defaults)."""
     params = chat_params(body)
-    fmt = body.response_format or {}
     return ChatRequest(body.model, messages=chat_messages(body.messages),
                        tools=body.tools if body.tools and body.tool_choice != "none" else None,
-                       format=None if fmt.get("type", "text") == "text" else fmt, params=params, n=body.n,
+                       format=openai_response_format(body.response_format), params=params, n=body.n,
                        strict_max_tokens=True, api="openai")
 
 
 def completion_request(body: CompletionBody) -> ChatRequest:
     """A /v1/completions body: raw prompts (text or token ids), no template."""
     return ChatRequest(body.model, prompts=prompt_list(body.prompt), params=completion_params(body), n=body.n,
-                       strict_max_tokens=True, api="openai")
+                       format=openai_response_format(body.response_format), strict_max_tokens=True, api="openai")
 
 
 def prompt_list(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:

@@ -44,6 +44,8 @@ def _xgrammar() -> Any:
 
 
 def _compiler(vocab: GrammarVocab) -> Any:
+    if not vocab.stop_ids:
+        raise RequestError("this model has no stop token, so a grammar could never end", param="grammar")
     xgr = _xgrammar()
     with _lock:
         compiler = _compilers.get(vocab.key)

@@ -20,7 +20,8 @@ class GrammarVocab:
 
     `logits_size` is the model's output width, which may exceed the tokenizer's ids (padded embeddings):
     masks are that wide and the padded ids are never allowed. `stop_ids` are the tokens a finished grammar
-    allows, which must be among the request's own stop tokens so that allowing them ends the request.
+    allows, which must be among the request's own stop tokens so that allowing them ends the request; a model
+    with none cannot end a grammar, and the engine refuses grammars for it.
     """
 
     tokens: tuple[bytes, ...]
@@ -30,8 +31,6 @@ class GrammarVocab:
     def __post_init__(self) -> None:
         if self.logits_size < len(self.tokens):
             raise ValueError(f"logits width {self.logits_size} is below the {len(self.tokens)} token ids")
-        if not self.stop_ids:
-            raise ValueError("a grammar vocabulary needs at least one stop token")
 
     @cached_property
     def key(self) -> str:
@@ -46,6 +45,8 @@ class GrammarVocab:
     def from_tokenizer(cls, tokenizer: Tokenizer, stop_ids: Iterable[int], logits_size: int) -> GrammarVocab:
         """The vocabulary of `tokenizer`, with its control and stop tokens emptied (so text never uses them)."""
         stops = tuple(sorted({int(i) for i in stop_ids if 0 <= int(i) < tokenizer.vocab_size}))
+        if not stops and tokenizer.eos_id is not None:
+            stops = (tokenizer.eos_id,)
         hidden = tokenizer.special_ids | set(stops)
         tokens = tuple(b"" if i in hidden else tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size))
         return cls(tokens, stops, max(logits_size, tokenizer.vocab_size))
