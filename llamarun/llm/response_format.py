@@ -63,7 +63,7 @@ async def with_grammar(model: ServedModel, req: ChatRequest) -> SamplingParams:
     """`req.params` with the request's format as its grammar, compiled for `model` first (on a worker thread, so
     the engine thread finds it cached); a format the engine cannot enforce is a RequestError naming the field."""
     param = "response_format" if req.api == "openai" else "format"
-    spec = ollama_format(req.format, param)
+    spec = ollama_format(req.format, param) or req.params.grammar
     if spec is None:
         return req.params
     if req.params.grammar is not None and req.params.grammar != spec:
