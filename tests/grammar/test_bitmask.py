@@ -52,9 +52,10 @@ def test_the_sampler_follows_the_grammar_to_its_stop_token():
 
 
 def test_an_unenforceable_grammar_names_its_problem():
-    with pytest.raises(RequestError, match="grammar cannot be enforced.*") as err:
+    with pytest.raises(RequestError, match="grammar cannot be enforced: ") as err:
         compile_grammar(VOCAB, GrammarSpec("ebnf", "root ::= missing_rule"))
-    assert err.value.param == "grammar" and "[" not in str(err.value).split(":")[0]
+    assert err.value.param == "grammar" and "missing_rule" in str(err.value)
+    assert ".cc:" not in str(err.value)  # the engine's C++ source location is not the client's business
 
 
 def test_a_vocabulary_without_stop_tokens_refuses_grammars():
