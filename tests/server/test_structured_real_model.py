@@ -19,7 +19,7 @@ from conftest import DEFAULT, live_server, make_resolver
 from llamarun.server import ModelManager, create_app
 from llamarun.server.model_manager import default_loader
 
-pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 ASK = [{"role": "user", "content": "Invent a city and describe it as JSON."}]
 CITY = {"type": "object", "properties": {
     "name": {"type": "string", "pattern": "^[A-Z][a-z]{2,12}$"},
