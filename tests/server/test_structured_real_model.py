@@ -55,8 +55,9 @@ def test_openai_json_schema_and_json_object(oai: openai.OpenAI) -> None:
     out = oai.chat.completions.create(model=DEFAULT, messages=ASK, response_format=fmt, max_tokens=120, seed=4)
     assert out.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(out.choices[0].message.content), CITY)
-    out = oai.chat.completions.create(model=DEFAULT, messages=ASK, response_format={"type": "json_object"},
-                                      max_tokens=120, temperature=0)
+    short = [{"role": "user", "content": 'Reply with a JSON object like {"answer": "..."}: what is 2+2?'}]
+    out = oai.chat.completions.create(model=DEFAULT, messages=short, response_format={"type": "json_object"},
+                                      max_tokens=200, temperature=0)
     assert out.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(out.choices[0].message.content), dict)
 
