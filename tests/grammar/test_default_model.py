@@ -44,8 +44,8 @@ def test_a_nested_schema_validates(llm, seed):
 
 
 def test_any_json_regex_and_choice(llm):
-    ask = [{"role": "user", "content": "Give me a short JSON object about the moon."}]
-    out = llm.chat(ask, SamplingParams.greedy(max_tokens=150), format="json")
+    ask = [{"role": "user", "content": 'Reply with a JSON object like {"answer": "..."}: what is 2+2?'}]
+    out = llm.chat(ask, SamplingParams.greedy(max_tokens=200), format="json")
     assert out.finish_reason == "stop" and isinstance(json.loads(out.text), dict)
     iso_date = GrammarSpec("regex", r" [0-9]{4}-[0-9]{2}-[0-9]{2}")
     date = llm.generate("Today's date is", SamplingParams.greedy(max_tokens=20, grammar=iso_date))
