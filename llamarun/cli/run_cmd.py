@@ -47,6 +47,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("--num-predict", "--max-tokens", dest="num_predict", type=int,
                    help="most tokens to generate (default: until the model stops or the context is full)")
     s.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    s.add_argument("--format", help="structured output: 'json' (any JSON object) or a JSON schema file (FILE.json)")
     p.set_defaults(handler=run)
 
 
@@ -57,6 +58,7 @@ def _flags(args: argparse.Namespace) -> dict:
         "repetition_penalty": args.repeat_penalty, "repeat_last_n": args.repeat_last_n,
         "presence_penalty": args.presence_penalty, "frequency_penalty": args.frequency_penalty,
         "seed": args.seed, "max_tokens": args.num_predict, "stop": tuple(args.stop) or None,
+        "grammar": format_spec(args.format),
     }
     return {k: v for k, v in given.items() if v is not None}
 
@@ -65,6 +67,25 @@ def sampling_params(args: argparse.Namespace):
     from llamarun.sampling.params import SamplingParams
 
     return SamplingParams(**_flags(args))
+
+
+def format_spec(value: str | None):
+    """`--format`: "json", or the path of a file holding a JSON schema, as a GrammarSpec (None without it)."""
+    import json
+    from pathlib import Path
+
+    from llamarun.llm.response_format import ollama_format
+
+    if value is None or value == "json":
+        return ollama_format(value)
+    path = Path(value)
+    if not path.is_file():
+        raise LlamarunError(f"--format {value}: no such file", "give 'json' or the path of a JSON schema file")
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise LlamarunError(f"--format {value} is not a JSON file: {err}", "give a JSON schema file") from None
+    return ollama_format(schema)
 
 
 def run(args: argparse.Namespace) -> int:

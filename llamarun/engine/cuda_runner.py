@@ -28,6 +28,7 @@ from llamarun.engine.batch import HostBatch, pack_step
 from llamarun.engine.runner import ModelRunner
 from llamarun.engine.step import SampledToken, SchedulerOutput
 from llamarun.models.llama import LlamaForCausalLM
+from llamarun.structured.vocab import GrammarVocab
 from llamarun.utils.progress import count_bar
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,8 @@ class CudaModelRunner(ModelRunner):
     """ModelRunner with persistent buffers, the Triton backend and CUDA-graph decode."""
 
     def __init__(self, model: LlamaForCausalLM, cache: PagedKVCache, *, max_tokens: int, max_seqs: int,
-                 context_length: int, use_graphs: bool = True) -> None:
-        super().__init__(model, cache)
+                 context_length: int, use_graphs: bool = True, grammar_vocab: GrammarVocab | None = None) -> None:
+        super().__init__(model, cache, grammar_vocab)
         config = model.config
         self.max_tokens, self.max_seqs = max_tokens, max_seqs
         self.width = -(-context_length // cache.block_size)  # block-table columns: one full context

@@ -23,6 +23,8 @@ from llamarun.engine.step import SampledToken, SchedulerOutput
 from llamarun.errors import LlamarunError
 from llamarun.models.llama import LlamaForCausalLM
 from llamarun.sampling.params import SamplingParams
+from llamarun.structured.engine import compile_grammar
+from llamarun.structured.vocab import GrammarVocab
 
 
 @dataclass
@@ -68,7 +70,8 @@ class LLMEngine:
     """Continuous batching over one model."""
 
     def __init__(self, model: LlamaForCausalLM, config: EngineConfig, *, dtype: torch.dtype,
-                 device: str | torch.device) -> None:
+                 device: str | torch.device, grammar_vocab: GrammarVocab | None = None) -> None:
+        """`grammar_vocab`: the model's token bytes and stop ids, for requests whose params carry a grammar."""
         if config.max_batch_tokens is None:
             # A GPU step of 8k prompt tokens still takes milliseconds and keeps the tensor cores busy; on a CPU
             # a smaller step keeps running decodes from waiting long behind a prefill.
@@ -80,7 +83,9 @@ class LLMEngine:
         self.cache = PagedKVCache(model.config, num_blocks, config.block_size, dtype, device)
         self.scheduler = Scheduler(self.pool, config.max_batch_tokens, config.max_running)
         self.runner = make_runner(model, self.cache, max_tokens=config.max_batch_tokens,
-                                  max_seqs=config.max_running, context_length=config.context_length)
+                                  max_seqs=config.max_running, context_length=config.context_length,
+                                  grammar_vocab=grammar_vocab)
+        self.grammar_vocab = grammar_vocab
         self._ids = itertools.count()
         self.energy = EnergyMeter.for_device(device)  # None on CPUs
         self._idle = True
@@ -96,6 +101,11 @@ class LLMEngine:
         if len(prompt_ids) >= limit:
             raise LlamarunError(f"the prompt has {len(prompt_ids)} tokens, but the context holds {limit}",
                                 "shorten the prompt or raise the context length (num_ctx / --ctx)")
+        if params.grammar is not None:
+            if self.grammar_vocab is None:
+                raise LlamarunError("this engine was built without a vocabulary, so it cannot enforce a grammar",
+                                    "load the model through llamarun (load_model passes the vocabulary)")
+            compile_grammar(self.grammar_vocab, params.grammar)  # a RequestError now, not in the runner
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self.scheduler.requests:
             raise LlamarunError(f"request id {request_id!r} is already in use", "give each request its own id")

@@ -1,8 +1,8 @@
 """The model runner: one plain-data step in, sampled tokens out.
 
 It owns everything per request that lives next to the model: the sampler state (seeded generator,
-penalty counts) of every request the scheduler has sent it, created from the step's `new_requests`
-and dropped for its `finished_ids`. Inputs are packed by `engine.batch` (decodes first), attention
+penalty counts, grammar matcher) of every request the scheduler has sent it, created from the step's
+`new_requests` and dropped for its `finished_ids`. Inputs are packed by `engine.batch` (decodes first), attention
 reads them through `PagedAttention`, and the batched sampler picks the tokens.
 """
 
@@ -14,17 +14,27 @@ from llamarun.attention.backend import use_backend
 from llamarun.attention.paged_torch import PagedAttention, PagedKVCache
 from llamarun.engine.batch import model_inputs, pack_step
 from llamarun.engine.step import SampledToken, SchedulerOutput
+from llamarun.errors import LlamarunError
 from llamarun.models.llama import LlamaForCausalLM
+from llamarun.sampling.params import SamplingParams
 from llamarun.sampling.sampler import Sampler, SamplerOutput, SamplerState
+from llamarun.structured.engine import GrammarMatcher, compile_grammar
+from llamarun.structured.vocab import GrammarVocab
 
 __all__ = ["ModelRunner", "SampledToken"]
 
 
 class ModelRunner:
-    """Runs a SchedulerOutput through the model on the paged cache and samples the next tokens."""
+    """Runs a SchedulerOutput through the model on the paged cache and samples the next tokens.
 
-    def __init__(self, model: LlamaForCausalLM, cache: PagedKVCache) -> None:
+    `grammar_vocab` (the model's token bytes and stop ids) lets requests carry a GrammarSpec; without it a
+    grammar request is refused by the engine before it reaches the runner.
+    """
+
+    def __init__(self, model: LlamaForCausalLM, cache: PagedKVCache, grammar_vocab: GrammarVocab | None = None
+                 ) -> None:
         self.model, self.cache = model, cache
+        self.grammar_vocab = grammar_vocab
         self.device = cache.k.device
         self.sampler = Sampler()
         self.states: dict[str, SamplerState] = {}  # request id -> its sampler state
@@ -50,7 +60,16 @@ class ModelRunner:
         for request_id in step.finished_ids:
             self.states.pop(request_id, None)
         for new in step.new_requests:
-            self.states[new.request_id] = SamplerState(new.params, new.token_ids)
+            self.states[new.request_id] = SamplerState(new.params, new.token_ids, self._matcher(new.params))
+
+    def _matcher(self, params: SamplingParams) -> GrammarMatcher | None:
+        """A fresh matcher of the request's grammar (compiled once per vocabulary and spec, then cached)."""
+        if params.grammar is None:
+            return None
+        if self.grammar_vocab is None:
+            raise LlamarunError("this engine has no vocabulary to compile grammars against",
+                                "build the engine with grammar_vocab (load_model does)")
+        return GrammarMatcher(compile_grammar(self.grammar_vocab, params.grammar))
 
     @staticmethod
     def _answer(result: SamplerOutput, sample_ids: list[str], states: list[SamplerState]) -> dict[str, SampledToken]:

@@ -12,6 +12,7 @@ from llamarun.attention.paged_torch import PagedKVCache
 from llamarun.engine.runner import ModelRunner
 from llamarun.layers.fused import use_kernels
 from llamarun.models.llama import LlamaForCausalLM
+from llamarun.structured.vocab import GrammarVocab
 
 
 def _power_of_two(n: int) -> bool:
@@ -26,12 +27,12 @@ def kernels_fit(cache: PagedKVCache) -> bool:
 
 
 def make_runner(model: LlamaForCausalLM, cache: PagedKVCache, *, max_tokens: int, max_seqs: int,
-                context_length: int) -> ModelRunner:
+                context_length: int, grammar_vocab: GrammarVocab | None = None) -> ModelRunner:
     """The fastest runner this device and model allow."""
     if os.environ.get("LLAMARUN_RUNNER", "") != "torch" and kernels_fit(cache):
         from llamarun.engine.cuda_runner import CudaModelRunner
 
         graphs = os.environ.get("LLAMARUN_CUDA_GRAPHS", "1") != "0"
         return CudaModelRunner(model, cache, max_tokens=max_tokens, max_seqs=max_seqs,
-                               context_length=context_length, use_graphs=graphs)
-    return ModelRunner(model, cache)
+                               context_length=context_length, use_graphs=graphs, grammar_vocab=grammar_vocab)
+    return ModelRunner(model, cache, grammar_vocab)

@@ -19,12 +19,15 @@ import torch
 from llamarun.engine.hub import EngineHub, default_hub
 from llamarun.engine.llm_engine import EngineMetrics, EngineOutput
 from llamarun.engine.stats import RequestStats
+from llamarun.errors import RequestError
 from llamarun.llm import embeddings
 from llamarun.llm.embed_inputs import EmbedInput, check_dimensions, embedding_ids
 from llamarun.llm.loading import load_model
 from llamarun.llm.text_stream import StreamChunk, text_chunks
+from llamarun.sampling.grammar_spec import GrammarSpec
 from llamarun.sampling.params import SamplingParams
 from llamarun.store.resolve import ResolvedModel
+from llamarun.structured.engine import compile_grammar
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,12 @@ class AsyncLLM:
         model = self.engine.runner.model
         return [await embeddings.on_hub(self.hub, lambda ids=ids: embeddings.embed_one(
             model, ids, dtype=lm.dtype, device=lm.device, pooling=pooling, dimensions=dimensions)) for ids in batch]
+
+    def check_grammar(self, spec: GrammarSpec) -> None:
+        """Compile `spec` against this model's vocabulary (cached); a RequestError when it cannot be enforced."""
+        if self.engine.grammar_vocab is None:
+            raise RequestError("this model has no vocabulary for structured output", param="format")
+        compile_grammar(self.engine.grammar_vocab, spec)
 
     def metrics(self) -> EngineMetrics:
         return self.engine.metrics()

@@ -10,6 +10,7 @@ runs, gives the model back and reports each generation once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -21,9 +22,11 @@ from llamarun.errors import LlamarunError, RequestError
 from llamarun.llm.generation import Generation, StageFactory, collect_all, merged, start_all
 from llamarun.llm.model_settings import SettingsLookup, apply_settings, chat_template
 from llamarun.llm.request_limits import RequestLimits
+from llamarun.llm.response_format import with_grammar
 from llamarun.llm.served import ServedModel
 from llamarun.llm.text_stream import Completion, StreamChunk
 from llamarun.llm.tool_stage import tool_stage_factory
+from llamarun.sampling.grammar_spec import GrammarSpec
 from llamarun.sampling.params import SamplingParams
 from llamarun.tools.choice import apply_forced_call
 
@@ -40,7 +43,8 @@ class ChatRequest:
     (Ollama's generate). `strict_max_tokens`: asking for more than the context holds is an error (OpenAI)
     rather than silently lowered (Ollama). `api` labels the request in metrics. `given`: the SamplingParams
     fields the client set (None: all), which a created model's parameters leave alone; `template`: a
-    Jinja chat template replacing the model's (a created model's, llm/model_settings.py).
+    Jinja chat template replacing the model's (a created model's, llm/model_settings.py). `format`: structured
+    output, a GrammarSpec or Ollama's "json" / a JSON schema (llm/response_format.py); it becomes `params.grammar`.
     """
 
     model: str
@@ -48,7 +52,7 @@ class ChatRequest:
     prompts: list[str | list[int]] | None = None
     tools: list[dict[str, Any]] | None = None
     forced_call_schema: dict[str, Any] | None = None
-    format: str | dict[str, Any] | None = None
+    format: GrammarSpec | str | dict[str, Any] | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
     n: int = 1
     context: list[int] | None = None
@@ -101,9 +105,11 @@ class ChatService:
         lease = await self.models.acquire(req.model, num_ctx=req.num_ctx, keep_alive=req.keep_alive)
         try:
             model = lease.served
+            if req.forced_call_schema is not None:  # tool_choice required/named: the call's schema is the grammar
+                req = dataclasses.replace(req, params=apply_forced_call(req.params, req.forced_call_schema))
+            base = await with_grammar(model, req)
             prompts = await asyncio.to_thread(prompt_ids, model, req)
             self.limits.check_prompt_tokens(prompts, "messages" if req.messages is not None else "prompt")
-            base = apply_forced_call(req.params, req.forced_call_schema)
             params = [fit_max_tokens(model, ids, base, strict=req.strict_max_tokens) for ids in prompts]
             rid = request_id or f"req-{uuid.uuid4().hex[:24]}"
             all_ids = [ids for ids in prompts for _ in range(req.n)]
@@ -172,11 +178,6 @@ class Reply:
 def _check_request(req: ChatRequest) -> None:
     if (req.messages is None) == (req.prompts is None):
         raise RequestError("a request needs either messages or a prompt", param="messages")
-    if req.format not in (None, ""):
-        json_mode = req.format == "json" or (isinstance(req.format, dict) and req.format.get("type") == "json_object")
-        what = "JSON mode" if json_mode else "a JSON schema format"
-        raise RequestError(f"{what} is not supported yet: structured output is not implemented",
-                           param="response_format")
     if req.n < 1:
         raise RequestError(f"n={req.n} is below 1", param="n")
 

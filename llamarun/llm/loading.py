@@ -13,6 +13,7 @@ from llamarun.errors import LlamarunError
 from llamarun.quant.method import packer
 from llamarun.quant.modes import choose_weights, method_for, weight_bytes
 from llamarun.store.resolve import ResolvedModel, resolve_model
+from llamarun.structured.vocab import GrammarVocab
 from llamarun.utils.devices import check_device, default_device, default_dtype
 
 DEFAULT_CONTEXT = 4096  # Ollama's default num_ctx
@@ -77,6 +78,7 @@ def load_model(model: str | ResolvedModel, *, context_length: int | None = None,
                 model_name=resolved.name, smaller=smaller, scratch_tokens=context).check()
     tokenizer = ckpt.tokenizer()
     template = select_chat_template(ckpt.chat_template, tokenizer)
+    stop_ids = ckpt.stop_token_ids()
     t_checks = time.perf_counter()
     engine_config = EngineConfig(context_length=context, kv_tokens=kv)
     with count_bar("loading weights", len(ckpt.tensor_names), enabled=None if progress else False) as bar:
@@ -90,7 +92,10 @@ def load_model(model: str | ResolvedModel, *, context_length: int | None = None,
             net = build_model(ckpt, dtype, device, on_tensor=lambda _name: bar.advance(),
                               pack=packer(method_for(mode)), keep_packed=mode == "packed")
             t_weights = time.perf_counter()
-            engine = LLMEngine(net, engine_config, dtype=dtype, device=device)
+            # The engine never holds the tokenizer: grammars are compiled against its token bytes (the logits
+            # may be wider than the tokenizer: padded ids are never allowed).
+            vocab = GrammarVocab.from_tokenizer(tokenizer, stop_ids, config.vocab_size)
+            engine = LLMEngine(net, engine_config, dtype=dtype, device=device, grammar_vocab=vocab)
     t_end = time.perf_counter()
     phases = {"checks": t_checks - t0, "weights": t_weights - t_checks, "engine": t_end - t_weights}
     graphs = getattr(engine.runner, "capture_seconds", 0.0)
@@ -98,6 +103,6 @@ def load_model(model: str | ResolvedModel, *, context_length: int | None = None,
         phases["graphs"] = graphs
     return LoadedModel(
         name=resolved.name, checkpoint=ckpt, config=config, tokenizer=tokenizer, template=template,
-        stop_ids=ckpt.stop_token_ids(), engine=engine, context_length=context, device=device, dtype=dtype,
+        stop_ids=stop_ids, engine=engine, context_length=context, device=device, dtype=dtype,
         weights=mode, load_seconds=t_end - t0, memory_bytes=wbytes + engine.cache.nbytes, load_phases=phases,
     )

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # annotations only: the server imports no torch before a mode
     from llamarun.config import ModelConfig
     from llamarun.engine.llm_engine import EngineMetrics, EngineOutput
     from llamarun.engine.stats import RequestStats
+    from llamarun.sampling.grammar_spec import GrammarSpec
     from llamarun.sampling.params import SamplingParams
     from llamarun.text.tokenizer import Tokenizer
 
@@ -50,6 +51,11 @@ class ServedModel(Protocol):
     async def embed(self, inputs: Sequence[str | Sequence[int]], *, truncate: bool = True,
                     dimensions: int | None = None) -> list[list[float]]:
         """One L2-normalized embedding per input, text or token ids (llm/embed_inputs.py checks them)."""
+        ...
+
+    def check_grammar(self, spec: GrammarSpec) -> None:
+        """Compile `spec` for this model (cached for its requests); a RequestError names what cannot be enforced.
+        Blocking (a nested schema takes tens of milliseconds): call it from a worker thread."""
         ...
 
     def metrics(self) -> EngineMetrics: ...

@@ -20,10 +20,12 @@ from llamarun.llm.chat_service import ChatRequest, ChatService, Reply
 from llamarun.llm.model_settings import store_settings
 from llamarun.llm.served import ServedModel
 from llamarun.llm.text_stream import Completion
+from llamarun.sampling.grammar_spec import GrammarSpec
 from llamarun.sampling.params import SamplingParams
 from llamarun.store.home import ModelStore
 
 T = TypeVar("T")
+Format = GrammarSpec | str | dict[str, Any] | None  # structured output: "json", a JSON schema, a GrammarSpec
 
 
 @dataclass(eq=False)
@@ -118,15 +120,18 @@ class LLM:
         return self.stream(ChatRequest(self.name, prompts=[list(prompt_ids)], params=params or SamplingParams()))
 
     def stream_chat(self, messages: Sequence[Message | dict[str, Any]], params: SamplingParams | None = None,
-                    tools: list[dict] | None = None) -> TextIterator:
-        return self.stream(ChatRequest(self.name, messages=parse_messages(messages), tools=tools,
+                    tools: list[dict] | None = None, *, format: Format = None) -> TextIterator:
+        """`format`: structured output, "json", a JSON schema dict or a GrammarSpec (as Ollama's `format`)."""
+        return self.stream(ChatRequest(self.name, messages=parse_messages(messages), tools=tools, format=format,
                                        params=params or SamplingParams()))
 
-    def chat(self, messages: Sequence[Message | dict[str, Any]], params: SamplingParams | None = None) -> Completion:
-        return self.stream_chat(messages, params).result()
+    def chat(self, messages: Sequence[Message | dict[str, Any]], params: SamplingParams | None = None, *,
+             format: Format = None) -> Completion:
+        return self.stream_chat(messages, params, format=format).result()
 
-    def generate(self, prompt: str, params: SamplingParams | None = None) -> Completion:
-        return self.stream(ChatRequest(self.name, prompts=[prompt], params=params or SamplingParams())).result()
+    def generate(self, prompt: str, params: SamplingParams | None = None, *, format: Format = None) -> Completion:
+        return self.stream(ChatRequest(self.name, prompts=[prompt], params=params or SamplingParams(),
+                                       format=format)).result()
 
     def embed(self, inputs: Sequence[str | Sequence[int]], *, truncate: bool = True,
               dimensions: int | None = None) -> list[list[float]]:

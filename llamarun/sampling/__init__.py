@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from llamarun.sampling.grammar_spec import GrammarSpec
 from llamarun.sampling.params import SamplingParams, SamplingParamsError
 from llamarun.sampling.stop import StopStringMatcher
 
-__all__ = ["Sampler", "SamplerOutput", "SamplerState", "SamplingParams", "SamplingParamsError",
+__all__ = ["GrammarSpec", "Sampler", "SamplerOutput", "SamplerState", "SamplingParams", "SamplingParamsError",
            "StopStringMatcher"]
 
 _LAZY = {"Sampler", "SamplerOutput", "SamplerState"}

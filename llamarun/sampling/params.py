@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llamarun.errors import RequestError
+from llamarun.sampling.grammar_spec import GrammarSpec
 
 MAX_STOP_STRINGS = 64  # generous: OpenAI allows 4, Ollama has no limit but nobody needs hundreds
 MAX_STOP_STRING_CHARS = 1000
@@ -57,6 +58,7 @@ class SamplingParams:
     stop: strings that end generation (the text up to them is returned, without them).
     stop_token_ids: token ids that end generation, on top of the model's own end-of-turn tokens.
     logprobs: None for none; n >= 0 returns the chosen token's log-probability and the n most likely.
+    grammar: a GrammarSpec the output must match (JSON, a JSON schema, a regex, EBNF, a choice), or None.
     """
 
     temperature: float = 0.8
@@ -72,6 +74,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None
+    grammar: GrammarSpec | None = None
 
     @classmethod
     def greedy(cls, **overrides: Any) -> SamplingParams:
@@ -138,6 +141,9 @@ class SamplingParams:
             if not 0 <= self.logprobs <= MAX_LOGPROBS:
                 raise SamplingParamsError(f"logprobs={self.logprobs} is outside [0, {MAX_LOGPROBS}]",
                                           "ask for at most 20 top log-probabilities", param="logprobs")
+        if self.grammar is not None and not isinstance(self.grammar, GrammarSpec):
+            raise SamplingParamsError(f"grammar={self.grammar!r} is not a GrammarSpec",
+                                      'give GrammarSpec("json_schema", {...}) or leave it out', param="grammar")
         # Lists and a lone string are common in requests; store tuples so the params stay hashable.
         object.__setattr__(self, "stop", _normalise_stops(self.stop))
         object.__setattr__(self, "stop_token_ids", _normalise_stop_ids(self.stop_token_ids))

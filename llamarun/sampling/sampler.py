@@ -12,6 +12,7 @@ grammar mask and temperature, i.e. the model's own distribution.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,27 +28,37 @@ from llamarun.sampling.filters import (
 )
 from llamarun.sampling.params import SamplingParams
 from llamarun.sampling.penalties import TokenCounts, apply_penalties
+from llamarun.structured.bitmask import GrammarMasker
+from llamarun.structured.engine import GrammarMatcher
+
+log = logging.getLogger(__name__)
 
 
 class SamplerState:
-    """What the sampler keeps for one request: its params, its generator and its penalty counts.
+    """What the sampler keeps for one request: its params, generator, penalty counts and grammar matcher.
 
     Call `append(token_id)` with every token the request generates (the engine already has them as
     Python ints after its one sync per step). The generator is made on the logits' device at the first
     sample, seeded from `params.seed`; unseeded requests use torch's default generator of that device.
+    `grammar` (a matcher of the request's compiled GrammarSpec) limits each draw to what it allows.
     """
 
-    def __init__(self, params: SamplingParams, prompt_token_ids: Sequence[int] = ()) -> None:
+    def __init__(self, params: SamplingParams, prompt_token_ids: Sequence[int] = (),
+                 grammar: GrammarMatcher | None = None) -> None:
         self.params = params
         self.generator: torch.Generator | None = None
         self.num_generated = 0
         self.counts = TokenCounts(params.repeat_last_n, prompt_token_ids) if params.uses_penalties else None
+        self.grammar = grammar
 
     def append(self, token_id: int) -> None:
-        """Record a generated token (updates penalty counts in place)."""
+        """Record a generated token (updates penalty counts and advances the grammar in place)."""
         self.num_generated += 1
         if self.counts is not None:
             self.counts.append(int(token_id))
+        if self.grammar is not None and not self.grammar.accept(token_id):
+            # Only a token the mask allowed can be drawn, so this is a bug; one request must not stop the engine.
+            log.error("the grammar refused token %d that its own mask allowed", token_id)
 
     def generator_on(self, device: torch.device) -> torch.Generator | None:
         """The request's seeded generator on `device` (made on first use), or None when unseeded."""
@@ -77,6 +88,9 @@ class SamplerOutput:
 class Sampler:
     """Picks the next token of every row of a batch, each row under its own SamplingParams."""
 
+    def __init__(self) -> None:
+        self.masker = GrammarMasker()  # host buffers of the grammar mask, reused step after step
+
     def __call__(self, logits: Tensor, states: Sequence[SamplerState],
                  allowed: Tensor | None = None) -> Tensor:
         """Token ids [B] int64 for `logits` [B, V]; `allowed` [B, V'<=V] bool is an optional grammar mask."""
@@ -91,6 +105,9 @@ class Sampler:
         device = logits.device
         raw = logits.float()  # [B, V]; float32 math whatever the model's dtype
         x = self._penalise(raw, states)
+        grammar_rows = [i for i, s in enumerate(states) if s.grammar is not None]
+        if grammar_rows:  # batches without a grammar pay nothing
+            x = self.masker.apply(x, grammar_rows, [states[i].grammar for i in grammar_rows])
         if allowed is not None:
             x = _mask_disallowed(x, allowed)
 

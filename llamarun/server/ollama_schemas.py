@@ -2,7 +2,8 @@
 
 Field names and meanings follow Ollama's API docs and its Python client. Unknown fields and options
 are ignored, as Ollama does; fields that would change the answer but that llamarun cannot honour yet
-(images, custom templates, `suffix`, thinking; `format` in the chat service) are refused with a 400.
+(images, custom templates, `suffix`, thinking) are refused with a 400; `format` ("json" or a JSON schema)
+is enforced by a grammar (the chat service compiles it).
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def _go_duration(text: str) -> float:
 
 
 def check_supported(req: _GenerateBase, images: bool = False) -> None:
-    """Refuse, loudly, what would change the answer but is not implemented yet (`format`: the chat service)."""
+    """Refuse, loudly, what would change the answer but is not implemented yet."""
     if req.think not in (None, False):
         raise ApiError(400, f"\"{req.model}\" does not support thinking", param="think")
     if images:

@@ -2,9 +2,10 @@
 
 OpenAI's defaults apply here, not Ollama's: temperature 1, top_p 1, and no top-k, min-p or
 repetition penalty unless a client sends the common extensions (`top_k`, `min_p`,
-`repetition_penalty`, as vLLM accepts them). Unknown fields are ignored; fields that would change the
-answer but are not implemented (`response_format` other than text, `logit_bias`, image or audio
-content, `suffix`, `best_of`) are refused with a 400. `tool_choice` is checked in tools/choice.py.
+`repetition_penalty`, as vLLM accepts them). `response_format` (text, json_object, json_schema; on
+completions too, as vLLM takes it) is enforced by a grammar. Unknown fields are ignored; fields that would
+change the answer but are not implemented (`logit_bias`, image or audio content, `suffix`, `best_of`) are
+refused with a 400. `tool_choice` is checked in tools/choice.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llamarun.chat.messages import Message, parse_messages
 from llamarun.llm.chat_service import ChatRequest
+from llamarun.llm.response_format import openai_response_format
 from llamarun.sampling.params import SamplingParams
 from llamarun.server.errors import ApiError
 from llamarun.tools.choice import forced_call_schema, resolve_tool_choice
@@ -83,6 +85,7 @@ class CompletionBody(_Common):
     echo: bool = False
     suffix: str | None = None
     best_of: Int | None = None
+    response_format: dict[str, Any] | None = None
 
 
 def sampling_params(req: _Common, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
@@ -147,19 +150,19 @@ def chat_messages(messages: list[ChatMessage]) -> list[Message]:
 def chat_completion_request(body: ChatCompletionBody) -> ChatRequest:
     """A /v1/chat/completions body as the chat service's request (OpenAI's defaults)."""
     params = chat_params(body)
-    fmt = body.response_format or {}
     choice = resolve_tool_choice(body.tool_choice, body.tools)
     tools = body.tools if body.tools and choice.mode != "none" else None
     return ChatRequest(body.model, messages=chat_messages(body.messages), tools=tools,
                        forced_call_schema=forced_call_schema(tools, choice),
-                       format=None if fmt.get("type", "text") == "text" else fmt, params=params, n=body.n,
+                       format=openai_response_format(body.response_format), params=params, n=body.n,
                        strict_max_tokens=True, api="openai", given=given_fields(body))
 
 
 def completion_request(body: CompletionBody) -> ChatRequest:
     """A /v1/completions body: raw prompts (text or token ids), no template."""
     return ChatRequest(body.model, prompts=prompt_list(body.prompt), params=completion_params(body), n=body.n,
-                       strict_max_tokens=True, api="openai", given=given_fields(body))
+                       format=openai_response_format(body.response_format), strict_max_tokens=True, api="openai",
+                       given=given_fields(body))
 
 
 # Request field -> the SamplingParams field it sets.

@@ -24,7 +24,10 @@ from llamarun.engine.runner import SampledToken
 from llamarun.engine.stats import RequestStats
 from llamarun.errors import DoesNotFitError, LlamarunError
 from llamarun.llm.embed_inputs import check_dimensions, embedding_ids
+from llamarun.sampling.grammar_spec import GrammarSpec
 from llamarun.sampling.params import SamplingParams
+from llamarun.structured.engine import compile_grammar
+from llamarun.structured.vocab import GrammarVocab
 from llamarun.text.tokenizer import Tokenizer
 
 DEFAULT_REPLY = "Hello! Café au lait, s'il vous plaît."
@@ -127,6 +130,10 @@ class FakeAsyncLLM:
     def chat_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         """What the chat service sends for `messages` (for tests to compare against)."""
         return self.template.encode(messages, self.tokenizer, tools=tools)
+
+    def check_grammar(self, spec: GrammarSpec) -> None:
+        """The real compile against the byte vocabulary (the fake records grammars but does not enforce them)."""
+        compile_grammar(GrammarVocab.from_tokenizer(self.tokenizer, [EOS], self.config.vocab_size), spec)
 
     def reply_for(self, params: SamplingParams, prompt_ids: Sequence[int] = ()) -> str:
         if self.script is not None:

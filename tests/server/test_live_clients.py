@@ -108,8 +108,8 @@ def test_ollama_errors(oll: ollama.Client, live) -> None:
         oll.chat(model="no-such-model:1b", messages=USER)
     assert err.value.status_code == 404 and "not found" in err.value.error
     with pytest.raises(ollama.ResponseError) as err:
-        list(oll.generate(model=DEFAULT, prompt="x", format="json", stream=True))
-    assert err.value.status_code == 400 and "structured output" in err.value.error
+        list(oll.generate(model=DEFAULT, prompt="x", format={"type": "string", "pattern": "(ab"}, stream=True))
+    assert err.value.status_code == 400 and "cannot be enforced" in err.value.error
     with pytest.raises(ollama.ResponseError) as err:
         ollama.Client(host=live[0], timeout=30).list()
     assert err.value.status_code == 401
