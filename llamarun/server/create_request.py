@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llamarun.errors import ModelNotFoundError, RequestError
 from llamarun.server.errors import ApiError
+from llamarun.server.ollama_schemas import old_name_as_model
 from llamarun.store.blobs import BlobStore
 from llamarun.store.home import Manifest, ModelStore
 from llamarun.store.model_defaults import ModelDefaults, settings_from_fields
@@ -41,9 +42,7 @@ class CreateBody(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _old_name_field(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "model" not in data and isinstance(data.get("name"), str):
-            data = {**data, "model": data["name"]}
-        return data
+        return old_name_as_model(data)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from llamarun.llm.text_stream import TokenLogprob
 from llamarun.server.ollama_schemas import ChatBody, GenerateBody, chat_request, generate_request
 from llamarun.server.request_body import parse_request
 from llamarun.server.store_info import rfc3339
-from llamarun.server.streaming import CleanupStreamingResponse, ndjson, unless_disconnected
+from llamarun.server.streaming import CleanupStreamingResponse, collect_unless_gone, ndjson
 from llamarun.tools.wire import ollama_tool_calls
 
 router = APIRouter()
@@ -99,11 +99,8 @@ async def _respond(request: Request, stream: bool, reply: Reply, piece: Piece,
     model = reply.request.model
     want_logprobs = reply.request.params.logprobs is not None
     if not stream:
-        try:
-            gone, results = await unless_disconnected(request, reply.collect())
-        finally:
-            await reply.close()
-        if gone:
+        results = await collect_unless_gone(request, reply)
+        if results is None:
             return Response(status_code=499)
         result = results[0]
         body = {"model": model, "created_at": rfc3339(time.time()), **piece(result.text, result.tool_calls)}

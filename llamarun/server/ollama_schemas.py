@@ -127,9 +127,14 @@ class ModelRequest(_Lenient):
     @model_validator(mode="before")
     @classmethod
     def _old_name_field(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "model" not in data and isinstance(data.get("name"), str):
-            data = {**data, "model": data["name"]}
-        return data
+        return old_name_as_model(data)
+
+
+def old_name_as_model(data: Any) -> Any:
+    """Older Ollama clients send the model as "name": read it as "model" when that is missing."""
+    if isinstance(data, dict) and "model" not in data and isinstance(data.get("name"), str):
+        data = {**data, "model": data["name"]}
+    return data
 
 
 class CopyRequest(_Lenient):

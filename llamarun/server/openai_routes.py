@@ -29,7 +29,7 @@ from llamarun.server.openai_schemas import (
 )
 from llamarun.server.request_body import parse_request
 from llamarun.server.store_info import list_entries
-from llamarun.server.streaming import SSE_DONE, SSE_HEADERS, CleanupStreamingResponse, sse, unless_disconnected
+from llamarun.server.streaming import SSE_DONE, SSE_HEADERS, CleanupStreamingResponse, collect_unless_gone, sse
 from llamarun.tools.wire import openai_tool_calls
 
 router = APIRouter()
@@ -74,11 +74,8 @@ def _models(request: Request) -> list[dict[str, Any]]:
 
 async def _respond(request: Request, body: Any, reply: Reply, fmt: _Format) -> Response:
     if not body.stream:
-        try:
-            gone, results = await unless_disconnected(request, reply.collect())
-        finally:
-            await reply.close()
-        return Response(status_code=499) if gone else JSONResponse(fmt.whole(results))
+        results = await collect_unless_gone(request, reply)
+        return Response(status_code=499) if results is None else JSONResponse(fmt.whole(results))
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 

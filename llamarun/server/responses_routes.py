@@ -24,7 +24,7 @@ from llamarun.chat.messages import Message
 from llamarun.llm.chat_service import Reply
 from llamarun.server.request_body import parse_body
 from llamarun.server.responses_schemas import ResponseMemory, ResponsesBody, responses_request
-from llamarun.server.streaming import SSE_HEADERS, CleanupStreamingResponse, unless_disconnected
+from llamarun.server.streaming import SSE_HEADERS, CleanupStreamingResponse, collect_unless_gone
 
 router = APIRouter()
 
@@ -98,11 +98,8 @@ async def create_response(request: Request) -> Response:
             memory.keep(shape.id, [*turns, Message("assistant", text)])
 
     if not body.stream:
-        try:
-            gone, results = await unless_disconnected(request, reply.collect())
-        finally:
-            await reply.close()
-        if gone:
+        results = await collect_unless_gone(request, reply)
+        if results is None:
             return Response(status_code=499)
         text, reason = results[0].text, results[0].finish_reason
         remember(text)

@@ -19,6 +19,15 @@ from starlette.types import Receive, Scope, Send
 DISCONNECT_POLL_SECONDS = 0.25
 
 
+async def collect_unless_gone(request: Request, reply: Any) -> list[Any] | None:
+    """A non-streaming reply's results, the reply closed either way; None when the client went away (answer 499)."""
+    try:
+        gone, results = await unless_disconnected(request, reply.collect())
+    finally:
+        await reply.close()
+    return None if gone else results
+
+
 async def unless_disconnected(request: Request, work: Awaitable[Any]) -> tuple[bool, Any]:
     """Run `work` (a non-streaming generation) but cancel it if the client goes; (gone, result)."""
     task = asyncio.ensure_future(work)
