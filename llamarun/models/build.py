@@ -123,12 +123,13 @@ def _place_packed(model: nn.Module, name: str, target: _Target, layout: Layout,
     """
     from llamarun.quant.convert.rows import cat_rows
     from llamarun.quant.layouts import dequantize
+    from llamarun.quant.modes import packed_linear
 
     if tuple(layout.shape) != target.shape:
         raise ConfigMismatchError(f"packed tensor '{name}' has shape {tuple(layout.shape)}, but the config implies "
                                   f"{target.shape}", "the config and weights do not belong together")
     if target.rows is None:
-        _replace(model, target.module, _packed_module(layout))
+        _replace(model, target.module, packed_linear(layout))
         return
     merged = model.get_submodule(target.module)
     got = parts.setdefault(target.module, {})
@@ -136,25 +137,11 @@ def _place_packed(model: nn.Module, name: str, target: _Target, layout: Layout,
     if len(got) == len(merged.shards):
         ordered = [got[shard] for shard in merged.shards]  # in the merged linear's row order
         try:
-            _replace(model, target.module, _packed_module(cat_rows(ordered)))
+            _replace(model, target.module, packed_linear(cat_rows(ordered)))
         except ConfigMismatchError:  # mixed packings: expand this one linear
             weight = torch.cat([dequantize(p, dtype) for p in ordered])  # [N, K]
             merged.weight = nn.Parameter(weight, requires_grad=False)
         del parts[target.module]
-
-
-def _packed_module(layout: Layout) -> nn.Module:
-    """The quantization method's linear for a layout (the method follows from the layout's kind)."""
-    from llamarun.quant.fp8 import Fp8Method
-    from llamarun.quant.int4 import Int4Method
-    from llamarun.quant.int8 import Int8Method
-    from llamarun.quant.layouts import Fp8Weight, Int4Weight
-
-    if isinstance(layout, Int4Weight):
-        return Int4Method(layout.group_size).create(layout)
-    if isinstance(layout, Fp8Weight):
-        return Fp8Method().create(layout)
-    return Int8Method().create(layout)
 
 
 def _to_device(layout: Layout, device: str | torch.device) -> Layout:

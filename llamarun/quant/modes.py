@@ -48,6 +48,20 @@ def method_for(mode: str) -> Any:
     raise LlamarunError(f"unknown weights format '{mode}'", f"choose one of {', '.join(WEIGHT_MODES)}")
 
 
+def packed_linear(layout: Any) -> Any:
+    """The packed linear for a layout a checkpoint brought (`--weights packed`): its method follows from its kind."""
+    from llamarun.quant.fp8 import Fp8Method
+    from llamarun.quant.int4 import Int4Method
+    from llamarun.quant.int8 import Int8Method
+    from llamarun.quant.layouts import Fp8Weight, Int4Weight
+
+    if isinstance(layout, Int4Weight):
+        return Int4Method(layout.group_size).create(layout)
+    if isinstance(layout, Fp8Weight):
+        return Fp8Method().create(layout)
+    return Int8Method().create(layout)
+
+
 def resolve_weights(mode: str, *, device: str, config: Any, quantized: bool = False) -> str:
     """The mode to load with, checked against the device and the model's shapes (a clear error otherwise).
 
