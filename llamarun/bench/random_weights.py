@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,6 +27,8 @@ from llamarun.errors import DoesNotFitError, LlamarunError
 from llamarun.layers.norm import RMSNorm
 from llamarun.layers.rotary import RotaryEmbedding
 from llamarun.models.llama import LlamaForCausalLM
+from llamarun.parallel.plan import ShardPlan
+from llamarun.parallel.settings import tensor_parallel_size
 from llamarun.quant.method import QuantMethod
 from llamarun.quant.modes import method_for, resolve_weights, weight_bytes
 
@@ -166,6 +169,13 @@ class RandomModel:
     context_length: int
     load_seconds: float
     weights: str = "exact"
+    ranks: int = 1  # tensor-parallel ranks the model is split over (one GPU each)
+    parallel: Any = None  # the TensorParallel handle (workers to stop) when ranks > 1
+
+    def close(self) -> None:
+        """Stop the tensor-parallel workers, if any (the process's exit does it otherwise)."""
+        if self.parallel is not None:
+            self.parallel.close()
 
     @property
     def weight_bytes(self) -> int:
@@ -192,18 +202,31 @@ def load_random_model(name: str, *, device: str | None = None, concurrency: int,
         raise LlamarunError(f"context length {context_length} is outside 16..{config.max_position_embeddings}",
                             "pass a --ctx in that range")
     weights = resolve_weights("exact" if weights == "auto" else weights, device=device, config=config)
-    kv_tokens = check_fits(name, config, dtype, device, concurrency=concurrency, context_length=context_length,
+    ranks = tensor_parallel_size()
+    # Each rank holds its own shard: check what rank 0's shard needs against one device.
+    shard = config if ranks == 1 else ShardPlan(config, 0, ranks).local_config()
+    kv_tokens = check_fits(name, shard, dtype, device, concurrency=concurrency, context_length=context_length,
                            available_bytes=available_bytes, weights=weights)
-    model = build_random_model(config, device=device, dtype=dtype, seed=seed, method=method_for(weights))
     # More running requests than the engine's default only when the benchmark asks for them.
     running = {"max_running": concurrency} if concurrency > EngineConfig.max_running else {}
     engine_config = EngineConfig(context_length=context_length, kv_tokens=kv_tokens, block_size=BLOCK_SIZE,
                                  **running)
-    engine = LLMEngine(model, engine_config, dtype=dtype, device=device)
+    if ranks > 1:  # every rank draws its own shard on its own GPU (parallel/random_shard.py)
+        from llamarun.parallel.launch import ShardSpec, start_tensor_parallel
+        from llamarun.parallel.random_shard import RANDOM_FORMAT
+
+        spec = ShardSpec(name, RANDOM_FORMAT, engine_config, str(dtype).removeprefix("torch."), device, weights)
+        parallel = start_tensor_parallel(spec, ranks)
+        engine = parallel.engine
+    else:
+        parallel = None
+        model = build_random_model(config, device=device, dtype=dtype, seed=seed, method=method_for(weights))
+        engine = LLMEngine(model, engine_config, dtype=dtype, device=device)
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)  # the fills are queued; count them in the build time
     return RandomModel(name=name, config=config, engine=engine, device=device, dtype=dtype,
-                       context_length=context_length, load_seconds=time.perf_counter() - t0, weights=weights)
+                       context_length=context_length, load_seconds=time.perf_counter() - t0, weights=weights,
+                       ranks=ranks, parallel=parallel)
 
 
 def _gb(n: int) -> str:

@@ -202,9 +202,12 @@ def _offline_random(args: argparse.Namespace, levels: list[int], counts: list[in
     rm = load_random_model(args.random_weights, device=device, concurrency=max(levels), context_length=ctx,
                            seed=args.seed, weights=weights_from_args(args))
     element = rm.dtype.itemsize
+    if copy and rm.ranks > 1:  # tensor parallelism reads every rank's shard at once: the limit is the sum
+        copy *= rm.ranks
+        source = f"{source} per GPU x {rm.ranks} GPUs"
     dtype = str(rm.dtype).removeprefix("torch.")
     footprint = model_footprint(rm.engine.runner.model)
-    step_weights = None if rm.weights == "exact" else decode_bytes(footprint)
+    step_weights = None if rm.weights == "exact" else decode_bytes(footprint) * rm.ranks  # rank 0's shard x ranks
     record.model = args.random_weights
     record.settings.update(device=rm.device, dtype=dtype, weights="random", quantization=rm.weights,
                            context_length=ctx,

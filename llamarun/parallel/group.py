@@ -40,12 +40,27 @@ class ParallelGroup:
     timeout_s: float
     group: Any  # the default process group (activations)
     control: Any  # gloo group for plain-data steps
+    one_shot: Any = None  # a OneShotAllReduce for small CUDA tensors (parallel/one_shot.py), or None
 
     def all_reduce(self, x: torch.Tensor, op_name: str = "all_reduce") -> torch.Tensor:
-        """Sum `x` over the ranks, in place; returns x."""
+        """Sum `x` over the ranks; returns the sum (x itself, summed in place, on the NCCL/gloo path)."""
         with _named(self, op_name):
+            if self.one_shot is not None and self.one_shot.fits(x):
+                return self.one_shot(x)
             dist.all_reduce(x, group=self.group)
         return x
+
+    def enable_one_shot(self, dtype: torch.dtype) -> bool:
+        """Set up the one-shot all-reduce for `dtype` activations where it can run; True when every rank has it.
+
+        Every rank must take the same path in every collective, so it is used only when all ranks set it up.
+        """
+        from llamarun.parallel.one_shot import make_one_shot
+
+        mine = make_one_shot(self.group, self.device, dtype)
+        everyone = self.gather_objects(mine is not None, "one-shot all-reduce set-up")
+        self.one_shot = mine if all(everyone) else None
+        return self.one_shot is not None
 
     def all_gather_last(self, x: torch.Tensor, op_name: str = "all_gather") -> torch.Tensor:
         """Concatenate every rank's `x` along the last dim, rank order: [..., d] -> [..., world * d]."""
@@ -133,6 +148,8 @@ def init_group(rank: int, world_size: int, device: str | torch.device, *, store:
                                 timeout=timedelta(seconds=start_timeout_s), **kwargs)
         activations = dist.new_group(backend=backend, timeout=timedelta(seconds=timeout_s))
         control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
+        if dev.type == "cuda":  # create the NCCL communicator now, not inside the first CUDA-graph capture
+            dist.all_reduce(torch.zeros(1, device=dev), group=activations)
     except (RuntimeError, ValueError, OSError) as err:
         close_group()
         raise ParallelError(f"rank {rank} of {world_size} could not join the process group ({err})",

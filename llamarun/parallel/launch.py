@@ -150,17 +150,26 @@ def load_parallel_engine(path: Any, fmt: str, config: EngineConfig, dtype: torch
 
 
 def _check_plan(spec: ShardSpec, world_size: int) -> None:
-    from llamarun.loaders.registry import open_checkpoint
     from llamarun.parallel.plan import ShardPlan
 
-    ShardPlan(open_checkpoint(spec.path, spec.format).config, 0, world_size)
+    ShardPlan(_whole_config(spec), 0, world_size)
+
+
+def _whole_config(spec: ShardSpec) -> Any:
+    """The whole model's config: from the checkpoint, or the named shape of a random-weight build."""
+    from llamarun.parallel.random_shard import RANDOM_FORMAT, random_config
+
+    if spec.format == RANDOM_FORMAT:
+        return random_config(spec.path)
+    from llamarun.loaders.registry import open_checkpoint
+
+    return open_checkpoint(spec.path, spec.format).config
 
 
 def _rank_zero(spec: ShardSpec, group: ParallelGroup, processes: list[Any],
                on_tensor: Callable[[str], None] | None) -> TensorParallel:
-    engine, problem = _build_engine(spec, group, on_tensor)
     try:
-        _check_all_built(group, problem)
+        engine = _build_engine(spec, group, on_tensor)
     except LlamarunError:
         _kill(processes)
         close_group()
@@ -172,22 +181,35 @@ def _rank_zero(spec: ShardSpec, group: ParallelGroup, processes: list[Any],
 
 
 def _build_engine(spec: ShardSpec, group: ParallelGroup, on_tensor: Callable[[str], None] | None = None
-                  ) -> tuple[LLMEngine | None, str | None]:
-    """This rank's engine on its shard, or the reason it could not be built (reported to every rank)."""
+                  ) -> LLMEngine:
+    """This rank's engine on its shard, once every rank has built its shard (else every rank raises)."""
+    model, problem = _build_model(spec, group, on_tensor)
+    _check_all_built(group, problem)
+    dtype = getattr(torch, spec.dtype)
+    group.enable_one_shot(dtype)  # a collective set-up: before the engine captures its CUDA graphs
+    return LLMEngine(model, spec.engine, dtype=dtype, device=group.device)
+
+
+def _build_model(spec: ShardSpec, group: ParallelGroup, on_tensor: Callable[[str], None] | None = None
+                 ) -> tuple[Any, str | None]:
+    """This rank's sharded model, or the reason it could not be built (reported to every rank)."""
     from llamarun.loaders.registry import open_checkpoint
     from llamarun.parallel.load import build_shard
     from llamarun.parallel.plan import ShardPlan
+    from llamarun.parallel.random_shard import RANDOM_FORMAT, build_random_shard
 
     try:
         dtype = getattr(torch, spec.dtype)
+        if spec.format == RANDOM_FORMAT:
+            plan = ShardPlan(_whole_config(spec), group.rank, group.world_size)
+            return build_random_shard(spec.path, plan, group, dtype, spec.weights), None
         ckpt = open_checkpoint(spec.path, spec.format)
         plan = ShardPlan(ckpt.config, group.rank, group.world_size)
         from llamarun.quant.method import packer
         from llamarun.quant.modes import method_for
 
         pack = packer(method_for(spec.weights))  # each rank packs its own slices
-        model = build_shard(ckpt, plan, group, dtype, on_tensor=on_tensor, pack=pack)
-        return LLMEngine(model, spec.engine, dtype=dtype, device=group.device), None
+        return build_shard(ckpt, plan, group, dtype, on_tensor=on_tensor, pack=pack), None
     except LlamarunError as err:
         return None, str(err)
     except Exception as err:  # a bug on one rank must still reach rank 0, not hang the rest
@@ -217,8 +239,7 @@ def _worker(rank: int, world_size: int, port: int | None, spec: ShardSpec, local
             store.set(f"{_STARTED}{rank}", "1")
         group = init_group(rank, world_size, spec.device, store=store, local_rank=local_rank,
                            timeout_s=spec.timeout_s, start_timeout_s=spec.start_timeout_s)
-        engine, problem = _build_engine(spec, group)
-        _check_all_built(group, problem)
+        engine = _build_engine(spec, group)
         serve_steps(engine.runner, group)
         return 0
     except LlamarunError as err:

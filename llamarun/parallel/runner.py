@@ -31,6 +31,12 @@ class BroadcastRunner:
     def model(self) -> Any:
         return self.inner.model
 
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (capture_seconds, steps, ...) is the inner runner's; only reached for missing names.
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
     def run(self, step: SchedulerOutput) -> dict[str, SampledToken]:
         """Broadcast `step`, run it here; {request id: token} for the sequences that sample."""
         if self.failure is not None:

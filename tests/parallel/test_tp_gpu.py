@@ -1,0 +1,64 @@
+"""Tensor parallelism over NCCL on two GPUs, with the CUDA-graph runner: the same answers as one GPU.
+
+Skipped without two CUDA devices. Runs both all-reduce paths (NCCL, and the one-shot path over symmetric
+memory where this torch and driver have it) and checks that decode steps replayed CUDA graphs, so the
+collectives inside the graphs are exercised, not just eager ones.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from parallel.test_tensor_parallel import ENGINE, GREEDY, assert_same, checkpoint, run_all
+from tiny_checkpoints import TinySpec
+
+from llamarun.engine.llm_engine import LLMEngine
+from llamarun.loaders.registry import open_checkpoint
+from llamarun.models.build import build_model
+from llamarun.parallel.launch import ShardSpec, start_tensor_parallel
+
+pytestmark = [
+    pytest.mark.gpu, pytest.mark.slow, pytest.mark.timeout(300),
+    pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two GPUs"),
+]
+
+
+def one_gpu(path: str) -> dict[str, list]:
+    model = build_model(open_checkpoint(path, "hf"), torch.float32, "cuda:0")
+    return run_all(LLMEngine(model, ENGINE, dtype=torch.float32, device="cuda:0"), GREEDY)
+
+
+@pytest.mark.parametrize("allreduce", ["nccl", "auto"])
+def test_tp2_over_nccl_with_cuda_graphs_equals_one_gpu(tmp_path_factory, monkeypatch, allreduce):
+    monkeypatch.setenv("LLAMARUN_ALLREDUCE", allreduce)  # spawned ranks inherit it
+    path = checkpoint(tmp_path_factory, TinySpec(llama3_rope=True), seed=11)
+    want = one_gpu(path)
+    handle = start_tensor_parallel(ShardSpec(path, "hf", ENGINE, device="cuda", timeout_s=60), 2)
+    try:
+        runner = handle.engine.runner
+        assert handle.group.device == torch.device("cuda", 0)
+        if allreduce == "nccl":
+            assert handle.group.one_shot is None
+        got = run_all(handle.engine, GREEDY)
+        assert runner.steps["graph"] > 0  # decode steps replayed graphs holding the all-reduces
+    finally:
+        handle.close()
+    assert_same(got, want, tol=5e-3)  # TF32 matmuls and another summation order: close, not equal
+
+
+def test_random_70b_shaped_shard_builds_over_two_gpus_at_small_depth(monkeypatch):
+    """The benchmark's random-weight shards (parallel/random_shard.py) run a step on both GPUs."""
+    from llamarun.engine.llm_engine import EngineConfig
+    from llamarun.parallel.random_shard import RANDOM_FORMAT
+    from llamarun.sampling.params import SamplingParams
+
+    config = EngineConfig(context_length=64, kv_tokens=256, block_size=16)
+    handle = start_tensor_parallel(ShardSpec("tiny", RANDOM_FORMAT, config, "bfloat16", "cuda"), 2)
+    try:
+        handle.engine.add_request([1, 2, 3, 4], SamplingParams.greedy(max_tokens=4), request_id="r")
+        tokens = []
+        while handle.engine.has_unfinished:
+            tokens += [t.token_id for o in handle.engine.step() for t in o.new_tokens]
+    finally:
+        handle.close()
+    assert len(tokens) == 4 and all(0 <= t < 512 for t in tokens)
