@@ -34,6 +34,8 @@ from llamarun.parallel.group import (
 )
 from llamarun.parallel.runner import BroadcastRunner, serve_steps
 from llamarun.parallel.settings import tensor_parallel_size
+from llamarun.parallel.step_channel import StepChannel
+from llamarun.parallel.step_channel import available as channel_available
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class TensorParallel:
     group: ParallelGroup
     processes: list[Any] = field(default_factory=list)  # spawned workers; empty under torchrun
     closed: bool = False
+    channel: StepChannel | None = None  # the shared-memory step channel (spawned workers on this host)
 
     def close(self) -> None:
         """Stop the workers, wait for them (killing any that hang), and leave the process group. Idempotent."""
@@ -75,6 +78,8 @@ class TensorParallel:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
+        if self.channel is not None:
+            self.channel.close()
         close_group()
 
 
@@ -174,8 +179,9 @@ def _rank_zero(spec: ShardSpec, group: ParallelGroup, processes: list[Any],
         _kill(processes)
         close_group()
         raise
-    engine.runner = BroadcastRunner(engine.runner, group)
-    handle = TensorParallel(engine, group, processes)
+    channel = _open_channel(group, spawned=bool(processes), timeout_s=spec.timeout_s)
+    engine.runner = BroadcastRunner(engine.runner, group, channel)
+    handle = TensorParallel(engine, group, processes, channel=channel)
     atexit.register(handle.close)  # the CLI and server never close engines: stop the workers as the process ends
     return handle
 
@@ -216,6 +222,18 @@ def _build_model(spec: ShardSpec, group: ParallelGroup, on_tensor: Callable[[str
         return None, f"{type(err).__name__}: {err}"
 
 
+def _open_channel(group: ParallelGroup, *, spawned: bool, timeout_s: float) -> StepChannel | None:
+    """Rank 0's shared-memory step channel when all ranks are its own children on this host; its name to all.
+
+    GPU ranks only: a waiting worker spins on a core, which GPU hosts have to spare, while CPU ranks need
+    every core for their own matmuls (there the spin slowed a 2-core machine's steps tenfold).
+    """
+    use = spawned and group.device.type == "cuda" and channel_available()
+    channel = StepChannel(group.world_size - 1, timeout_s=timeout_s) if use else None
+    group.broadcast_object(channel.name if channel else None, "step channel set-up")
+    return channel
+
+
 def _check_all_built(group: ParallelGroup, problem: str | None) -> None:
     reports = group.gather_objects(problem)
     failed = [(rank, why) for rank, why in enumerate(reports) if why is not None]
@@ -240,7 +258,13 @@ def _worker(rank: int, world_size: int, port: int | None, spec: ShardSpec, local
         group = init_group(rank, world_size, spec.device, store=store, local_rank=local_rank,
                            timeout_s=spec.timeout_s, start_timeout_s=spec.start_timeout_s)
         engine = _build_engine(spec, group)
-        serve_steps(engine.runner, group)
+        name = group.broadcast_object(op_name="step channel set-up")
+        channel = StepChannel(world_size - 1, name, spec.timeout_s) if name else None
+        try:
+            serve_steps(engine.runner, group, channel)
+        finally:
+            if channel is not None:
+                channel.close()
         return 0
     except LlamarunError as err:
         print(f"llamarun tensor-parallel rank {rank}: {err}", file=sys.stderr)

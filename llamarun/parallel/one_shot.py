@@ -47,8 +47,6 @@ class OneShotAllReduce:
 
         self.dtype, self.max_elements = dtype, max_bytes // dtype.itemsize
         self.group_name = group.group_name  # type: ignore[attr-defined]
-        if hasattr(symm_mem, "enable_symm_mem_for_group"):  # required before rendezvous on older torch
-            symm_mem.enable_symm_mem_for_group(self.group_name)
         self.buffer = symm_mem.empty(self.max_elements, dtype=dtype, device=device)  # [max_elements]
         symm_mem.rendezvous(self.buffer, self.group_name)
         self.op = torch.ops.symm_mem.one_shot_all_reduce

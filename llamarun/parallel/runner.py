@@ -14,6 +14,7 @@ from typing import Any
 
 from llamarun.engine.step import SampledToken, SchedulerOutput
 from llamarun.parallel.group import ParallelError, ParallelGroup
+from llamarun.parallel.step_channel import StepChannel
 
 
 class BroadcastRunner:
@@ -23,8 +24,8 @@ class BroadcastRunner:
     once with the same error instead of waiting on peers that will never answer.
     """
 
-    def __init__(self, inner: Any, group: ParallelGroup) -> None:
-        self.inner, self.group = inner, group
+    def __init__(self, inner: Any, group: ParallelGroup, channel: StepChannel | None = None) -> None:
+        self.inner, self.group, self.channel = inner, group, channel
         self.failure: ParallelError | None = None
 
     @property
@@ -42,7 +43,7 @@ class BroadcastRunner:
         if self.failure is not None:
             raise self.failure
         try:
-            self.group.broadcast_object(step)
+            self._publish(step)
             return self.inner.run(step)
         except ParallelError as err:
             self.failure = err
@@ -51,14 +52,24 @@ class BroadcastRunner:
     def stop_workers(self) -> None:
         """Tell the workers to leave their loop (a None step); nothing to tell after a failure."""
         if self.failure is None:
-            self.group.broadcast_object(None, "stop broadcast")
+            self._publish(None, "stop broadcast")
+
+    def _publish(self, step: SchedulerOutput | None, op_name: str = "step broadcast") -> None:
+        """Send the step through the shared-memory channel, or over gloo (no channel, or a step too large)."""
+        if self.channel is None or not self.channel.send(step):
+            self.group.broadcast_object(step, op_name)
 
 
-def serve_steps(runner: Any, group: ParallelGroup) -> int:
-    """A worker's loop: run every step rank 0 broadcasts until it sends None; returns the steps run."""
+def serve_steps(runner: Any, group: ParallelGroup, channel: StepChannel | None = None) -> int:
+    """A worker's loop: run every step rank 0 publishes until it sends None; returns the steps run."""
     steps = 0
     while True:
-        step = group.broadcast_object(op_name="wait for the next step")
+        if channel is not None:
+            got, step = channel.receive(group.rank - 1)
+            if not got:  # too large for the channel: it comes over gloo
+                step = group.broadcast_object(op_name="wait for the next step")
+        else:
+            step = group.broadcast_object(op_name="wait for the next step")
         if step is None:
             return steps
         runner.run(step)

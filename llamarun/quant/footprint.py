@@ -64,7 +64,8 @@ def model_footprint(model: Any) -> list[GroupFootprint]:
     sizes: dict[str, int] = dict.fromkeys(GROUPS, 0)
     formats: dict[str, set[str]] = {g: set() for g in GROUPS}
     embed = model.model.embed_tokens.weight
-    tied = getattr(model.lm_head, "weight", None) is embed
+    head = getattr(model.lm_head, "inner", model.lm_head)  # a tensor-parallel shard wraps it (parallel/layers.py)
+    tied = getattr(head, "weight", None) is embed
     for name, module in model.named_modules():
         group = _group_of(name, module)
         if group is None:
@@ -72,7 +73,8 @@ def model_footprint(model: Any) -> list[GroupFootprint]:
         if isinstance(module, PackedLinear):
             sizes[group] += module.nbytes()
             formats[group].add(module.format)
-        elif isinstance(module, (nn.Linear, nn.Embedding, RMSNorm)):
+        elif isinstance(module, (nn.Linear, nn.Embedding, RMSNorm)) or (group == "embedding"
+                                                                          and hasattr(module, "weight")):
             weight = module.weight
             formats[group].add(str(weight.dtype).removeprefix("torch.") + (" (tied)" if tied and group == "head"
                                                                           else ""))
@@ -91,6 +93,8 @@ def model_footprint(model: Any) -> list[GroupFootprint]:
 
 
 def _group_of(name: str, module: Any) -> str | None:
+    # A tensor-parallel wrapper holds the real linear as `.inner`: count it under the wrapper's name.
+    name = name.removesuffix(".inner")
     leaf = name.rpartition(".")[2]
     if leaf in ("qkv_proj", "o_proj"):
         return "attention"

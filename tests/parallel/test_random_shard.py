@@ -12,6 +12,7 @@ from llamarun.parallel.launch import ShardSpec, start_tensor_parallel
 from llamarun.parallel.one_shot import allreduce_choice, make_one_shot
 from llamarun.parallel.random_shard import RANDOM_FORMAT
 from llamarun.parallel.settings import TP_ENV
+from llamarun.quant.footprint import model_footprint
 from llamarun.sampling.params import SamplingParams
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -28,6 +29,12 @@ def test_random_shards_over_two_ranks_run_the_benchmark_shape_with_per_rank_head
         while rm.engine.has_unfinished:
             tokens += [t.token_id for o in rm.engine.step() for t in o.new_tokens]
         assert len(tokens) == 3 and all(0 <= t < rm.config.vocab_size for t in tokens)
+        # The footprint looks through the tensor-parallel wrappers: rank 0's shard of every group is counted.
+        groups = {g.group: g for g in model_footprint(rm.engine.runner.model)}
+        c, hd = rm.config, rm.config.head_dim
+        q, kv = c.num_heads // 2 * hd, max(1, c.num_kv_heads // 2) * hd
+        assert groups["attention"].bytes == c.num_layers * ((q + 2 * kv) * c.hidden_size + c.hidden_size * q) * 4
+        assert groups["head"].bytes == groups["embedding"].bytes == c.vocab_size // 2 * c.hidden_size * 4
     finally:
         rm.close()
 

@@ -18,7 +18,7 @@ from llamarun.models.build import build_model
 from llamarun.parallel.launch import ShardSpec, start_tensor_parallel
 
 pytestmark = [
-    pytest.mark.gpu, pytest.mark.slow, pytest.mark.timeout(300),
+    pytest.mark.gpu, pytest.mark.slow, pytest.mark.timeout(100),
     pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two GPUs"),
 ]
 
