@@ -9,7 +9,7 @@ verdicts with no mode at all.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Literal, Protocol
 
 from llamarun.errors import LlamarunError
@@ -20,7 +20,7 @@ from llamarun.errors import LlamarunError
 SubjectKind = Literal["input", "output", "tool_result", "tool_call"]
 
 
-class GuardMode(str, Enum):
+class GuardMode(StrEnum):
     """What the pipeline does with a guard's unsafe verdict."""
 
     OFF = "off"  # the guard does not run
