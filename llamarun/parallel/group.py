@@ -158,9 +158,25 @@ def init_group(rank: int, world_size: int, device: str | torch.device, *, store:
 
 
 def close_group() -> None:
-    """Leave the process group (safe to call when none was made)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group (safe to call when none was made).
+
+    NCCL groups are aborted, not destroyed: on two H200s the orderly teardown (destroy_process_group) of a
+    group whose collectives CUDA graphs had captured never returned, on rank 0 or on the worker. The steps
+    are over when this runs, so aborting the communicators loses nothing.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_backend() == "nccl":
+        from torch.distributed import distributed_c10d as c10d
+
+        abort = getattr(c10d, "_abort_process_group", None)
+        if abort is not None:
+            try:
+                abort()
+                return
+            except (RuntimeError, ValueError):
+                pass  # fall back to the orderly teardown
+    dist.destroy_process_group()
 
 
 def torchrun_env() -> tuple[int, int, int] | None:

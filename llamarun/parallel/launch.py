@@ -73,6 +73,9 @@ class TensorParallel:
                 runner.stop_workers()
         except ParallelError:
             pass  # a worker is gone already; the others fail their wait and exit on their own
+        # Leave the group before waiting: NCCL's communicator teardown waits for every rank's, so a worker
+        # joined first would wait in its own teardown for ours until the timeout killed it.
+        close_group()
         for proc in self.processes:
             proc.join(timeout=self.group.timeout_s)
             if proc.is_alive():
@@ -80,7 +83,6 @@ class TensorParallel:
                 proc.join()
         if self.channel is not None:
             self.channel.close()
-        close_group()
 
 
 def start_tensor_parallel(spec: ShardSpec, world_size: int,
