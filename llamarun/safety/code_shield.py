@@ -26,6 +26,7 @@ import asyncio
 import os
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass
 
 from llamarun.errors import LlamarunError
@@ -90,7 +91,9 @@ class CodeShield:
         if timeout_s <= 0:
             raise LlamarunError(f"code shield timeout {timeout_s} s is not positive", "give a number of seconds > 0")
         try:
-            from codeshield.insecure_code_detector import insecure_code_detector, languages, oss
+            with warnings.catch_warnings():  # codeshield's own use of a deprecated importlib.resources call
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from codeshield.insecure_code_detector import insecure_code_detector, languages, oss
         except ImportError as error:
             raise LlamarunError("Code Shield needs the codeshield package",
                                 "pip install 'llamarun[safety]'") from error
