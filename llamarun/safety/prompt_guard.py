@@ -125,7 +125,7 @@ class PromptGuard:
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(source)
             classifier = AutoModelForSequenceClassification.from_pretrained(source)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, KeyError, RuntimeError) as error:  # missing, gated, offline, not a classifier
             raise LlamarunError(f"cannot load Prompt Guard from '{source}': {error}",
                                 "check the path, or log in to Hugging Face and accept the model's license") from error
         self.layout = label_layout(classifier.config.id2label)
@@ -138,7 +138,7 @@ class PromptGuard:
         limit = min(getattr(classifier.config, "max_position_embeddings", 512) or 512,
                     getattr(self._tokenizer, "model_max_length", 512) or 512)
         self.window_tokens = limit - len(self._prefix) - len(self._suffix)
-        self._lock = threading.Lock()  # one forward at a time: torch already uses every core for one
+        self._lock = threading.Lock()  # one call at a time: torch already uses every core for one forward
 
     async def check(self, subject: Subject) -> Verdict:
         """Score `subject` off the event loop (a forward pass is milliseconds to a second of CPU)."""
@@ -147,7 +147,8 @@ class PromptGuard:
     def judge(self, text: str, kind: str = "input") -> Verdict:
         """The verdict for `text` seen as a subject of `kind`, synchronously."""
         # the whole text at once (windows come after), so no warning that it is longer than the model reads
-        ids = self._tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        with self._lock:  # a fast tokenizer is not safe to share between threads mid-call
+            ids = self._tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         if not ids:
             return Verdict(self.name, True, score=0.0, detail="empty text")
         parts = windows(ids, self.window_tokens)

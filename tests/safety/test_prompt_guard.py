@@ -231,3 +231,13 @@ def test_on_the_gpu_the_scores_match_the_cpu(v1_path: Path, v1: PromptGuard) -> 
     text = long_text(60)
     gpu = PromptGuard(str(v1_path), device="cuda").judge(text, "tool_result")
     assert gpu.score == pytest.approx(v1.judge(text, "tool_result").score, abs=1e-4)
+
+
+def test_concurrent_checks_give_the_same_scores_as_one_at_a_time(v1: PromptGuard) -> None:
+    texts = [long_text(words) for words in (5, 40, 75, 12)] * 2
+    expected = [v1.judge(text, "tool_result").score for text in texts]
+
+    async def all_at_once():
+        return await asyncio.gather(*(v1.check(Subject("tool_result", text)) for text in texts))
+
+    assert [verdict.score for verdict in asyncio.run(all_at_once())] == pytest.approx(expected, abs=1e-6)
