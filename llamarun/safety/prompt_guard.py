@@ -16,12 +16,17 @@ of that many tokens (less [CLS] and [SEP]), each overlapping the one before by a
 that straddles a cut is still seen whole in one window; the windows run as one batch and the text's score is
 its highest window score (an attack anywhere makes the text unsafe). A text is unsafe when its score reaches
 `threshold`.
+
+Letters spaced apart ("i g n o r e  p r e v i o u s") break words into single-character tokens the classifier
+never saw in attacks, a known way around Prompt Guard 1. When a text has such runs, it is scored a second time
+with them joined ("ignore previous"), and the higher score counts; joining can only reveal an attack, not hide one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import threading
 from dataclasses import dataclass
 
@@ -70,6 +75,22 @@ def label_layout(id2label: dict) -> LabelLayout:
         return LabelLayout(names["LABEL_0"], malicious=names["LABEL_1"])
     raise LlamarunError(f"the classifier's labels {sorted(names)} are not Prompt Guard's",
                         "give a Prompt Guard 1 (BENIGN/INJECTION/JAILBREAK) or 2 (BENIGN/MALICIOUS) checkpoint")
+
+
+# Three or more single characters apart by blanks: a word spelled out to dodge the tokenizer.
+_SPACED_LETTERS = re.compile(r"(?<!\S)(?:\S[ \t]+){2,}\S(?!\S)")
+
+
+def despaced(text: str) -> str:
+    """`text` with every run of spaced-apart single characters joined: the narrowest gap in a run separates
+    letters, a wider one words ("i g n o r e   a l l" and "i  g  n  o  r  e    a  l  l" become "ignore all")."""
+    def join(match: re.Match) -> str:
+        run = match.group()
+        narrowest = min(len(gap) for gap in re.findall(r"[ \t]+", run))
+        words = re.split(rf"[ \t]{{{narrowest + 1},}}", run)
+        return " ".join(re.sub(r"[ \t]", "", word) for word in words)
+
+    return _SPACED_LETTERS.sub(join, text)
 
 
 def windows(ids: list[int], size: int) -> list[list[int]]:
@@ -146,27 +167,41 @@ class PromptGuard:
 
     def judge(self, text: str, kind: str = "input") -> Verdict:
         """The verdict for `text` seen as a subject of `kind`, synchronously."""
-        # the whole text at once (windows come after), so no warning that it is longer than the model reads
-        with self._lock:  # a fast tokenizer is not safe to share between threads mid-call
-            ids = self._tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-        if not ids:
+        found = self._worst_window(text, kind)
+        joined = despaced(text)
+        if joined != text:
+            alternative = self._worst_window(joined, kind)
+            if alternative[0] > found[0]:
+                found = alternative
+                alternative[2]["despaced"] = True  # the score is that of the text with spelled-out words joined
+        score, counted, extra = found
+        if not extra:
             return Verdict(self.name, True, score=0.0, detail="empty text")
-        parts = windows(ids, self.window_tokens)
-        probabilities = self.window_probabilities(parts)
-        scored = [self.layout.score(window, kind) for window in probabilities]
-        best = max(range(len(scored)), key=lambda index: scored[index][0])
-        score, counted = scored[best]
-        score = min(score, 1.0)  # a sum of probabilities can pass 1.0 by rounding
-        extra = {"window": best, "windows": len(parts), "probabilities": {
-            label: round(probabilities[best][index], 6) for index, label in self._model.config.id2label.items()}}
+        parts, best = extra["windows"], extra["window"]
         if score < self.threshold:
             return Verdict(self.name, True, score=score, detail=f"score {score:.3f} below {self.threshold}",
                            extra=extra)
         ranked = sorted(counted, key=counted.__getitem__, reverse=True)
         categories = (ranked[0], *(label for label in ranked[1:] if counted[label] >= self.threshold))
-        where = f" (window {best + 1} of {len(parts)})" if len(parts) > 1 else ""
+        where = f" (window {best + 1} of {parts})" if parts > 1 else ""
         return Verdict(self.name, False, categories=categories, score=score, extra=extra,
                        detail=f"likely {' and '.join(categories)}: score {score:.3f}{where}")
+
+    def _worst_window(self, text: str, kind: str) -> tuple[float, dict[str, float], dict]:
+        """The highest window score of `text`, that window's counted probabilities, and what to report."""
+        # the whole text at once (windows come after), so no warning that it is longer than the model reads
+        with self._lock:  # a fast tokenizer is not safe to share between threads mid-call
+            ids = self._tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        if not ids:
+            return 0.0, {}, {}
+        parts = windows(ids, self.window_tokens)
+        probabilities = self.window_probabilities(parts)
+        scored = [self.layout.score(window, kind) for window in probabilities]
+        best = max(range(len(scored)), key=lambda index: scored[index][0])
+        score, counted = scored[best]
+        extra = {"window": best, "windows": len(parts), "probabilities": {
+            label: round(probabilities[best][index], 6) for index, label in self._model.config.id2label.items()}}
+        return min(score, 1.0), counted, extra  # a sum of probabilities can pass 1.0 by rounding
 
     def window_probabilities(self, parts: list[list[int]]) -> list[list[float]]:
         """Softmax over the labels for each window of token ids (without [CLS]/[SEP]), in batches padded on the
