@@ -2,9 +2,9 @@
 
 Code comes from two places: fenced blocks in a reply (```python ... ```; a block still open when a stream is
 cut counts too), and a code-interpreter call, whose whole text is code in `subject.language_hint`. Each block
-is scanned with the rules of its language; a block with no language tag, or one codeshield has no name for,
-is scanned with every language it has rules for (as `CodeShield.scan_code` does without a language), and
-blocks that are plainly not code (text, json, output...) are skipped.
+is scanned with the rules of its language; a block with no language tag, or a tag we cannot place, is scanned
+with every language codeshield has rules for (as `CodeShield.scan_code` does without a language); blocks that
+are not code (text, json, output...) or in a language codeshield has no rules for (shell, SQL, HTML) are skipped.
 
 codeshield runs two analyzers: fast regexes (~10 ms a block) and, when a cheap pre-scan regex says it may
 find something, semgrep (a subprocess: ~0.2 s on a quiet machine, up to ~3 s on a loaded one). `semgrep=False`
@@ -46,9 +46,11 @@ _LANGUAGE_ALIASES = {
     "ipython": "python", "rb": "ruby", "ruby": "ruby", "rs": "rust", "rust": "rust", "swift": "swift",
     "xml": "xml",
 }
-# Tags of blocks that hold no program text: nothing to scan.
+# Tags of blocks with nothing to scan: no program text, or a language codeshield has no rules for (scanning a
+# shell script with the rules of eight other languages would cost eight semgrep runs and find only noise).
 _NOT_CODE = frozenset({"text", "txt", "plain", "plaintext", "json", "jsonl", "yaml", "yml", "toml", "ini", "csv",
-                       "markdown", "md", "output", "console", "log", "diff", "mermaid"})
+                       "markdown", "md", "output", "console", "log", "diff", "mermaid", "bash", "sh", "shell",
+                       "zsh", "powershell", "ps1", "bat", "cmd", "sql", "html", "css", "dockerfile", "makefile"})
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,8 @@ def test_one_bad_block_among_clean_ones_flags_the_reply(regex_guard: CodeShield)
 
 def test_code_blocks_finds_fences_their_languages_and_a_cut_off_block() -> None:
     text = ("intro\n```Python\nprint(1)\n```\n~~~js\nconsole.log(2)\n~~~\n```json\n{\"a\": 1}\n```\n"
-            "```rust\nfn main() {}\n```\n```\nplain()\n```\nand then a stream cut inside\n```cpp\nint x")
+            "```rust\nfn main() {}\n```\n```bash\nrm -rf build\n```\n```\nplain()\n```\n"
+            "and then a stream cut inside\n```cpp\nint x")
     blocks = code_blocks(Subject("output", text))
     assert [(b.tag, b.language) for b in blocks] == [
         ("python", "python"), ("js", "javascript"), ("rust", "rust"), ("", None), ("cpp", "cpp")]
