@@ -130,7 +130,8 @@ def _is_wide_script(char: str) -> bool:
 class LanguagePolicy:
     """The guard that flags prompts and replies written mostly in a language outside `languages`.
 
-    languages: allowed ISO 639-1 codes (default: Llama 3.3's eight; see parse_languages for flag values).
+    languages: allowed ISO 639-1 codes (default: Llama 3.3's eight), or a flag value for parse_languages
+        ("+ja", "en,de").
     min_confidence: lingua's confidence (0..1) the dominant unsupported language needs before it is flagged.
     min_letters: below this many letters, only a script-certain text is flagged.
     preload: load every language model now (seconds, hundreds of MB) instead of on first use.
@@ -141,6 +142,8 @@ class LanguagePolicy:
 
     def __init__(self, languages: Iterable[str] = SUPPORTED_LANGUAGES, *, min_confidence: float = 0.5,
                  min_letters: int = 10, preload: bool = False) -> None:
+        if isinstance(languages, str):
+            languages = parse_languages(languages) if languages.strip() else ()
         allowed = tuple(dict.fromkeys(_check_code(code.strip().lower(), "language") for code in languages))
         if not allowed:
             raise LlamarunError("the language policy needs at least one allowed language")

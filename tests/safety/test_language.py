@@ -66,8 +66,9 @@ def test_a_short_japanese_question_is_still_flagged_because_its_script_is_certai
     assert policy.judge("東京の天気は？").categories == ("language:ja",)
 
 
-def test_extending_the_list_with_japanese_allows_it(policy: LanguagePolicy) -> None:
-    extended = LanguagePolicy(parse_languages("+ja"))
+@pytest.mark.parametrize("languages", [parse_languages("+ja"), "+ja", "en, ja"])
+def test_extending_the_list_with_japanese_allows_it(languages) -> None:
+    extended = LanguagePolicy(languages)
     assert extended.judge(UNSUPPORTED_SENTENCES["ja"]).safe
     assert not extended.judge(UNSUPPORTED_SENTENCES["zh"]).safe  # the others stay outside
 
@@ -134,7 +135,8 @@ def test_bad_language_lists_are_user_errors(spec: str) -> None:
         parse_languages(spec)
 
 
-@pytest.mark.parametrize("kwargs", [{"languages": ["en", "zz"]}, {"languages": []}, {"min_confidence": 1.5},
+@pytest.mark.parametrize("kwargs", [{"languages": ["en", "zz"]}, {"languages": []}, {"languages": ""},
+                                    {"languages": "+zz"}, {"min_confidence": 1.5},
                                     {"min_confidence": -0.1}, {"min_letters": -1}])
 def test_bad_constructor_arguments_are_user_errors(kwargs: dict) -> None:
     with pytest.raises(LlamarunError):
