@@ -49,6 +49,7 @@ def test_md5_for_passwords_is_flagged_with_its_cwe(regex_guard: CodeShield) -> N
     assert verdict.extra["recommended_treatment"] == "warn"  # codeshield rates it a warning, not an error
 
 
+@pytest.mark.slow  # semgrep: ~2.5 s of CPU a run
 def test_subprocess_with_shell_true_is_flagged_by_semgrep(guard: CodeShield) -> None:
     # only codeshield's semgrep rules know this one: it fails if semgrep silently scans nothing
     verdict = check(guard, reply(SHELL_TRUE))
@@ -65,6 +66,7 @@ def test_regex_only_mode_misses_what_only_semgrep_finds(regex_guard: CodeShield)
     assert oss.ENABLE_SEMGREP  # and the module switch is back on for everyone else
 
 
+@pytest.mark.slow  # semgrep: ~2.5 s of CPU a run
 def test_a_code_interpreter_call_is_scanned_as_a_whole(guard: CodeShield) -> None:
     verdict = check(guard, Subject("tool_call", SHELL_TRUE, language_hint="python"))
     assert verdict.categories == ("CWE-78",)
@@ -82,6 +84,7 @@ def test_an_untagged_block_is_scanned_with_every_language(regex_guard: CodeShiel
     assert len({issue["language"] for issue in verdict.extra["issues"]}) > 1
 
 
+@pytest.mark.slow  # semgrep: ~2.5 s of CPU a run
 def test_clean_code_passes(guard: CodeShield) -> None:
     verdict = check(guard, reply(CLEAN))
     assert verdict.safe and verdict.categories == ()
