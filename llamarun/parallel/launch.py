@@ -195,7 +195,24 @@ def _build_engine(spec: ShardSpec, group: ParallelGroup, on_tensor: Callable[[st
     _check_all_built(group, problem)
     dtype = getattr(torch, spec.dtype)
     group.enable_one_shot(dtype)  # a collective set-up: before the engine captures its CUDA graphs
-    return LLMEngine(model, spec.engine, dtype=dtype, device=group.device)
+    return LLMEngine(model, spec.engine, dtype=dtype, device=group.device, grammar_vocab=_grammar_vocab(spec))
+
+
+def _grammar_vocab(spec: ShardSpec) -> Any:
+    """The token bytes grammars compile against, on every rank.
+
+    Every rank samples from the same gathered logits, so every rank's grammar matcher must mask and advance
+    the same way rank 0's does; random-weight builds have no tokenizer and take no grammar requests.
+    """
+    from llamarun.parallel.random_shard import RANDOM_FORMAT
+
+    if spec.format == RANDOM_FORMAT:
+        return None
+    from llamarun.loaders.registry import open_checkpoint
+    from llamarun.structured.vocab import GrammarVocab
+
+    ckpt = open_checkpoint(spec.path, spec.format)
+    return GrammarVocab.from_tokenizer(ckpt.tokenizer(), ckpt.stop_token_ids(), ckpt.config.vocab_size)
 
 
 def _build_model(spec: ShardSpec, group: ParallelGroup, on_tensor: Callable[[str], None] | None = None
