@@ -74,19 +74,29 @@ class ModelRunner:
     @staticmethod
     def _answer(result: SamplerOutput, sample_ids: list[str], states: list[SamplerState]) -> dict[str, SampledToken]:
         tokens = result.token_ids.tolist()  # the one host sync of the step
+        scores = _host_scores(result)  # and, when a row asked for logprobs, one copy of them all
         sampled = {}
         for i, (rid, state) in enumerate(zip(sample_ids, states, strict=True)):
             state.append(tokens[i])
-            sampled[rid] = _sampled_token(result, i, tokens[i], state.params.logprobs)
+            sampled[rid] = _sampled_token(scores, i, tokens[i], state.params.logprobs)
         return sampled
 
 
-def _sampled_token(result: SamplerOutput, row: int, token_id: int, logprobs: int | None) -> SampledToken:
+def _host_scores(result: SamplerOutput) -> tuple[list, list | None, list | None] | None:
+    """The step's logprobs on the host as lists, one copy per tensor (a read per row would sync per row)."""
+    if result.logprobs is None:
+        return None
+    top_ids = result.top_token_ids.tolist() if result.top_token_ids is not None else None
+    top_logps = result.top_logprobs.tolist() if result.top_logprobs is not None else None
+    return result.logprobs.tolist(), top_ids, top_logps
+
+
+def _sampled_token(scores: tuple[list, list | None, list | None] | None, row: int, token_id: int,
+                   logprobs: int | None) -> SampledToken:
     token = SampledToken(token_id)
-    if logprobs is not None and result.logprobs is not None:
-        token.logprob = float(result.logprobs[row])
-        if logprobs and result.top_token_ids is not None and result.top_logprobs is not None:
-            ids = result.top_token_ids[row, :logprobs].tolist()
-            logps = result.top_logprobs[row, :logprobs].tolist()
-            token.top = list(zip(ids, logps, strict=True))
+    if logprobs is not None and scores is not None:
+        chosen, top_ids, top_logps = scores
+        token.logprob = float(chosen[row])
+        if logprobs and top_ids is not None and top_logps is not None:
+            token.top = list(zip(top_ids[row][:logprobs], top_logps[row][:logprobs], strict=True))
     return token
