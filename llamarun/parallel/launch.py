@@ -212,7 +212,11 @@ def _grammar_vocab(spec: ShardSpec) -> Any:
     from llamarun.structured.vocab import GrammarVocab
 
     ckpt = open_checkpoint(spec.path, spec.format)
-    return GrammarVocab.from_tokenizer(ckpt.tokenizer(), ckpt.stop_token_ids(), ckpt.config.vocab_size)
+    try:
+        tokenizer = ckpt.tokenizer()
+    except LlamarunError:  # weights without a tokenizer still run; grammar requests are then refused clearly
+        return None
+    return GrammarVocab.from_tokenizer(tokenizer, ckpt.stop_token_ids(), ckpt.config.vocab_size)
 
 
 def _build_model(spec: ShardSpec, group: ParallelGroup, on_tensor: Callable[[str], None] | None = None
