@@ -1,3 +1,4 @@
+# ruff: noqa: E501, W291  (reference data: the templates are kept byte for byte)
 """Reference data: the chat templates Meta ships with Llama Guard 3 (tokenizer_config.json `chat_template` of
 meta-llama/Llama-Guard-3-1B and meta-llama/Llama-Guard-3-8B; Ollama's GGUF files carry the same text as
 `tokenizer.chat_template`). They are the test oracle for llamarun/safety/llama_guard/prompt.py and what the

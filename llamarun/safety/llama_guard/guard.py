@@ -4,9 +4,10 @@ One check: the subject becomes Meta's prompt (prompt.py) for the guard's templat
 its verdict greedily (a few tokens, the top-20 log-probabilities of each), and the text is parsed
 (parse.py) while the probability of "unsafe" at the verdict token is the score (score.py).
 
-Decision: when the text has a verdict word and the score is known, the score decides (unsafe when
+Decision: when the text reads cleanly and the score is known, the score decides (unsafe when
 P(unsafe) >= threshold, Meta's "score thresholding"); the categories come from the text. A malformed text
-is unsafe with the category "unparsed" whatever the score (fail closed). When the model flags only
+is unsafe with the category "unparsed" whatever the score, and so is an "unsafe" whose categories could not
+all be read (fail closed). When the model flags only
 excluded categories, the verdict is safe, as Meta's reference shield does: the deployment said it does not
 care about them. A guard that cannot run (its model fails to load or step) raises LlamarunError.
 """
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from llamarun.errors import LlamarunError
 from llamarun.safety.llama_guard.categories import PROMPT_NAMES, active_categories, describe, normalise_codes
-from llamarun.safety.llama_guard.conversation import conversation
+from llamarun.safety.llama_guard.conversation import conversation, subject_role
 from llamarun.safety.llama_guard.fit import fit_prompt
 from llamarun.safety.llama_guard.model_handle import GuardModel, LoadedModel
 from llamarun.safety.llama_guard.parse import UNPARSED, ParsedVerdict, parse_verdict
@@ -89,9 +90,9 @@ class LlamaGuard:
             text = served.tokenizer.decode([t.token_id for t in tokens], skip_special=True)
             score = unsafe_score(tokens, served.tokenizer, spec.unsafe_id)
         parsed = parse_verdict(text, known=tuple(spec.categories), truncated=finish == "length")
-        extra = {"text": text, "style": spec.style.value, "problems": list(parsed.problems),
-                 "prompt_tokens": len(ids), "trimmed_input": trimmed,
-                 "score_is_bound": bool(score and score.bound)}
+        extra = {"text": text, "token_ids": [t.token_id for t in tokens], "role": subject_role(subject),
+                 "style": spec.style.value, "problems": list(parsed.problems), "prompt_tokens": len(ids),
+                 "trimmed_input": trimmed, "score_is_bound": bool(score and score.bound)}
         return self._decide(parsed, score, extra)
 
     async def _generate(self, served: ServedModel, ids: list[int]) -> tuple[list[SampledToken], str | None]:
@@ -133,7 +134,9 @@ class LlamaGuard:
         if parsed.verdict == "unsafe" and parsed.categories and not flagged:
             return Verdict(self.name, True, (), p, "flagged only excluded categories "
                            f"({', '.join(parsed.categories)})", extra)
-        unsafe = parsed.verdict == "unsafe" if p is None else p >= self.threshold
+        # Text we could not fully read (an unknown word among the codes, a cut answer) fails closed too.
+        unreadable = UNPARSED in parsed.categories
+        unsafe = parsed.verdict == "unsafe" if p is None or unreadable else p >= self.threshold
         if not unsafe:
             why = "" if p is None or parsed.verdict == "safe" else f" (P(unsafe)={p:.3f} is below {self.threshold})"
             return Verdict(self.name, True, (), p, "safe" + why, extra)

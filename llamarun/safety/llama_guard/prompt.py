@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Literal
 
 from llamarun.safety.llama_guard.categories import CODES_1B, CODES_8B
@@ -30,7 +30,7 @@ from llamarun.safety.llama_guard.categories import CODES_1B, CODES_8B
 Role = Literal["User", "Agent"]
 
 
-class PromptStyle(str, Enum):
+class PromptStyle(StrEnum):
     """Which of Meta's two Llama Guard 3 templates a model was shipped with."""
 
     GUARD_1B = "llama-guard-3-1b"  # categories as a variable, " <|eot_id|>"; also the 11B Vision's
