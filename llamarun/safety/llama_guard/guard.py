@@ -68,11 +68,11 @@ class LlamaGuard:
                  grammar: GrammarSpec | None = None) -> None:
         if not 0.0 < threshold <= 1.0:
             raise LlamarunError(f"Llama Guard threshold {threshold} is outside (0, 1]", "use a value such as 0.5")
-        self.model: GuardModel = model if hasattr(model, "use") else LoadedModel(model)  # type: ignore[arg-type]
         self.excluded = normalise_codes(excluded) if categories is None else tuple(c.upper() for c in excluded)
-        self.threshold, self.custom, self.style, self.grammar = threshold, categories, style, grammar
         if categories is not None:
             active_categories((), self.excluded, categories)  # refuses an empty list now, not at the first check
+        self.threshold, self.custom, self.style, self.grammar = threshold, categories, style, grammar
+        self.model: GuardModel = model if hasattr(model, "use") else LoadedModel(model)  # type: ignore[arg-type]
         self._specs: dict[int, _ModelSpec] = {}
 
     async def warm_up(self) -> PromptStyle:
