@@ -79,6 +79,11 @@ _ENTRIES = (
     CatalogEntry("llama3.2", "1b", HFSource("meta-llama/Llama-3.2-1B-Instruct"), "hf", int(2.5 * GB)),
     CatalogEntry("llama-guard3", "8b", HFSource("meta-llama/Llama-Guard-3-8B"), "hf", int(16.1 * GB)),
     CatalogEntry("llama-guard3", "1b", HFSource("meta-llama/Llama-Guard-3-1B"), "hf", int(3.0 * GB)),
+    # The guards' GGUF forms carry Meta's template as tokenizer.chat_template (safety/llama_guard/prompt.py).
+    CatalogEntry("llama-guard3", "8b-q4_K_M", HFSource(
+        "bartowski/Llama-Guard-3-8B-GGUF", filename="Llama-Guard-3-8B-Q4_K_M.gguf"), "gguf", int(4.9 * GB)),
+    CatalogEntry("llama-guard3", "1b-q4_K_M", HFSource(
+        "bartowski/Llama-Guard-3-1B-GGUF", filename="Llama-Guard-3-1B-Q4_K_M.gguf"), "gguf", int(0.96 * GB)),
 )
 
 # `family:latest` aliases. Only where the meaning is unsurprising: a bare `llama3.3` would otherwise
