@@ -34,6 +34,7 @@ class OutputGuardStage:
         self.unchecked = 0  # tokens since the last check
         self.checked_len = 0  # length of the text the last check saw
         self.released_any = False
+        self.last: Judgement | None = None  # the last check's judgement
 
     async def feed(self, chunk: StreamChunk) -> StreamChunk:
         """The chunk with its text, ids and logprobs cut to what has passed; a refusal when blocked."""
@@ -50,7 +51,11 @@ class OutputGuardStage:
         return self._release(chunk, keep=self.hold_back)
 
     async def _finish(self, chunk: StreamChunk) -> StreamChunk:
-        judgement = await self._check(final=True, calls=chunk.tool_calls)
+        if self.last is not None and len(self.text) == self.checked_len and not chunk.tool_calls:
+            judgement = self.last  # the last check already saw the whole reply
+            self.pipeline.record(judgement)
+        else:
+            judgement = await self._check(final=True, calls=chunk.tool_calls)
         if judgement.blocked:
             return self._refuse(chunk, judgement)
         return self._release(chunk, keep=0)
@@ -61,6 +66,7 @@ class OutputGuardStage:
         judgement = await self.pipeline.check(subjects, record=False)
         self.unchecked, self.checked_len = 0, len(self.text)
         self.report.set_output(self.index, judgement)
+        self.last = judgement
         if final or judgement.blocked:  # one reply is recorded (logged, counted) once
             self.pipeline.record(judgement)
         return judgement
@@ -73,8 +79,6 @@ class OutputGuardStage:
             while self.held and held_tokens - len(self.held[0][1]) >= keep:
                 held_tokens -= len(self.held[0][1])
                 out.append(self.held.pop(0))
-            if keep == 0:
-                out, self.held = out + self.held, []
         text = "".join(t for t, _, _ in out)
         self.released_any = self.released_any or bool(text)
         return replace(chunk, text=text, token_ids=list(itertools.chain.from_iterable(i for _, i, _ in out)),
