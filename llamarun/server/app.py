@@ -33,8 +33,8 @@ from llamarun.server import (
     blob_routes,
     create_routes,
     embed_routes,
-    ollama_model_routes,
     moderation_routes,
+    ollama_model_routes,
     ollama_routes,
     openai_routes,
     responses_routes,
@@ -71,7 +71,6 @@ def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any 
     """
     from llamarun.safety.screening import RequestGuard
     from llamarun.server.guard_metrics import GuardMetrics
-
     from llamarun.store.home import ModelStore
     from llamarun.store.resolve import pull_model
 

@@ -11,12 +11,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # fake_guards
 sys.path.insert(0, str(Path(__file__).parent.parent / "server"))  # fake_llm, prometheus_text
-from fake_guards import UNSAFE, MarkerGuard  # noqa: E402
-from fake_llm import FakeLoader  # noqa: E402
+from fake_guards import UNSAFE, MarkerGuard
+from fake_llm import FakeLoader
 
-from llamarun.safety.pipeline import GuardPipeline  # noqa: E402
-from llamarun.server import ModelManager, create_app  # noqa: E402
-from llamarun.store.home import ModelStore  # noqa: E402
+from llamarun.safety.pipeline import GuardPipeline
+from llamarun.server import ModelManager, create_app
+from llamarun.store.home import ModelStore
+
 
 @pytest.fixture
 def loader() -> FakeLoader:

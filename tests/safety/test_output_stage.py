@@ -45,7 +45,7 @@ def test_released_text_was_checked_and_the_hold_back_waits(every: int, hold_back
         assert len(out.text) == len(out.token_ids) == len(out.logprobs)  # ids and logprobs travel with their text
         checked = guard.texts("output")
         if not chunk.finished:
-            assert not released or checked and checked[-1].startswith(released), "unchecked text was released"
+            assert not released or (checked and checked[-1].startswith(released)), "unchecked text was released"
             if checked and released:
                 assert len(checked[-1]) - len(released) >= hold_back, "the hold-back window was released early"
     assert released == text and out.finish_reason == "stop"

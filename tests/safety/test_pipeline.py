@@ -61,7 +61,7 @@ def test_guards_run_concurrently() -> None:
 @pytest.mark.parametrize("mode", ["block", "warn"])
 def test_a_guard_that_raises_is_an_error_naming_it(mode: str) -> None:
     p = pipeline((MarkerGuard(dict(UNSAFE)), "block"), (RaisingGuard(name="broken"), mode))
-    with pytest.raises(GuardUnavailable, match="'broken'.*RuntimeError: the guard model crashed") as err:
+    with pytest.raises(GuardUnavailable, match=r"'broken'.*RuntimeError: the guard model crashed") as err:
         check(p, Subject("input", "hello"))
     assert err.value.http_status == 503 and err.value.guard == "broken"
 
@@ -69,7 +69,7 @@ def test_a_guard_that_raises_is_an_error_naming_it(mode: str) -> None:
 def test_a_guard_past_the_timeout_is_an_error() -> None:
     p = pipeline((SlowGuard(5.0, name="stuck"), "warn"), timeout=0.1)
     t0 = time.perf_counter()
-    with pytest.raises(GuardUnavailable, match="'stuck'.*no verdict within 0.1 s"):
+    with pytest.raises(GuardUnavailable, match=r"'stuck'.*no verdict within 0.1 s"):
         check(p, Subject("input", "hello"))
     assert time.perf_counter() - t0 < 2
 
@@ -81,7 +81,7 @@ def test_a_guard_returning_something_else_is_an_error() -> None:
         async def check(self, subject: Subject) -> Verdict:
             return "safe"  # type: ignore[return-value]
 
-    with pytest.raises(GuardUnavailable, match="'sloppy'.*str, not a Verdict"):
+    with pytest.raises(GuardUnavailable, match=r"'sloppy'.*str, not a Verdict"):
         check(pipeline((Sloppy(), "block")), Subject("input", "x"))
 
 

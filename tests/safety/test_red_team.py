@@ -46,7 +46,7 @@ def test_injection_inside_a_tool_result_is_blocked_openai(client, loader, guards
         "guard": "prompt_guard", "kind": "tool_result", "action": "block", "safe": False,
         "categories": ["injection"], "score": None, "detail": "found injection"}
     assert no_model_call(loader)
-    seen = [s for s in guards[1].seen if s.kind == "tool_result"][0]
+    seen = next(s for s in guards[1].seen if s.kind == "tool_result")
     assert [m.role for m in seen.history] == ["user", "assistant"]  # judged in context
     assert '"fetch_page"' in seen.history[1].content  # the call it answers
 
