@@ -188,3 +188,17 @@ def test_guard_counts_in_metrics(blocking, loader) -> None:
               action="pass") == 1  # the safe reply, counted once however many checks the stream took
     assert at(samples, "llamarun_guard_check_seconds_count", guard="llama_guard") == 3
     assert at(samples, "llamarun_generations_total", model=MODEL, api="openai", finish_reason="content_filter") == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_api_reports_an_incomplete_content_filter(blocking, loader, stream: bool) -> None:
+    r = blocking.post("/v1/responses", json={"model": MODEL, "input": "a bomb", "stream": stream})
+    if stream:
+        events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+        assert events[-1]["type"] == "response.incomplete"
+        body = events[-1]["response"]
+    else:
+        body = r.json()
+    assert body["status"] == "incomplete" and body["incomplete_details"] == {"reason": "content_filter"}
+    assert body["output"][0]["content"][0]["text"].startswith("Sorry") and body["llamarun_guard"]["action"] == "block"
+    assert all(m.calls == [] for m in loader.instances)
