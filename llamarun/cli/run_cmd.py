@@ -9,6 +9,7 @@ import argparse
 import sys
 from typing import Any
 
+from llamarun.cli.guard_flags import add_guard_flags, attach_run_guards, guard_note, guard_settings
 from llamarun.cli.weights_flags import add_weights_flags, weights_from_args
 from llamarun.errors import LlamarunError
 from llamarun.parallel.settings import add_tp_argument, apply_tp_argument
@@ -48,6 +49,7 @@ def register(subparsers: Any) -> None:
                    help="most tokens to generate (default: until the model stops or the context is full)")
     s.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     s.add_argument("--format", help="structured output: 'json' (any JSON object) or a JSON schema file (FILE.json)")
+    add_guard_flags(p)
     p.set_defaults(handler=run)
 
 
@@ -96,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from llamarun.utils.devices import check_device
 
     params = sampling_params(args)  # validate flags and read the prompt before a long load
+    guard_settings(args)
     weights = weights_from_args(args)
     apply_tp_argument(args)
     if args.ctx is not None and args.ctx < 1:
@@ -104,9 +107,12 @@ def run(args: argparse.Namespace) -> int:
         check_device(args.device)  # before resolving (or pulling) the model
     prompt = _prompt(args)
     dtype = getattr(torch, args.dtype) if args.dtype else None
+    progress = sys.stderr is not None and sys.stderr.isatty()
     llm = LLM(args.model, context_length=args.ctx, device=args.device, dtype=dtype, weights=weights,
-              progress=sys.stderr is not None and sys.stderr.isatty())
+              progress=progress)
+    guard_model = None
     try:
+        guard_model = attach_run_guards(args, llm, progress)
         args.weight_rows = weight_rows(llm.engine.runner.model) if args.verbose else []
         if prompt:
             stream = _one_shot(llm, prompt, args, params)
@@ -116,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         return _interactive(llm, args, params)
     finally:
+        if guard_model is not None:
+            guard_model.shutdown()
         llm.close()
 
 
@@ -147,6 +155,9 @@ def _emit(stream) -> None:
         sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()
+    note = guard_note(stream.reply)
+    if note:
+        print(note, file=sys.stderr)
 
 
 def _one_shot(llm, prompt: str, args: argparse.Namespace, params):

@@ -15,6 +15,7 @@ import socket
 import sys
 from typing import Any
 
+from llamarun.cli.guard_flags import add_guard_flags, guard_settings
 from llamarun.cli.weights_flags import add_weights_flags, weights_from_args
 from llamarun.errors import LlamarunError
 from llamarun.llm.request_limits import (
@@ -73,6 +74,7 @@ def register(subparsers: Any) -> None:
                    help="on SIGTERM, refuse new requests (503) and let running ones finish for up to S seconds "
                         f"before exiting (default {DEFAULT_DRAIN_SECONDS:g})")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    add_guard_flags(p)
     p.set_defaults(handler=serve)
 
 
@@ -95,6 +97,7 @@ def check_args(args: argparse.Namespace) -> float:
             raise LlamarunError(f"{name} {getattr(args, flag)} is below 1", f"give {name} as a count, e.g. 64")
     if args.api_key is not None and not args.api_key.strip():
         raise LlamarunError("--api-key is empty", "give a key, or leave the flag out for no key")
+    guard_settings(args)  # bad guard flags fail here, before anything loads
     if args.keep_alive is None:
         return DEFAULT_KEEP_ALIVE
     try:
@@ -128,6 +131,7 @@ def bind(host: str, port: int) -> socket.socket:
 def build_app(args: argparse.Namespace, keep_alive: float, loader: Any = None) -> Any:
     """The application `serve` runs (separate so tests can build it with a fake loader)."""
     from llamarun.llm.request_limits import RequestLimits
+    from llamarun.safety.factory import build_pipeline
     from llamarun.server import ModelManager, create_app
     from llamarun.server.admission import Admission
     from llamarun.server.model_manager import FOREVER, default_loader
@@ -139,9 +143,11 @@ def build_app(args: argparse.Namespace, keep_alive: float, loader: Any = None) -
                            memory_budget=budget, keep_alive=keep_alive, context_length=args.ctx,
                            models_dirs=args.models_dir)
     pinned_keep_alive = FOREVER if args.keep_alive is None else keep_alive  # the served model's
+    # Llama Guard's model comes from the same manager, on the same engine hub, and stays loaded.
+    guards = build_pipeline(guard_settings(args), source=manager, keep_alive=FOREVER)
     app = create_app(manager, api_key=args.api_key, preload=args.model, preload_keep_alive=pinned_keep_alive,
                      bind_host=args.host, origins=parse_origins(args.origins),
-                     max_body_bytes=args.max_body_bytes, admission=Admission(args.max_queue))
+                     max_body_bytes=args.max_body_bytes, admission=Admission(args.max_queue), guards=guards)
     app.state.service.limits = RequestLimits(args.max_generations, args.max_prompt_tokens)
     return app
 
@@ -163,6 +169,9 @@ def serve(args: argparse.Namespace) -> int:
         print(f"warning: listening on {args.host} without --api-key: anyone who can reach this port can "
               "use it", file=sys.stderr)
     app = build_app(args, keep_alive)
+    if app.state.guards:
+        names = ", ".join(f"{g['guard']} ({g['mode']})" for g in app.state.guards.describe())
+        print(f"llamarun: safety guards: {names}", file=sys.stderr)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"llamarun serving on http://{shown}:{sock.getsockname()[1]} "
           f"(Ollama API at /api, OpenAI API at /v1)", file=sys.stderr)

@@ -83,14 +83,24 @@ class ModelSource(Protocol):
 OnFinish = Callable[[ServedModel, ChatRequest, Completion], None]
 
 
+class Screener(Protocol):
+    """The safety guards' hook (safety/screening.py): judges a request's input before the model sees it.
+
+    The screening it returns has `blocked`, `refusal(prompt_ids) -> Generation` (stands in for the model's
+    generation when blocked), `stage` (a StageFactory for output guards, or None) and `report`."""
+
+    async def screen(self, model: ServedModel, req: ChatRequest) -> Any: ...
+
+
 class ChatService:
     """Starts ChatRequests on the models of a ModelSource, within `limits` per request; `settings` finds a
     created model's own settings by name."""
 
     def __init__(self, models: ModelSource, *, on_finish: OnFinish | None = None,
                  stages: Sequence[StageFactory] = (), limits: RequestLimits | None = None,
-                 settings: SettingsLookup | None = None) -> None:
+                 settings: SettingsLookup | None = None, guard: Screener | None = None) -> None:
         self.models, self.on_finish, self.stages = models, on_finish, tuple(stages)
+        self.guard = guard
         self.limits = limits or RequestLimits()
         self.settings = settings
 
@@ -115,11 +125,18 @@ class ChatService:
             all_ids = [ids for ids in prompts for _ in range(req.n)]
             all_params = [_seeded(p, i) for p in params for i in range(req.n)]
             stages = (*self.stages, tool_stage_factory(req.tools, model.tokenizer)) if req.tools else self.stages
-            gens = await start_all(model, all_ids, all_params, rid, stages)
+            screening = await self.guard.screen(model, req) if self.guard is not None else None
+            if screening is not None and screening.stage is not None:
+                stages = (*stages, screening.stage)  # after tool parsing: output guards see content and calls
+            if screening is not None and screening.blocked:  # the refusal stands in; the model never sees it
+                gens = [screening.refusal(ids) for ids in all_ids]
+            else:
+                gens = await start_all(model, all_ids, all_params, rid, stages)
         except BaseException:
             self.models.release(lease)
             raise
-        return Reply(self, req, rid, lease, prompts, gens, started)
+        return Reply(self, req, rid, lease, prompts, gens, started,
+                     guard=screening.report if screening is not None else None)
 
 
 @dataclass(eq=False)
@@ -134,6 +151,7 @@ class Reply:
     generations: list[Generation]
     started: float  # perf_counter when the request arrived at the service
     closed: bool = False
+    guard: Any = None  # what the safety guards found (safety/report.py GuardReport), None without guards
 
     @property
     def model(self) -> ServedModel:

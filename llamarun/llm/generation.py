@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol
 
 import anyio
@@ -24,12 +25,12 @@ from llamarun.sampling.params import SamplingParams
 class StreamStage(Protocol):
     """A step between the engine's text and the client: hold text back, rewrite it, or end the stream.
 
-    `feed` gets every chunk in order and returns the chunk to pass on; returning a chunk with `finished`
-    set ends the generation there (the engine request is cancelled). Tool-call parsing and output
-    guards plug in here.
+    `feed` gets every chunk in order and returns the chunk to pass on (or an awaitable of it: output
+    guards wait for their verdicts); returning a chunk with `finished` set ends the generation there (the
+    engine request is cancelled). Tool-call parsing and output guards plug in here.
     """
 
-    def feed(self, chunk: StreamChunk) -> StreamChunk: ...
+    def feed(self, chunk: StreamChunk) -> StreamChunk | Awaitable[StreamChunk]: ...
 
 
 StageFactory = Callable[[SamplingParams], StreamStage]
@@ -66,6 +67,8 @@ class Generation:
             while chunk is not None:
                 for stage in self._stages:
                     chunk = stage.feed(chunk)
+                    if inspect.isawaitable(chunk):
+                        chunk = await chunk
                 self.result.add(chunk)
                 yield chunk
                 if chunk.finished:

@@ -28,10 +28,12 @@ from llamarun.llm.model_settings import store_settings
 from llamarun.llm.request_limits import DEFAULT_MAX_BODY_BYTES
 from llamarun.llm.served import ServedModel
 from llamarun.llm.text_stream import Completion
+from llamarun.safety.pipeline import GuardPipeline
 from llamarun.server import (
     blob_routes,
     create_routes,
     embed_routes,
+    moderation_routes,
     ollama_model_routes,
     ollama_routes,
     openai_routes,
@@ -46,7 +48,7 @@ from llamarun.server.origins import OriginPolicy, cors_headers, is_loopback, pre
 log = logging.getLogger("llamarun.server")
 STATIC = Path(__file__).parent / "static"
 ROUTERS = (ollama_routes.router, ollama_model_routes.router, openai_routes.router, embed_routes.router,
-           blob_routes.router, create_routes.router, responses_routes.router)
+           blob_routes.router, create_routes.router, responses_routes.router, moderation_routes.router)
 OPEN_PATHS = frozenset({"/health", "/"})  # the chat page itself holds no data; it asks for the key
 
 
@@ -54,7 +56,8 @@ def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any 
                pull: Callable[..., Any] | None = None, metrics: ServerMetrics | None = None,
                preload: str | None = None, preload_keep_alive: float = FOREVER, reap_interval: float = 1.0,
                bind_host: str | None = None, origins: Sequence[str] = (),
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, admission: Admission | None = None) -> FastAPI:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, admission: Admission | None = None,
+               guards: GuardPipeline | None = None) -> FastAPI:
     """The server application.
 
     manager: loads and unloads models; api_key: required as `Authorization: Bearer KEY` when set;
@@ -63,8 +66,11 @@ def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any 
     for preload_keep_alive seconds after its last use (negative: forever) whatever clients ask;
     bind_host: the address the server listens on (a loopback one turns on the Host check); origins:
     browser origins allowed besides the local ones (exact or `*` globs); max_body_bytes: larger
-    request bodies get a 413; admission: the queue cap and drain state (server/admission.py).
+    request bodies get a 413; admission: the queue cap and drain state (server/admission.py); guards: the
+    safety guards around every request and behind /api/moderate and /v1/moderations (safety/pipeline.py).
     """
+    from llamarun.safety.screening import RequestGuard
+    from llamarun.server.guard_metrics import GuardMetrics
     from llamarun.store.home import ModelStore
     from llamarun.store.resolve import pull_model
 
@@ -92,7 +98,12 @@ def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any 
 
     app.state.manager = manager
     app.state.store = store if store is not None else ModelStore()
-    app.state.service = ChatService(manager, on_finish=finished, settings=store_settings(app.state.store))
+    guards = guards if guards else None  # a pipeline whose guards are all off is no pipeline
+    if guards is not None:
+        guards.observers.append(GuardMetrics(metrics.registry).observe)
+    app.state.guards = guards
+    app.state.service = ChatService(manager, on_finish=finished, settings=store_settings(app.state.store),
+                                    guard=RequestGuard(guards) if guards is not None else None)
     app.state.metrics = metrics
     app.state.pull = pull or pull_model
     app.state.max_body_bytes = max_body_bytes

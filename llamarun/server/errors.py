@@ -80,6 +80,8 @@ def from_llamarun_error(err: LlamarunError) -> ApiError:
                         headers=None if retry is None else {"Retry-After": str(retry)})
     if isinstance(err, RequestError):  # SamplingParamsError too: both name the request field at fault
         return ApiError(400, str(err), param=err.param, code=err.code)
+    if hasattr(err, "http_status"):  # an error that knows its status (a failed safety guard: 503)
+        return ApiError(err.http_status, str(err), code=getattr(err, "code", None))
     return ApiError(400, str(err))
 
 

@@ -19,6 +19,7 @@ from llamarun.engine.energy import energy_fields
 from llamarun.engine.stats import RequestStats
 from llamarun.llm.chat_service import ChatRequest, Reply
 from llamarun.llm.text_stream import TokenLogprob
+from llamarun.safety.report import guard_field
 from llamarun.server.ollama_schemas import ChatBody, GenerateBody, chat_request, generate_request
 from llamarun.server.request_body import parse_request
 from llamarun.server.store_info import rfc3339
@@ -106,7 +107,8 @@ async def _respond(request: Request, stream: bool, reply: Reply, piece: Piece,
         body = {"model": model, "created_at": rfc3339(time.time()), **piece(result.text, result.tool_calls)}
         if want_logprobs:
             body["logprobs"] = _logprobs(result.logprobs)
-        return JSONResponse(body | _final(reply, result.stats, result.finish_reason) | extra(result.token_ids))
+        return JSONResponse(body | _final(reply, result.stats, result.finish_reason) | extra(result.token_ids)
+                            | guard_field(reply))
 
     async def lines() -> AsyncIterator[bytes]:
         out_ids: list[int] = []
@@ -124,7 +126,7 @@ async def _respond(request: Request, stream: bool, reply: Reply, piece: Piece,
                 if want_logprobs:
                     obj["logprobs"] = _logprobs(chunk.logprobs)
                 if chunk.finished:
-                    obj |= _final(reply, chunk.stats, chunk.finish_reason) | extra(out_ids)
+                    obj |= _final(reply, chunk.stats, chunk.finish_reason) | extra(out_ids) | guard_field(reply)
                 else:
                     obj["done"] = False
                 yield ndjson(obj)

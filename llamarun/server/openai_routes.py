@@ -20,6 +20,7 @@ from llamarun import __version__
 from llamarun.engine.energy import energy_fields
 from llamarun.llm.chat_service import Reply
 from llamarun.llm.text_stream import Completion, StreamChunk, TokenLogprob
+from llamarun.safety.report import CONTENT_FILTER, guard_field
 from llamarun.server.errors import ApiError
 from llamarun.server.openai_schemas import (
     ChatCompletionBody,
@@ -33,6 +34,7 @@ from llamarun.server.streaming import SSE_DONE, SSE_HEADERS, CleanupStreamingRes
 from llamarun.tools.wire import openai_tool_calls
 
 router = APIRouter()
+GUARD_FIELD = "llamarun_guard"  # our own top-level key (OpenAI clients keep unknown keys) for guard verdicts
 FINGERPRINT = f"llamarun-{__version__}"
 
 
@@ -85,7 +87,10 @@ async def _respond(request: Request, body: Any, reply: Reply, fmt: _Format) -> R
                 yield sse(fmt.chunk_envelope(obj, include_usage))
             async for i, chunk in reply.chunks():
                 for obj in fmt.pieces(i, chunk):
-                    yield sse(fmt.chunk_envelope(obj, include_usage))
+                    envelope = fmt.chunk_envelope(obj, include_usage)
+                    if obj.get("finish_reason"):  # what the guards flagged in this choice, on its last chunk
+                        envelope |= guard_field(reply, i, GUARD_FIELD)
+                    yield sse(envelope)
             if include_usage:
                 yield sse(fmt.envelope([], usage=fmt.usage()))
         except Exception as err:
@@ -103,6 +108,8 @@ async def _respond(request: Request, body: Any, reply: Reply, fmt: _Format) -> R
 
 
 def _finish_reason(reason: str | None, called: bool = False) -> str:
+    if reason == CONTENT_FILTER:  # a guard refused the request or cut the reply
+        return reason
     return "tool_calls" if called else "length" if reason == "length" else "stop"
 
 
@@ -172,7 +179,7 @@ class _ChatFormat(_Format):
         choices = [{"index": i, "message": _message(r), "logprobs": self._logprobs(r.logprobs),
                     "finish_reason": _finish_reason(r.finish_reason, bool(r.tool_calls))}
                    for i, r in enumerate(results)]
-        return self.envelope(choices, chunk=False, usage=self.usage())
+        return self.envelope(choices, chunk=False, usage=self.usage(), **guard_field(self.reply, None, GUARD_FIELD))
 
 
 def _message(result: Completion) -> dict[str, Any]:
@@ -220,4 +227,4 @@ class _CompletionFormat(_Format):
         choices = [{"index": i, "text": self.echoes[i] + r.text,
                     "logprobs": self._logprobs(r.logprobs, len(self.echoes[i])),
                     "finish_reason": _finish_reason(r.finish_reason)} for i, r in enumerate(results)]
-        return self.envelope(choices, chunk=False, usage=self.usage())
+        return self.envelope(choices, chunk=False, usage=self.usage(), **guard_field(self.reply, None, GUARD_FIELD))

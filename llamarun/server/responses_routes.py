@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 
 from llamarun.chat.messages import Message
 from llamarun.llm.chat_service import Reply
+from llamarun.safety.report import CONTENT_FILTER, guard_field
 from llamarun.server.request_body import parse_body
 from llamarun.server.responses_schemas import ResponseMemory, ResponsesBody, responses_request
 from llamarun.server.streaming import SSE_HEADERS, CleanupStreamingResponse, collect_unless_gone
@@ -65,6 +66,10 @@ class _Shape:
         if reason == "length":
             out["status"] = "incomplete"
             out["incomplete_details"] = {"reason": "max_output_tokens"}
+        if reason == CONTENT_FILTER:  # a safety guard refused the request or cut the reply
+            out["status"] = "incomplete"
+            out["incomplete_details"] = {"reason": "content_filter"}
+        out |= guard_field(reply, 0, "llamarun_guard") if reply is not None else {}
         if reply is not None:
             u = reply.usage()
             out["usage"] = {"input_tokens": u["prompt_tokens"],
@@ -103,7 +108,7 @@ async def create_response(request: Request) -> Response:
             return Response(status_code=499)
         text, reason = results[0].text, results[0].finish_reason
         remember(text)
-        done = "completed" if reason != "length" else "incomplete"
+        done = "completed" if reason not in ("length", CONTENT_FILTER) else "incomplete"
         return JSONResponse(shape.response("completed", [shape.message(text, done)], reply, reason))
 
     async def events() -> AsyncIterator[bytes]:
@@ -134,7 +139,7 @@ async def create_response(request: Request) -> Response:
                                                      "error": {"code": "server_error", "message": str(err)}})
             return
         text = "".join(pieces)
-        done = "completed" if reason != "length" else "incomplete"
+        done = "completed" if reason not in ("length", CONTENT_FILTER) else "incomplete"
         yield event("response.output_text.done", **where, text=text, logprobs=[])
         yield event("response.content_part.done", **where, part=_part(text))
         yield event("response.output_item.done", output_index=0, item=shape.message(text, done))
