@@ -113,7 +113,10 @@ class CodeShield:
         if not blocks:
             return Verdict(self.name, True, detail="no code to scan")
         try:
-            found = await asyncio.wait_for(asyncio.gather(*(self._scan(block) for block in blocks)), self.timeout_s)
+            # semgrep takes seconds: a stream's partial checks keep to the regexes, its final check runs both
+            deep = self.semgrep and not subject.partial
+            found = await asyncio.wait_for(asyncio.gather(*(self._scan(block, deep) for block in blocks)),
+                                           self.timeout_s)
         except TimeoutError:
             raise LlamarunError(f"Code Shield took over {self.timeout_s} s",
                                 "raise the timeout, or scan with semgrep off") from None
@@ -127,7 +130,7 @@ class CodeShield:
         return Verdict(self.name, False, categories=categories, detail=detail,
                        extra={"issues": issues, "recommended_treatment": treatment, "blocks": len(blocks)})
 
-    async def _scan(self, block: CodeBlock) -> list[dict]:
+    async def _scan(self, block: CodeBlock, deep: bool) -> list[dict]:
         """The issues codeshield finds in one block, as plain dicts (for the API's JSON)."""
         from codeshield.insecure_code_detector.usecases import UseCase
 
@@ -135,7 +138,7 @@ class CodeShield:
             targets = [self._languages.Language(block.language)]
         else:
             targets = self._languages.get_supported_languages()
-        results = await asyncio.gather(*(self._scan_as(block.code, language, UseCase.CODESHIELD)
+        results = await asyncio.gather(*(self._scan_as(block.code, language, UseCase.CODESHIELD, deep)
                                          for language in targets))
         issues, seen = [], set()
         for language, language_issues in zip(targets, results, strict=True):
@@ -150,7 +153,7 @@ class CodeShield:
                                "language": str(language), "tag": block.tag})
         return issues
 
-    async def _scan_as(self, code: str, language, usecase) -> list:  # language: codeshield Language
+    async def _scan_as(self, code: str, language, usecase, deep: bool) -> list:  # language: codeshield Language
         """codeshield's analyzers on `code` as `language`; semgrep gets a relative path (see module docstring)."""
         suffix = self._languages.get_file_extension(language)
         handle, path = tempfile.mkstemp(suffix=suffix, prefix="llamarun-codeshield-")
@@ -158,7 +161,7 @@ class CodeShield:
             with os.fdopen(handle, "w", encoding="utf-8") as file:
                 file.write(code)
             relative = os.path.relpath(path)
-            if self.semgrep:
+            if deep:
                 return await self._analyze(language, code, path=relative, usecase=usecase)
             return await self._regex_only(language, code, relative, usecase)
         except LlamarunError:

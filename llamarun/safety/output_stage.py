@@ -61,7 +61,7 @@ class OutputGuardStage:
         return self._release(chunk, keep=0)
 
     async def _check(self, *, final: bool, calls: list = ()) -> Judgement:
-        subjects = [output_subject(self.text, self.context)] if self.text.strip() else []
+        subjects = [output_subject(self.text, self.context, partial=not final)] if self.text.strip() else []
         subjects += call_subjects(calls, self.context)
         judgement = await self.pipeline.check(subjects, record=False)
         self.unchecked, self.checked_len = 0, len(self.text)

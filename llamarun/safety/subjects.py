@@ -55,9 +55,9 @@ def _decode(ids: list[int], tokenizer: Tokenizer | None) -> str:
     return tokenizer.decode(ids, skip_special=True) if tokenizer is not None else ""
 
 
-def output_subject(text: str, context: tuple[Message, ...]) -> Subject:
-    """The reply so far, after the conversation it answers."""
-    return Subject("output", text, context)
+def output_subject(text: str, context: tuple[Message, ...], partial: bool = False) -> Subject:
+    """The reply so far, after the conversation it answers (`partial`: more of it is still to come)."""
+    return Subject("output", text, context, partial=partial)
 
 
 def call_subjects(calls: Sequence[ToolCall], context: tuple[Message, ...]) -> list[Subject]:

@@ -52,6 +52,7 @@ class Subject:
     text: str
     history: tuple[Message, ...] = ()  # earlier turns, oldest first; excludes `text` itself
     language_hint: str | None = None  # e.g. "python" for code in a code-interpreter call
+    partial: bool = False  # a stream's reply so far (checked again whole at the end): a guard may check faster
 
 
 @dataclass(frozen=True)

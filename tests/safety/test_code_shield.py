@@ -4,6 +4,7 @@ found where it lives (fenced blocks of a reply, a code-interpreter call)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -57,6 +58,13 @@ def test_subprocess_with_shell_true_is_flagged_by_semgrep(guard: CodeShield) -> 
     assert "shell=True" in verdict.detail
     assert verdict.extra["issues"][0]["analyzer"] == "semgrep"
     assert verdict.extra["issues"][0]["line"] == 4
+
+
+def test_a_streams_partial_checks_keep_to_the_regexes(guard: CodeShield) -> None:
+    # semgrep takes seconds: mid-stream checks skip it, the final whole-reply check (not partial) runs it
+    partial = dataclasses.replace(reply(SHELL_TRUE), partial=True)
+    assert check(guard, partial).safe
+    assert not check(guard, dataclasses.replace(reply(MD5_PASSWORD), partial=True)).safe  # regexes still run
 
 
 def test_regex_only_mode_misses_what_only_semgrep_finds(regex_guard: CodeShield) -> None:
