@@ -99,6 +99,9 @@ class AsyncLLM:
         """Abort what is running and stop stepping this model."""
         self.hub.call(lambda: self._fail_all(None))
         self.hub.detach(self)
+        from llamarun.parallel.pipeline_launch import close_parallel
+
+        self.hub.call(lambda: close_parallel(self.engine))  # a parallel model's ranks stop after its last step
 
     def barrier(self) -> None:
         """Wait until every call queued on the hub so far (aborts included) has run."""
