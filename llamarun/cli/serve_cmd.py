@@ -158,8 +158,9 @@ def serve(args: argparse.Namespace) -> int:
     keep_alive = check_args(args)
     apply_tp_argument(args)
     apply_pp_argument(args)
-    from llamarun.parallel.worker_cli import is_worker_rank, serve_as_worker
+    from llamarun.parallel.worker_cli import check_torchrun_serve, is_worker_rank, serve_as_worker
 
+    check_torchrun_serve(args.model, args.keep_alive)
     if is_worker_rank():  # torchrun's other ranks: no port, only rank 0's steps on their shard
         return serve_as_worker(args.model, context_length=args.ctx, device=args.device,
                                weights=weights_from_args(args))

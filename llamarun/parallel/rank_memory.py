@@ -49,7 +49,7 @@ def rank_plan(config: ModelConfig, layout: Layout, rank: int, *, mode: str, elem
             available_bytes //= max(1, ranks_sharing_device)
     local = rank_config(config, layout, rank)
     return plan_memory(local, rank_weight_bytes(config, layout, rank, mode, element), kv_tokens, device=device,
-                       kv_bytes_per_element=element, available_bytes=available_bytes)
+                       kv_bytes_per_element=element, available_bytes=available_bytes, model_name="its shard")
 
 
 def check_rank_fits(config: ModelConfig, layout: Layout, rank: int, **plan_args: object) -> MemoryPlan:
@@ -58,7 +58,7 @@ def check_rank_fits(config: ModelConfig, layout: Layout, rank: int, **plan_args:
     try:
         return plan.check()
     except DoesNotFitError as err:
-        raise DoesNotFitError(f"{layout.describe(rank)} of {layout.world_size}: its shard {err.message}",
+        raise DoesNotFitError(f"{layout.describe(rank)} of {layout.world_size}: {err.message}",
                               "spread the model over more ranks (--tp, --pp), shorten the context, or use a "
                               "smaller quantization") from None
 

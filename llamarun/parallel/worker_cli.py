@@ -18,11 +18,20 @@ def is_worker_rank() -> bool:
     return "WORLD_SIZE" in os.environ and os.environ.get("RANK", "0") != "0"
 
 
-def serve_as_worker(model: str | None, *, context_length: int | None, device: str | None, weights: str) -> int:
-    """Load `model` as this rank's shard and serve steps; returns (or exits with) the rank's exit code."""
+def check_torchrun_serve(model: str | None, keep_alive: str | None) -> None:
+    """Under torchrun the other ranks serve one model for their whole life: `serve` must name it and keep it."""
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        return
     if not model:
         raise LlamarunError("under torchrun, `llamarun serve` needs the MODEL to load on every rank",
                             "give it on the command line: llamarun serve MODEL --tp N --pp M")
+    if keep_alive is not None:
+        raise LlamarunError("under torchrun the served model stays loaded: its ranks cannot be started again",
+                            "drop --keep-alive")
+
+
+def serve_as_worker(model: str | None, *, context_length: int | None, device: str | None, weights: str) -> int:
+    """Load `model` as this rank's shard and serve steps; exits with the rank's exit code."""
     from llamarun.llm.loading import load_model
 
     load_model(model, context_length=context_length, device=device, weights=weights)  # exits on a worker rank
