@@ -186,7 +186,7 @@ def _build_stage_engine(spec: ShardSpec, layout: Layout, group: ParallelGroup, t
                             pack=packer(method_for(spec.weights)))
         with _torch_runner():
             engine = LLMEngine(model, spec.engine, dtype=dtype, device=group.device)  # type: ignore[arg-type]
-        engine.runner = StageRunner(model, engine.cache)
+        engine.runner = StageRunner(model, engine.cache, micro_batches=layout.pp)  # M stages: M in flight
         return engine, None
     except LlamarunError as err:
         return None, str(err)

@@ -2,10 +2,12 @@
 
 Rank (stage s, tp rank t) receives from (s - 1, t) and sends to (s + 1, t): after the stage's
 all-reduces every tp rank holds the same hidden states, so each passes its own copy and no stage
-gathers. The activations go on the activation group (gloo on CPUs, NCCL on GPUs). The last stage
-samples; its tp rank 0 sends the sampled tokens (plain data, pickled) to rank 0 on the host-side
-control group, because the scheduler there needs them before the next step. Every send and receive
-waits at most the collective timeout, and a failure names the rank, its stage and the operation.
+gathers. Activation sends are started and waited for later (`finish_sends`), so a stage runs its next
+micro-batch while the last one travels. The activations go on the activation group (gloo on CPUs,
+NCCL on GPUs). The last stage samples; its tp rank 0 sends the sampled tokens (plain data, pickled)
+to rank 0 on the host-side control group, because the scheduler there needs them before the next
+step. Every send and receive waits at most the collective timeout, and a failure names the rank, its
+stage and the operation.
 """
 
 from __future__ import annotations
@@ -45,11 +47,19 @@ class StageLink:
         """Whether this rank receives the sampled tokens (rank 0, when it does not sample itself)."""
         return self.group.rank == 0 and self.leader_of_last != 0
 
-    def send_hidden(self, x: torch.Tensor) -> None:
-        """Hand `x` ([2, tokens, hidden]: layer output and residual) to the next stage."""
+    def start_send_hidden(self, x: torch.Tensor) -> tuple[Any, torch.Tensor, str]:
+        """Start handing `x` ([2, tokens, hidden]: layer output and residual) to the next stage; finish_sends
+        waits for it, so the stage can run its next micro-batch meanwhile."""
         assert self.next is not None
-        x = x.contiguous()
-        self._wait(lambda: dist.isend(x, self.next, group=self.group.group), f"send of activations to rank {self.next}")
+        x = x.contiguous()  # kept alive with the work until the send lands
+        op = f"send of activations to rank {self.next}"
+        return self._run(lambda: dist.isend(x, self.next, group=self.group.group), op), x, op
+
+    def finish_sends(self, sends: list[tuple[Any, torch.Tensor, str]]) -> None:
+        """Wait for sends `start_send_hidden` began, each at most the timeout."""
+        for work, _, op in sends:
+            self._run(lambda work=work: work.wait(self.timeout), op)
+        sends.clear()
 
     def recv_hidden(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """The previous stage's [2, tokens, hidden]."""
@@ -79,8 +89,12 @@ class StageLink:
 
     def _wait(self, start: Callable[[], Any], op: str) -> None:
         """Start a p2p operation and wait for it, at most the timeout; failures become ParallelError."""
+        work = self._run(start, op)
+        self._run(lambda: work.wait(self.timeout), op)
+
+    def _run(self, call: Callable[[], Any], op: str) -> Any:
         try:
-            start().wait(self.timeout)
+            return call()
         except LlamarunError:
             raise
         except (RuntimeError, OSError) as err:

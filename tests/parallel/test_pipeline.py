@@ -45,7 +45,16 @@ def pp2(model_path):
 def test_pp2_greedy_tokens_and_logprobs_equal_one_process(pp2, expected):
     assert pp2.engine.cache.k.shape[0] == 2  # rank 0's stage holds layers 0-1 of 3 in its KV cache
     assert pp2.engine.runner.model.lm_head is None  # the head lives on the last stage only
-    assert_same(run_all(pp2.engine, GREEDY), expected["greedy"])
+    runner, engine_step = pp2.engine.runner.inner, pp2.engine.step
+    steps = []
+    pp2.engine.step = lambda: steps.append(1) or engine_step()
+    try:
+        before = runner.parts_run
+        got = run_all(pp2.engine, GREEDY)
+    finally:
+        del pp2.engine.step
+    assert runner.parts_run - before > len(steps)  # steps of several sequences ran as two micro-batches
+    assert_same(got, expected["greedy"])
 
 
 def test_pp2_seeded_sampling_equals_one_process(pp2, expected):

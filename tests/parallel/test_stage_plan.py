@@ -7,6 +7,7 @@ import torch
 from tiny_checkpoints import TinySpec, make_weights, write_hf
 
 from llamarun.config import ModelConfig
+from llamarun.engine.step import ScheduledSeq
 from llamarun.errors import DoesNotFitError, LlamarunError
 from llamarun.loaders.registry import open_checkpoint
 from llamarun.parallel.layout import PP_ENV, Layout, parallel_layout
@@ -15,6 +16,7 @@ from llamarun.parallel.rank_memory import check_rank_fits, rank_config, rank_wei
 from llamarun.parallel.settings import TP_ENV
 from llamarun.parallel.stage_model import stage_checkpoint
 from llamarun.parallel.stage_plan import StagePlan
+from llamarun.parallel.stage_runner import micro_batches
 
 
 def config(layers: int, tied: bool = False) -> ModelConfig:
@@ -95,3 +97,13 @@ def test_a_rank_whose_share_does_not_fit_is_named():
     plan = check_rank_fits(config(8), Layout(tp=2, pp=2), 2, mode="exact", element=4, kv_tokens=4096,
                            device="cpu", available_bytes=10**12)
     assert plan.kv_cache_bytes == 2 * 4 * 1 * 16 * 4 * 4096  # K and V, 4 layers, 1 KV head, head_dim 16, fp32
+
+
+@pytest.mark.parametrize(("tokens", "parts", "groups"), [
+    ([1, 1, 1, 60], 2, [[1, 1, 1], [60]]), ([60, 1, 1, 1], 2, [[60], [1, 1, 1]]), ([1] * 4, 2, [[1, 1], [1, 1]]),
+    ([5], 3, [[5]]), ([1] * 6, 3, [[1, 1], [1, 1], [1, 1]]), ([10, 10, 10], 1, [[10, 10, 10]])])
+def test_micro_batches_keep_order_and_split_tokens_evenly(tokens, parts, groups):
+    seqs = [ScheduledSeq(f"r{i}", [7] * n, 0, [0], True) for i, n in enumerate(tokens)]
+    got = micro_batches(seqs, parts)
+    assert [s for g in got for s in g] == seqs  # every sequence once, in scheduling order
+    assert [[s.num_tokens for s in g] for g in got] == groups
