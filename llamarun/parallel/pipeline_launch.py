@@ -132,7 +132,15 @@ def close_parallel(engine: Any) -> None:
     """Stop the ranks behind `engine` if it is a parallel one (a server unloading it); otherwise nothing."""
     handle = _OPEN.pop(id(engine), None)
     if handle is not None:
-        handle.close()
+        stop_parallel(handle)
+
+
+def stop_parallel(handle: TensorParallel) -> None:
+    """`handle.close()`, but the spawned ranks of a broken group are killed at once rather than waited for:
+    it cannot tell them to stop, and the survivors may wait on the dead rank until their timeouts."""
+    if getattr(handle.engine.runner, "failure", None) is not None:
+        _kill(handle.processes)
+    handle.close()
 
 
 def _rank_zero(spec: ShardSpec, layout: Layout, group: ParallelGroup, processes: list[Any],

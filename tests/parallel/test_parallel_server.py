@@ -101,6 +101,8 @@ def test_serve_tp2_answers_as_one_process_then_swaps_models(models, expected, tm
             status, body = generate(client, first, prompt)
             assert status == 200, body
             assert_same_answers(body, expected[prompt])
+        r = client.post("/api/embed", json={"model": first, "input": "hello"})  # rank 0 alone cannot run it
+        assert r.status_code == 400 and "split over ranks" in r.json()["error"], r.text
         (old,) = pipeline_launch._OPEN.values()
         status, body = generate(client, second, PROMPTS[0])
         assert status == 200, body
@@ -123,3 +125,4 @@ def test_serve_tp2_pp2_answers_as_one_process_and_a_dead_rank_is_a_503(models, e
         status, body = generate(client, served, PROMPTS[0])
         assert status == 503 and "rank 0" in body["error"] and "failed" in body["error"], body
         assert time.monotonic() - t0 < handle.group.timeout_s + 10
+    assert stopped(handle, timeout=10)  # a broken model's ranks are killed at shutdown, not waited for

@@ -18,7 +18,7 @@ from tiny_checkpoints import TinySpec
 from llamarun.parallel.group import ParallelError
 from llamarun.parallel.launch import ShardSpec
 from llamarun.parallel.layout import Layout
-from llamarun.parallel.pipeline_launch import start_parallel
+from llamarun.parallel.pipeline_launch import start_parallel, stop_parallel
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -99,5 +99,5 @@ def test_tp2_pp2_equals_one_process(model_path, expected):
                 handle.engine.step()
         assert time.monotonic() - t0 < handle.group.timeout_s + 10
     finally:
-        handle.close()
+        stop_parallel(handle)
     assert_same(got, expected["greedy"])
