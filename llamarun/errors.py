@@ -38,6 +38,10 @@ class ConfigMismatchError(LlamarunError):
     """A model config that does not agree with the tensors in the checkpoint."""
 
 
+class UnavailableError(LlamarunError):
+    """The model cannot answer now (a parallel rank died or hung): the server says 503, not 400."""
+
+
 class DoesNotFitError(LlamarunError):
     """The memory plan says the model and its KV cache do not fit."""
 

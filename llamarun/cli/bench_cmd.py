@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from llamarun.cli.weights_flags import add_weights_flags, weights_from_args
 from llamarun.errors import LlamarunError
+from llamarun.parallel.layout import add_pp_argument, apply_pp_argument
 from llamarun.parallel.settings import add_tp_argument, apply_tp_argument
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ def register(subparsers: Any) -> None:
     m.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     add_weights_flags(m)
     add_tp_argument(m)
+    add_pp_argument(m)
     p.set_defaults(handler=run)
 
 
@@ -116,6 +118,8 @@ def _check_args(args: argparse.Namespace, levels: list[int], counts: list[int]) 
     if args.url or args.serve:
         raise LlamarunError("--random-weights benches the engine in this process, not a server",
                             "drop --url/--serve")
+    if (args.pp or 1) > 1:
+        raise LlamarunError("--random-weights builds tensor-parallel shards only", "drop --pp, or bench a checkpoint")
     if weights == "exact":
         raise LlamarunError("--weights exact applies to checkpoints",
                             "random weights are held in the compute dtype unless quantized; drop --weights")
@@ -129,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     counts = parse_requests(args.requests, levels)
     _check_args(args, levels, counts)
     apply_tp_argument(args)
+    apply_pp_argument(args)
     deadline = start + args.time_budget if args.time_budget else None
     record = RunRecord(args.json_path, model=args.model or "", settings={
         "prompt_tokens": args.prompt_tokens, "output_tokens": args.output_tokens, "seed": args.seed,

@@ -12,6 +12,7 @@ from typing import Any
 from llamarun.cli.guard_flags import add_guard_flags, attach_run_guards, guard_note, guard_settings
 from llamarun.cli.weights_flags import add_weights_flags, weights_from_args
 from llamarun.errors import LlamarunError
+from llamarun.parallel.layout import add_pp_argument, apply_pp_argument
 from llamarun.parallel.settings import add_tp_argument, apply_tp_argument
 
 HELP = """Commands:
@@ -35,6 +36,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
     add_weights_flags(p)
     add_tp_argument(p)
+    add_pp_argument(p)
     s = p.add_argument_group("sampling (defaults as in Ollama)")
     s.add_argument("--temperature", type=float)
     s.add_argument("--top-k", type=int)
@@ -101,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     guard_settings(args)
     weights = weights_from_args(args)
     apply_tp_argument(args)
+    apply_pp_argument(args)
     if args.ctx is not None and args.ctx < 1:
         raise LlamarunError(f"--ctx {args.ctx} is below 1", "give the context length in tokens, e.g. 4096")
     if args.device:

@@ -24,6 +24,8 @@ from llamarun.llm.request_limits import (
     DEFAULT_MAX_PROMPT_TOKENS,
     DEFAULT_MAX_QUEUE,
 )
+from llamarun.parallel.layout import add_pp_argument, apply_pp_argument, parallel_requested
+from llamarun.parallel.settings import add_tp_argument, apply_tp_argument
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434
@@ -58,6 +60,8 @@ def register(subparsers: Any) -> None:
                    help="most memory for loaded models, in GB (default: the memory available at start)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     add_weights_flags(p)
+    add_tp_argument(p)
+    add_pp_argument(p)
     p.add_argument("--max-generations", type=int, default=DEFAULT_MAX_GENERATIONS, metavar="N",
                    help="most generations one request may start, prompts x n "
                         f"(default {DEFAULT_MAX_GENERATIONS})")
@@ -139,9 +143,11 @@ def build_app(args: argparse.Namespace, keep_alive: float, loader: Any = None) -
     from llamarun.utils.memory import available_memory
 
     budget = int(args.memory_budget * 1e9) if args.memory_budget else available_memory(args.device or "cpu")
+    if parallel_requested() and not args.memory_budget:
+        budget = None  # each rank holds a share, and checks it against its own device (parallel/rank_memory.py)
     manager = ModelManager(loader or default_loader(device=args.device, weights=weights_from_args(args)),
                            memory_budget=budget, keep_alive=keep_alive, context_length=args.ctx,
-                           models_dirs=args.models_dir)
+                           models_dirs=args.models_dir, one_at_a_time=parallel_requested())
     pinned_keep_alive = FOREVER if args.keep_alive is None else keep_alive  # the served model's
     # Llama Guard's model comes from the same manager, on the same engine hub, and stays loaded.
     guards = build_pipeline(guard_settings(args), source=manager, keep_alive=FOREVER)
@@ -156,6 +162,14 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     keep_alive = check_args(args)
+    apply_tp_argument(args)
+    apply_pp_argument(args)
+    from llamarun.parallel.worker_cli import check_torchrun_serve, is_worker_rank, serve_as_worker
+
+    check_torchrun_serve(args.model, args.keep_alive)
+    if is_worker_rank():  # torchrun's other ranks: no port, only rank 0's steps on their shard
+        return serve_as_worker(args.model, context_length=args.ctx, device=args.device,
+                               weights=weights_from_args(args))
     from llamarun.store.health import clean_stale_tmp
     from llamarun.store.home import ModelStore
 

@@ -80,6 +80,9 @@ class AsyncLLM:
         Inputs run one by one on the hub's thread, so engine steps go on between them.
         """
         check_dimensions(dimensions, self.config.hidden_size)
+        if hasattr(self.engine.runner, "stop_workers"):  # parallel/runner.py: rank 0 alone cannot run the model
+            raise RequestError("embeddings are not available for a model split over ranks (--tp/--pp)",
+                               param="model")
         batch = embedding_ids(inputs, self.tokenizer, self.context_length, truncate=truncate)
         lm, pooling = self.loaded, embeddings.checkpoint_pooling(self.loaded.checkpoint.path)
         model = self.engine.runner.model
@@ -99,6 +102,9 @@ class AsyncLLM:
         """Abort what is running and stop stepping this model."""
         self.hub.call(lambda: self._fail_all(None))
         self.hub.detach(self)
+        from llamarun.parallel.pipeline_launch import close_parallel
+
+        self.hub.call(lambda: close_parallel(self.engine))  # a parallel model's ranks stop after its last step
 
     def barrier(self) -> None:
         """Wait until every call queued on the hub so far (aborts included) has run."""

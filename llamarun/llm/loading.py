@@ -55,7 +55,7 @@ def load_model(model: str | ResolvedModel, *, context_length: int | None = None,
     from llamarun.chat.select import select_chat_template
     from llamarun.loaders.registry import open_checkpoint
     from llamarun.models.build import build_model
-    from llamarun.parallel.settings import tensor_parallel_size
+    from llamarun.parallel.layout import parallel_requested
     from llamarun.store.catalog import smaller_variants
     from llamarun.utils.memory import plan_memory
     from llamarun.utils.progress import count_bar
@@ -73,20 +73,22 @@ def load_model(model: str | ResolvedModel, *, context_length: int | None = None,
     mode = choose_weights(weights, ckpt, device)
     element = torch.finfo(dtype).bits // 8
     wbytes = weight_bytes(config, mode, element)
-    smaller = [(e.ref, e.approx_bytes) for e in smaller_variants(resolved.name, wbytes)]
-    plan_memory(config, wbytes, kv, device=device, kv_bytes_per_element=element,
-                model_name=resolved.name, smaller=smaller, scratch_tokens=context).check()
+    parallel = parallel_requested()  # --tp/--pp or torchrun: each rank checks its own share (parallel/rank_memory.py)
+    if not parallel:
+        smaller = [(e.ref, e.approx_bytes) for e in smaller_variants(resolved.name, wbytes)]
+        plan_memory(config, wbytes, kv, device=device, kv_bytes_per_element=element,
+                    model_name=resolved.name, smaller=smaller, scratch_tokens=context).check()
     tokenizer = ckpt.tokenizer()
     template = select_chat_template(ckpt.chat_template, tokenizer)
     stop_ids = ckpt.stop_token_ids()
     t_checks = time.perf_counter()
     engine_config = EngineConfig(context_length=context, kv_tokens=kv)
     with count_bar("loading weights", len(ckpt.tensor_names), enabled=None if progress else False) as bar:
-        if tensor_parallel_size() > 1:  # split over ranks (--tp N, or started by torchrun): llamarun/parallel
-            from llamarun.parallel.launch import load_parallel_engine
+        if parallel:  # split over ranks (--tp N, --pp M, or started by torchrun): llamarun/parallel
+            from llamarun.parallel.pipeline_launch import load_engine_over_ranks
 
-            engine = load_parallel_engine(resolved.path, ckpt.format, engine_config, dtype, device, mode,
-                                          on_tensor=lambda _name: bar.advance())
+            engine = load_engine_over_ranks(resolved.path, ckpt.format, engine_config, dtype, device, mode, config,
+                                            on_tensor=lambda _name: bar.advance())
             t_weights = time.perf_counter()  # the shards load inside the engine's start: reported as weights
         else:
             net = build_model(ckpt, dtype, device, on_tensor=lambda _name: bar.advance(),

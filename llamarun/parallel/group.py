@@ -19,14 +19,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from llamarun.errors import LlamarunError
+from llamarun.errors import LlamarunError, UnavailableError
 
 DEFAULT_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 600.0  # joining and loading: a rank imports torch and reads its shard first
 CONTROL_TIMEOUT = timedelta(days=7)  # a worker waits here while the server is idle
 
 
-class ParallelError(LlamarunError):
+class ParallelError(UnavailableError):
     """A collective failed: a peer rank died, hung past the timeout, or never joined."""
 
 

@@ -41,6 +41,8 @@ class BroadcastRunner:
     def run(self, step: SchedulerOutput) -> dict[str, SampledToken]:
         """Broadcast `step`, run it here; {request id: token} for the sequences that sample."""
         if self.failure is not None:
+            if not step.seqs:  # only runner state to drop (an abort after the failure): nothing to run
+                return {}
             raise self.failure
         try:
             self._publish(step)

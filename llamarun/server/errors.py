@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llamarun.errors import DoesNotFitError, LlamarunError, ModelNotFoundError, RequestError
+from llamarun.errors import DoesNotFitError, LlamarunError, ModelNotFoundError, RequestError, UnavailableError
 
 log = logging.getLogger("llamarun.server")
 
@@ -78,6 +78,8 @@ def from_llamarun_error(err: LlamarunError) -> ApiError:
         retry = getattr(err, "retry_after", None)
         return ApiError(503, str(err), param="model", code="model_does_not_fit",
                         headers=None if retry is None else {"Retry-After": str(retry)})
+    if isinstance(err, UnavailableError):  # a parallel rank died: the model is broken, not the request
+        return ApiError(503, str(err), code="model_unavailable")
     if isinstance(err, RequestError):  # SamplingParamsError too: both name the request field at fault
         return ApiError(400, str(err), param=err.param, code=err.code)
     if hasattr(err, "http_status"):  # an error that knows its status (a failed safety guard: 503)

@@ -93,7 +93,8 @@ class ModelManager:
                  memory_budget: int | None = None, keep_alive: float = DEFAULT_KEEP_ALIVE,
                  context_length: int | None = None, clock: Callable[[], float] = time.time,
                  on_load: Callable[[str], None] | None = None, estimate: Estimator | None = None,
-                 models_dirs: Sequence[str] = ()) -> None:
+                 models_dirs: Sequence[str] = (), one_at_a_time: bool = False) -> None:
+        """`one_at_a_time`: hold one model at most (a tensor/pipeline-parallel server: its ranks serve one)."""
         from llamarun.server.local_paths import LocalPaths
 
         self.loader = loader or default_loader()
@@ -115,6 +116,7 @@ class ModelManager:
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Future] = set()
         self._closed = False
+        self.one_at_a_time = one_at_a_time
 
     def _resolve_in_store(self, name: str) -> str:
         """The canonical name; where it lives is kept so the load does not resolve it again."""
@@ -190,6 +192,8 @@ class ModelManager:
     async def _load(self, key: str, ctx: int | None, keep: float) -> ModelSlot:
         try:
             target = self._resolved.get(key, key)
+            if self.one_at_a_time:
+                await self._only(key)
             if self.memory_budget is not None and key not in self._sizes:
                 self._sizes[key] = await asyncio.to_thread(self.estimate, target)
             await self._make_room(key, self._sizes.get(key, 0))  # OverBudgetError (503) if it cannot fit
@@ -242,6 +246,14 @@ class ModelManager:
         for victim in gone:
             await self._shutdown(victim)
         return bool(gone)
+
+    async def _only(self, key: str) -> None:
+        """Unload every idle model before `key` loads; a 503 while another is in use, pinned or loading."""
+        await self._make_room(key, 0, everything=True)
+        busy = [m.name for m in self._models.values() if m.name != key] + [k for k in self._loading if k != key]
+        if busy:
+            raise OverBudgetError(f"this server splits each model over its ranks and holds one model at a time; "
+                                  f"'{busy[0]}' is in use", "retry when it is idle, or start another server")
 
     def _drop(self, lm: ModelSlot) -> None:
         if self._models.get(lm.name) is lm:
