@@ -33,7 +33,6 @@ from llamarun.parallel.group import (
     torchrun_env,
 )
 from llamarun.parallel.runner import BroadcastRunner, serve_steps
-from llamarun.parallel.settings import tensor_parallel_size
 from llamarun.parallel.step_channel import StepChannel
 from llamarun.parallel.step_channel import available as channel_available
 
@@ -147,13 +146,6 @@ def _wait_started(store: Any, processes: list[Any], timeout_s: float) -> None:
             raise ParallelError(f"the tensor-parallel ranks did not start within {timeout_s:g} s",
                                 "is the machine overloaded?")
         time.sleep(0.05)
-
-
-def load_parallel_engine(path: Any, fmt: str, config: EngineConfig, dtype: torch.dtype, device: str, weights: str,
-                         on_tensor: Callable[[str], None] | None = None) -> LLMEngine:
-    """The hook llm/loading.py calls when tensor_parallel_size() > 1: rank 0's engine over all ranks."""
-    spec = ShardSpec(str(path), fmt, config, str(dtype).removeprefix("torch."), device, weights)
-    return start_tensor_parallel(spec, tensor_parallel_size(), on_tensor).engine
 
 
 def _check_plan(spec: ShardSpec, world_size: int) -> None:
