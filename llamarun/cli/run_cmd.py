@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from llamarun.cli.guard_flags import add_guard_flags, attach_run_guards, guard_note, guard_settings
+from llamarun.cli.run_tools import add_tool_flags, ask_results, assistant_turn, forced_schema, load_tools, print_calls
 from llamarun.cli.weights_flags import add_weights_flags, weights_from_args
 from llamarun.errors import LlamarunError
 from llamarun.parallel.layout import add_pp_argument, apply_pp_argument
@@ -37,6 +38,7 @@ def register(subparsers: Any) -> None:
     add_weights_flags(p)
     add_tp_argument(p)
     add_pp_argument(p)
+    add_tool_flags(p)
     s = p.add_argument_group("sampling (defaults as in Ollama)")
     s.add_argument("--temperature", type=float)
     s.add_argument("--top-k", type=int)
@@ -101,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
 
     params = sampling_params(args)  # validate flags and read the prompt before a long load
     guard_settings(args)
+    args.tool_list = load_tools(args.tools)
+    args.forced_call = forced_schema(args.tool_list, args.tool_choice)
+    if args.tool_list and args.raw:
+        raise LlamarunError("--tools needs the chat template", "leave out --raw")
     weights = weights_from_args(args)
     apply_tp_argument(args)
     apply_pp_argument(args)
@@ -140,23 +146,27 @@ def _prompt(args: argparse.Namespace) -> str:
     return "" if sys.stdin.isatty() else sys.stdin.read().strip()
 
 
-def _request(llm, args: argparse.Namespace, params, system: str | None, turns: list):
-    """The chat service's request for this turn (a raw prompt with --raw)."""
+def _request(llm, args: argparse.Namespace, params, system: str | None, turns: list, *, free: bool = False):
+    """The chat service's request for this turn (a raw prompt with --raw); `free`: no forced tool call."""
     from llamarun.chat.messages import Message
     from llamarun.llm.chat_service import ChatRequest
 
     given = frozenset(_flags(args))  # a created model's parameters fill the rest
     if args.raw:
         return ChatRequest(llm.name, prompts=[turns[-1].content], params=params, given=given)
+    tools = getattr(args, "tool_list", None) if getattr(args, "tool_choice", None) != "none" else None
+    forced = None if free or not tools else args.forced_call
     return ChatRequest(llm.name, messages=([Message("system", system)] if system else []) + turns, params=params,
-                       given=given)
+                       given=given, tools=tools, forced_call_schema=forced)
 
 
 def _emit(stream) -> None:
     for piece in stream:
         sys.stdout.write(piece)
         sys.stdout.flush()
-    sys.stdout.write("\n")
+    if stream.text or not stream.tool_calls:
+        sys.stdout.write("\n")
+    print_calls(stream.tool_calls, sys.stdout)  # parsed, in place of the text the model wrote
     sys.stdout.flush()
     note = guard_note(stream.reply)
     if note:
@@ -204,13 +214,23 @@ def _interactive(llm, args: argparse.Namespace, params) -> int:
             print(f"Unknown command '{text.split()[0]}'. Type /? for help.")
             continue
         turns.append(Message("user", line))
+        asked = len(turns)
         stream = llm.stream(_request(llm, args, params, system, turns))
         try:
             _emit(stream)
+            while stream.tool_calls:  # the user answers for the tools, the model goes on
+                turns.append(assistant_turn(stream.text, stream.tool_calls))
+                results = ask_results(stream.tool_calls, input)
+                if results is None:
+                    print()
+                    return 0
+                turns += results
+                stream = llm.stream(_request(llm, args, params, system, turns, free=True))
+                _emit(stream)
         except KeyboardInterrupt:
             stream.close()  # abort the request, or it would keep generating in later steps
             print()
-            turns.pop()
+            del turns[asked - 1:]
             continue
         turns.append(Message("assistant", stream.text))
         if args.verbose:

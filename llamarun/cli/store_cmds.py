@@ -6,10 +6,11 @@ Torch-free: handlers import only store and metadata readers, so `list` and `show
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
-from llamarun.errors import ModelNotFoundError
+from llamarun.errors import LlamarunError, ModelNotFoundError
 
 
 def register(subparsers: Any) -> None:
@@ -27,6 +28,8 @@ def register(subparsers: Any) -> None:
     group.add_argument("--template", action="store_true", help="print only the chat template")
     group.add_argument("--license", action="store_true", help="print only the license")
     group.add_argument("--modelfile", action="store_true", help="print an Ollama-style Modelfile")
+    p.add_argument("--verify", action="store_true",
+                   help="first re-hash the model's files against the sha256 recorded at pull (exit 1 if damaged)")
     p.set_defaults(handler=cmd_show)
 
     p = subparsers.add_parser("rm", help="remove a model from the store")
@@ -43,15 +46,33 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """Every stored model; one whose files are gone or cut short (a stat each, no hashing), or whose manifest
+    cannot be read, is listed with what is wrong, and a line on stderr says how to repair it."""
+    from llamarun.store.health import entry_refs, short_problem, verify_entry
     from llamarun.store.home import ModelStore
 
+    store = ModelStore()
     rows = [("NAME", "ID", "SIZE", "MODIFIED")]
     now = time.time()
-    for m in ModelStore().list():
-        rows.append((m.ref, m.id, format_size(m.size), format_age(now - m.pulled_at)))
+    damaged = []
+    manifests = store.list()
+    for m in manifests:
+        problems = verify_entry(m, hashes=False)
+        age = format_age(now - m.pulled_at)
+        rows.append((m.ref, m.id, format_size(m.size), f"{age}    ({short_problem(problems)})" if problems else age))
+        if problems:
+            damaged.append(m.ref)
+    readable = {(m.name, m.tag) for m in manifests}
+    for name, tag in entry_refs(store):
+        if (name, tag) not in readable:
+            rows.append((f"{name}:{tag}", "-", "-", "(unreadable manifest)"))
+            damaged.append(f"{name}:{tag}")
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         print("    ".join(cell.ljust(w) for cell, w in zip(r[:3], widths, strict=True)) + "    " + r[3])
+    if damaged:
+        print(f"{len(damaged)} model{'s are' if len(damaged) > 1 else ' is'} damaged: `llamarun verify --repair "
+              f"{' '.join(damaged)}` pulls again, `llamarun rm` removes", file=sys.stderr)
     return 0
 
 
@@ -59,6 +80,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     from llamarun.store.describe import describe_model, format_parameters
     from llamarun.store.resolve import resolve_model
 
+    if args.verify:
+        _verify_or_fail(args.name)
     model = resolve_model(args.name, pull=False)
     info = describe_model(model.path, model.format)
     if args.template:
@@ -88,6 +111,27 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(_excerpt(text))
     print()
     return 0
+
+
+def _verify_or_fail(name: str) -> None:
+    """Re-hash the stored model `name` (stderr says it is intact), or fail naming each damaged file."""
+    from llamarun.store.catalog import canonical_ref, split_ref
+    from llamarun.store.health import entry_problems
+    from llamarun.store.home import ModelStore
+    from llamarun.store.resolve import names_a_path
+
+    store = ModelStore()
+    ref = None if names_a_path(name) else split_ref(canonical_ref(name))
+    if ref is None or not store.has(*ref):
+        raise LlamarunError(f"--verify checks stored models, and '{name}' is not one",
+                            "hashes are recorded at `llamarun pull`; see `llamarun list`")
+    problems = entry_problems(store, *ref)
+    full = f"{ref[0]}:{ref[1]}"
+    if problems:
+        raise LlamarunError(f"{full} is damaged: {'; '.join(problems)}",
+                            f"`llamarun verify --repair {full}` pulls it again")
+    manifest = store.get(*ref)
+    print(f"verified {full}: {len(manifest.files)} file(s), sha256 as recorded at pull", file=sys.stderr)
 
 
 def _print_weights(path: Any, fmt: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from llamarun.errors import CheckpointError, LlamarunError, ModelNotFoundError
+from llamarun.errors import LlamarunError, ModelNotFoundError
 
 
 def register(subparsers: Any) -> None:
@@ -26,8 +26,8 @@ def register(subparsers: Any) -> None:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from llamarun.store.catalog import canonical_ref, split_ref
-    from llamarun.store.health import clean_stale_tmp, verify_entry
-    from llamarun.store.home import MANIFEST, ModelStore
+    from llamarun.store.health import clean_stale_tmp, entry_problems, entry_refs
+    from llamarun.store.home import ModelStore
 
     store = ModelStore()
     clean_stale_tmp(store)
@@ -37,16 +37,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
             if not store.has(name, tag):
                 raise ModelNotFoundError(f"model '{typed}' is not in the store", "see `llamarun list`")
     else:
-        found = sorted(p.parent.relative_to(store.models) for p in store.models.rglob(MANIFEST)) \
-            if store.models.is_dir() else []
-        refs = [("/".join(p.parts[:-1]), p.parts[-1]) for p in found]
+        refs = entry_refs(store)
     bad = []
     for name, tag in refs:
-        try:
-            manifest = store.get(name, tag)
-            problems = [str(p) for p in verify_entry(manifest, hashes=not args.quick)] if manifest else []
-        except CheckpointError as err:
-            problems = [f"the manifest cannot be read: {err.message}"]
+        problems = entry_problems(store, name, tag, hashes=not args.quick)
         print(f"{name}:{tag}: " + ("ok" if not problems else "BAD"), flush=True)
         for line in problems:
             print(f"  {line}")

@@ -93,8 +93,11 @@ class LLMEngine:
         self._generated = 0
 
     def add_request(self, prompt_ids: list[int], params: SamplingParams, stop_ids: tuple[int, ...] = (),
-                    request_id: str | None = None) -> str:
-        """Queue a request; errors for prompts that can never run are raised here, before any work."""
+                    request_id: str | None = None, group: str | None = None) -> str:
+        """Queue a request; errors for prompts that can never run are raised here, before any work.
+
+        `group`: the client request it belongs to (requests of one group share the waiting queue's turns).
+        """
         if not prompt_ids:
             raise LlamarunError("the prompt is empty", "give some text to continue")
         limit = self.config.context_length
@@ -109,7 +112,7 @@ class LLMEngine:
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self.scheduler.requests:
             raise LlamarunError(f"request id {request_id!r} is already in use", "give each request its own id")
-        self.scheduler.add(Request(request_id, list(prompt_ids), params, frozenset(stop_ids), limit))
+        self.scheduler.add(Request(request_id, list(prompt_ids), params, frozenset(stop_ids), limit, group))
         return request_id
 
     def abort(self, request_id: str) -> EngineOutput | None:

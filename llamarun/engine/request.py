@@ -29,6 +29,7 @@ class Request:
     params: SamplingParams
     stop_ids: frozenset[int]
     max_total_tokens: int  # the context length: prompt + output never exceed it
+    group: str | None = None  # the client request it was born from: admission is fair between groups
     arrival: float = field(default_factory=time.perf_counter)
     output_ids: list[int] = field(default_factory=list)
     status: Status = Status.WAITING

@@ -1,18 +1,19 @@
 """Continuous batching: which requests run this step, and how many of their tokens.
 
 Each step has a token budget. Running requests go first, oldest first (a decode costs one token, a
-prompt still being prefilled costs a chunk of what is left), then waiting requests in arrival order,
-their prompt chunked to fit the budget. When KV blocks run out, the newest running request is
-preempted: its blocks are freed and it goes back to the front of the queue, to be recomputed later
-(its full blocks often survive in the prefix cache, so recomputing is cheap).
+prompt still being prefilled costs a chunk of what is left), then waiting requests, fairly between
+client groups and in arrival order within one (engine/fair_queue.py), their prompt chunked to fit the
+budget. When KV blocks run out, the newest running request is preempted: its blocks are freed and it
+goes back to the front of the queue, to be recomputed later (its full blocks often survive in the
+prefix cache, so recomputing is cheap).
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 
 from llamarun.cache.block_pool import BlockPool, chain_hash
+from llamarun.engine.fair_queue import FairQueue
 from llamarun.engine.request import Request, Status
 from llamarun.engine.step import NewRequest, ScheduledSeq, SchedulerOutput
 
@@ -30,7 +31,7 @@ class Scheduler:
         self.pool = pool
         self.max_batch_tokens = max_batch_tokens
         self.max_running = max_running
-        self.waiting: deque[Request] = deque()
+        self.waiting = FairQueue()
         self.running: list[Request] = []  # in arrival order
         self.requests: dict[str, Request] = {}  # every unfinished request, waiting or running
         self.num_preemptions = 0
@@ -63,7 +64,7 @@ class Scheduler:
     # ----- one step -----
 
     def schedule(self) -> SchedulerOutput:
-        """This step's sequences: running requests first (oldest first), then waiting ones, FCFS."""
+        """This step's sequences: running requests first (oldest first), then waiting ones, fair between groups."""
         seqs: list[ScheduledSeq] = []
         new: list[NewRequest] = []
         preempted: list[str] = []
@@ -85,7 +86,7 @@ class Scheduler:
             i += 1
         # Admit waiting requests only when nobody had to be preempted: preemption means memory is tight.
         while self.waiting and budget > 0 and len(self.running) < self.max_running and not preempted:
-            req = self.waiting[0]
+            req = self.waiting.peek()
             if not req.block_table:
                 self._attach_cached_prefix(req)
             n = min(req.num_uncomputed, budget)

@@ -58,14 +58,16 @@ class AsyncLLM:
         """A raw prompt, no template: bos is added when the tokenizer's convention says so."""
         return self.loaded.prompt_ids(prompt)
 
-    def tokens(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None
-               ) -> _TokenStream:
-        """Start a request; its engine outputs arrive on the returned stream (errors at the first step)."""
+    def tokens(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None, *,
+               group: str | None = None) -> _TokenStream:
+        """Start a request; its engine outputs arrive on the returned stream (errors at the first step).
+
+        `group`: the client request it belongs to (engine/fair_queue.py admits groups round-robin)."""
         request_id = request_id or f"req-{next(self._ids)}"
         outputs: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = (asyncio.get_running_loop(), outputs)
         ids = list(prompt_ids)
-        self.hub.call(lambda: self._add(request_id, ids, params))
+        self.hub.call(lambda: self._add(request_id, ids, params, group))
         return _TokenStream(self, request_id, outputs)
 
     def stream(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None
@@ -120,9 +122,9 @@ class AsyncLLM:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(outputs.put_nowait, item)
 
-    def _add(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
+    def _add(self, request_id: str, prompt_ids: list[int], params: SamplingParams, group: str | None) -> None:
         try:
-            self.engine.add_request(prompt_ids, params, self.stop_ids, request_id)
+            self.engine.add_request(prompt_ids, params, self.stop_ids, request_id, group)
         except Exception as err:
             self._post(request_id, err)
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from llamarun.chat.messages import Message
 from llamarun.errors import LlamarunError, RequestError
 from llamarun.llm.generation import Generation, StageFactory, collect_all, merged, start_all
+from llamarun.llm.large_inputs import is_large
 from llamarun.llm.model_settings import SettingsLookup, apply_settings, chat_template
 from llamarun.llm.request_limits import RequestLimits
 from llamarun.llm.response_format import with_grammar
@@ -29,6 +30,7 @@ from llamarun.llm.tool_stage import tool_stage_factory
 from llamarun.sampling.grammar_spec import GrammarSpec
 from llamarun.sampling.params import SamplingParams
 from llamarun.tools.choice import apply_forced_call
+from llamarun.utils.heap import then_release
 
 
 @dataclass
@@ -118,7 +120,8 @@ class ChatService:
             if req.forced_call_schema is not None:  # tool_choice required/named: the call's schema is the grammar
                 req = dataclasses.replace(req, params=apply_forced_call(req.params, req.forced_call_schema))
             base = await with_grammar(model, req)
-            prompts = await asyncio.to_thread(prompt_ids, model, req)
+            # A large input's tokenizer buffers go back to the OS once freed, or the server stays that big.
+            prompts = await asyncio.to_thread(then_release, is_large(req), prompt_ids, model, req)
             self.limits.check_prompt_tokens(prompts, "messages" if req.messages is not None else "prompt")
             params = [fit_max_tokens(model, ids, base, strict=req.strict_max_tokens) for ids in prompts]
             rid = request_id or f"req-{uuid.uuid4().hex[:24]}"

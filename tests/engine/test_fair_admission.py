@@ -1,10 +1,10 @@
-"""A later single request does not wait for every generation of an earlier 100-prompt request (issue 10).
+"""Fair admission between clients (issue 10): a later small request does not wait for a big one's tail.
 
 (Over HTTP one request holds at most `serve --max-generations`, 64 by default, of the engine's slots.)
 
-The scheduler admits waiting requests first come, first served, up to `max_running` at once; a request
-that arrives after a 100-generation batch joins as soon as the slots of the batch's first wave free
-up, ahead of nothing it arrived after and behind nothing that arrived after it.
+Requests born from one client request share a group; the scheduler admits waiting groups round-robin
+(engine/fair_queue.py), arrival order within a group. Requests without a group are each their own, which
+is first come, first served.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # the scheduler tests' fake runner and helpers
 from test_scheduler import make, request, scripted, step
+
+from llamarun.engine.request import Request
 
 
 def test_a_later_request_is_served_before_a_100_prompt_batch_finishes() -> None:
@@ -44,3 +46,61 @@ def test_a_later_request_is_served_before_a_100_prompt_batch_finishes() -> None:
     assert admitted_at["late"] == first_wave_done + 1  # admitted at the first free slots, with the batch's rest
     # First come, first served: every generation that arrived before it was admitted no later than it.
     assert all(admitted_at.get(r.request_id, 1) <= admitted_at["late"] for r in batch)
+
+
+def grouped(rid: str, group: str, max_tokens: int) -> Request:
+    req = request(rid, [hash(rid) % 50 + 1] * 4, max_tokens=max_tokens)
+    req.group = group
+    return req
+
+
+def admissions(sched, runner, late: list[Request], at_step: int) -> list[str]:
+    """Step to the end, adding `late` before step `at_step`; the request ids in the order they were admitted."""
+    order: list[str] = []
+    n = 0
+    while sched.has_unfinished or n <= at_step:
+        if n == at_step:
+            for r in late:
+                sched.add(r)
+        order += [new.request_id for new in step(sched, runner).new_requests]
+        n += 1
+        assert n < 2000
+    return order
+
+
+def test_a_small_request_is_admitted_before_the_tail_of_a_big_one() -> None:
+    # 40 generations of one client request on 8 slots; their lengths differ, so slots free one or two at a time.
+    big = [grouped(f"big-{i}", "http-1", max_tokens=3 + i % 5) for i in range(40)]
+    late = grouped("late", "http-2", max_tokens=3)
+    sched, runner = make(num_blocks=1024, block_size=4, max_batch_tokens=256, max_running=8,
+                         script=scripted([*big, late]))
+    for r in big:
+        sched.add(r)
+    order = admissions(sched, runner, [late], at_step=1)
+    assert order[:8] == [f"big-{i}" for i in range(8)]  # the first wave, before the small request came
+    assert order.index("late") <= 9  # the first or second slot that frees up is its
+    assert len(order) - 1 - order.index("late") >= 30  # ...ahead of 30+ generations of the big request
+    assert [r for r in order if r != "late"] == [r.request_id for r in big]  # the big one keeps its own order
+    # Without groups the same requests are first come, first served: the small one waits for the whole tail.
+    big = [request(f"big-{i}", [i % 50 + 1] * 4, max_tokens=3 + i % 5) for i in range(40)]
+    late = request("late", [99] * 4, max_tokens=3)
+    sched, runner = make(num_blocks=1024, block_size=4, max_batch_tokens=256, max_running=8,
+                         script=scripted([*big, late]))
+    for r in big:
+        sched.add(r)
+    assert admissions(sched, runner, [late], at_step=1)[-1] == "late"
+
+
+def test_two_big_requests_share_the_slots() -> None:
+    a = [grouped(f"a-{i}", "A", max_tokens=4) for i in range(12)]
+    b = [grouped(f"b-{i}", "B", max_tokens=4) for i in range(12)]
+    sched, runner = make(num_blocks=1024, block_size=4, max_batch_tokens=256, max_running=4,
+                         script=scripted([*a, *b]))
+    for r in a:
+        sched.add(r)
+    order = admissions(sched, runner, b, at_step=1)
+    assert order[:4] == ["a-0", "a-1", "a-2", "a-3"]
+    rest = order[4:]
+    # From then on they alternate: no client gets two admissions while the other waits.
+    assert rest[:16] == [x for pair in zip([f"a-{i}" for i in range(4, 12)], [f"b-{i}" for i in range(8)],
+                                           strict=True) for x in pair]

@@ -87,6 +87,7 @@ class Call:
     request_id: str | None
     finish_reason: str | None = None
     aborted: bool = False
+    group: str | None = None  # the client request the engine would admit it with
 
 
 @dataclass
@@ -140,8 +141,9 @@ class FakeAsyncLLM:
             return self.script(self.tokenizer.decode(prompt_ids, skip_special=True))
         return self.reply if params.seed is None else f"{self.reply} [seed {params.seed}]"
 
-    def tokens(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> FakeTokens:
-        return FakeTokens(self, Call(list(prompt_ids), params, request_id))
+    def tokens(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None, *,
+               group: str | None = None) -> FakeTokens:
+        return FakeTokens(self, Call(list(prompt_ids), params, request_id, group=group))
 
     def _logprobs(self, tok: int, i: int, params: SamplingParams) -> SampledToken:
         if params.logprobs is None:
