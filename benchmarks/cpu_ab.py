@@ -73,7 +73,7 @@ def main() -> None:
         for s in spinners:
             s.kill()
     summary = []
-    for name, rs in zip(args.variant, runs):
+    for name, rs in zip(args.variant, runs, strict=True):
         summary.append({"variant": name, "engine": rs[0]["engine"], "threads": rs[0]["threads"],
                         "decode_tps_median": statistics.median(r["decode_tps"] for r in rs),
                         "prompt_tps_median": statistics.median(r["prompt_tps"] for r in rs),

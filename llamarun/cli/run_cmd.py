@@ -9,6 +9,7 @@ import argparse
 import sys
 from typing import Any
 
+from llamarun.cli.threads_flag import add_threads_flag
 from llamarun.cli.weights_flags import add_weights_flags, weights_from_args
 from llamarun.errors import LlamarunError
 from llamarun.parallel.settings import add_tp_argument, apply_tp_argument
@@ -33,6 +34,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
     add_weights_flags(p)
+    add_threads_flag(p)
     add_tp_argument(p)
     s = p.add_argument_group("sampling (defaults as in Ollama)")
     s.add_argument("--temperature", type=float)

@@ -15,6 +15,7 @@ import socket
 import sys
 from typing import Any
 
+from llamarun.cli.threads_flag import add_threads_flag
 from llamarun.cli.weights_flags import add_weights_flags, weights_from_args
 from llamarun.errors import LlamarunError
 from llamarun.llm.request_limits import (
@@ -57,6 +58,7 @@ def register(subparsers: Any) -> None:
                    help="most memory for loaded models, in GB (default: the memory available at start)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     add_weights_flags(p)
+    add_threads_flag(p)
     p.add_argument("--max-generations", type=int, default=DEFAULT_MAX_GENERATIONS, metavar="N",
                    help="most generations one request may start, prompts x n "
                         f"(default {DEFAULT_MAX_GENERATIONS})")
