@@ -4,7 +4,8 @@ machine's load falls on every variant alike. Records the load average beside eac
     python benchmarks/cpu_ab.py --variant weights=int8 --variant weights=packed [--rounds 3] [--new-tokens 128]
     python benchmarks/cpu_ab.py --variant threads=1 --variant threads=2 --busy 1
 
-A variant is `weights=MODE`, `threads=N` or both joined by `,`. `--busy N` keeps N processes spinning
+A variant is `weights=MODE`, `threads=N|default` or both joined by `,` (threads are chosen before torch
+loads, as the CLI chooses them: `default` samples the free cores). `--busy N` keeps N processes spinning
 (one per core at most) for the whole run: the "other program on the machine" condition.
 """
 
@@ -32,10 +33,12 @@ def parse_variant(text: str) -> dict[str, str]:
 
 
 def _one(gguf: str, variant: dict[str, str], new_tokens: int) -> dict:
-    env = dict(os.environ)
-    if "threads" in variant:
-        env["LLAMARUN_THREADS"] = variant["threads"]
-    code = (f"import json, sys; sys.path.insert(0, {str(HERE)!r}); import cpu_default_model as b; "
+    env = {k: v for k, v in os.environ.items() if k not in ("LLAMARUN_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    threads = variant.get("threads", "default")
+    count = "None" if threads == "default" else int(threads)
+    # as the CLI does: threads (and the wait policy) chosen before torch loads
+    code = (f"from llamarun.utils.threads import prepare; prepare({count}); "
+            f"import json, sys; sys.path.insert(0, {str(HERE)!r}); import cpu_default_model as b; "
             f"print('RESULT', json.dumps(b._llamarun({gguf!r}, {new_tokens}, 1, {variant.get('weights', 'auto')!r})))")
     load_before = os.getloadavg()[0]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
