@@ -7,6 +7,7 @@ import json
 import sys
 import types
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -24,7 +25,7 @@ def peer(monkeypatch):
 class FakeLlama:
     """Counts what the script asks of llama.cpp; each eval'd token costs nothing."""
 
-    made: list[dict] = []
+    made: ClassVar[list[dict]] = []
 
     def __init__(self, **kw):
         FakeLlama.made.append(kw)
