@@ -15,6 +15,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
+from llamarun.cli.threads_flag import add_threads_flag
 from llamarun.cli.weights_flags import add_weights_flags, weights_from_args
 from llamarun.errors import LlamarunError
 from llamarun.parallel.layout import add_pp_argument, apply_pp_argument
@@ -63,6 +64,7 @@ def register(subparsers: Any) -> None:
     m.add_argument("--ctx", type=int, help="context length in tokens (default 4096)")
     m.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     add_weights_flags(m)
+    add_threads_flag(m)
     add_tp_argument(m)
     add_pp_argument(m)
     p.set_defaults(handler=run)

@@ -12,6 +12,7 @@ import os
 import sys
 
 from llamarun import __version__
+from llamarun.cli.threads_flag import prepare_threads
 from llamarun.errors import LlamarunError
 
 
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        prepare_threads(args)  # before torch loads: the OpenMP wait policy is read then
         return int(args.handler(args) or 0)
     except LlamarunError as err:
         print(f"Error: {err}", file=sys.stderr)

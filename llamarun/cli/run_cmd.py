@@ -11,6 +11,7 @@ from typing import Any
 
 from llamarun.cli.guard_flags import add_guard_flags, attach_run_guards, guard_note, guard_settings
 from llamarun.cli.run_tools import add_tool_flags, ask_results, assistant_turn, forced_schema, load_tools, print_calls
+from llamarun.cli.threads_flag import add_threads_flag
 from llamarun.cli.weights_flags import add_weights_flags, weights_from_args
 from llamarun.errors import LlamarunError
 from llamarun.parallel.layout import add_pp_argument, apply_pp_argument
@@ -36,6 +37,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
     add_weights_flags(p)
+    add_threads_flag(p)
     add_tp_argument(p)
     add_pp_argument(p)
     add_tool_flags(p)

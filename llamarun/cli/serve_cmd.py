@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from llamarun.cli.guard_flags import add_guard_flags, guard_settings
+from llamarun.cli.threads_flag import add_threads_flag
 from llamarun.cli.weights_flags import add_weights_flags, weights_from_args
 from llamarun.errors import LlamarunError
 from llamarun.llm.request_limits import (
@@ -62,6 +63,7 @@ def register(subparsers: Any) -> None:
     add_weights_flags(p)
     add_tp_argument(p)
     add_pp_argument(p)
+    add_threads_flag(p)
     p.add_argument("--max-generations", type=int, default=DEFAULT_MAX_GENERATIONS, metavar="N",
                    help="most generations one request may start, prompts x n "
                         f"(default {DEFAULT_MAX_GENERATIONS})")

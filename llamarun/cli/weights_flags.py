@@ -18,8 +18,10 @@ def add_weights_flags(parser: Any) -> None:
     """Add `--weights`/`--quantize` (one setting) and `--group-size` to a parser or argument group."""
     one = parser.add_mutually_exclusive_group()
     one.add_argument("--weights", choices=WEIGHT_MODES, default="auto",
-                     help="how linear weights are held: auto (default: int8 on CPUs for GGUF/MLX quantized "
-                          "files, else as the checkpoint), exact (expanded to the compute dtype), or quantized "
+                     help="how linear weights are held: auto (default: on CPUs, a file whose quantized linears are "
+                          "all 4-bit (GGUF Q4_0/Q4_1/Q4_K, MLX 4-bit) runs from them (packed), other GGUF/MLX "
+                          "quantized files as int8; else as the checkpoint), packed (keep the file's own "
+                          "packing), exact (expanded to the compute dtype), or quantized "
                           "online as they load: fp8 (W8A8, GPUs with compute capability 8.9+), int8 (W8A8 on "
                           "GPUs, weight-only on CPUs), int4 (W4A16, groups of --group-size)")
     one.add_argument("--quantize", dest="weights", choices=QUANTIZE_FORMATS, default=argparse.SUPPRESS,

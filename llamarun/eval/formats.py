@@ -19,6 +19,7 @@ FORMATS: dict[str, dict[str, str]] = {
     "fp8": {"weights": "fp8"},
     "int4": {"weights": "int4"},  # int4 groups of 128 with zero points
     "int4-g64": {"weights": "int4-g64"},
+    "packed": {"weights": "packed"},  # a quantized file's own packing (GGUF Q4_x, MLX 4-bit -> int4 g32)
 }
 DEFAULT_FORMATS = "exact,int8"
 

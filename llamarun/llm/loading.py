@@ -15,6 +15,7 @@ from llamarun.quant.modes import choose_weights, method_for, weight_bytes
 from llamarun.store.resolve import ResolvedModel, resolve_model
 from llamarun.structured.vocab import GrammarVocab
 from llamarun.utils.devices import check_device, default_device, default_dtype
+from llamarun.utils.threads import prepare as prepare_threads
 
 DEFAULT_CONTEXT = 4096  # Ollama's default num_ctx
 
@@ -71,6 +72,8 @@ def load_model(model: str | ResolvedModel, *, context_length: int | None = None,
         raise LlamarunError(f"context length {context} is too small", "use at least 16 tokens")
     kv = max(kv_tokens or 4 * context, context)
     mode = choose_weights(weights, ckpt, device)
+    if device == "cpu":
+        prepare_threads()  # --threads, else the cores free now (the API too; the CLI chose before torch loaded)
     element = torch.finfo(dtype).bits // 8
     wbytes = weight_bytes(config, mode, element)
     parallel = parallel_requested()  # --tp/--pp or torchrun: each rank checks its own share (parallel/rank_memory.py)

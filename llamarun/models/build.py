@@ -108,6 +108,12 @@ def build_model(ckpt: Checkpoint, dtype: torch.dtype = torch.float32, device: st
                                   "the file may be truncated or not a Llama model")
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
+        if pack is None and keep_packed:
+            # The table arrives expanded (an embedding looks rows up), but as the head it is the largest
+            # matmul of a small model: pack it as a quantized file's other non-int4 linears are (int8).
+            from llamarun.quant.int8 import Int8Method
+
+            pack = Int8Method().pack_linear
         if pack is not None:
             model.lm_head = pack(model.lm_head)
     model.model.rotary = RotaryEmbedding(config).to(device)

@@ -80,7 +80,7 @@ def test_auto_mode_packs_quantized_files_on_cpu_only(tmp_path, default_gguf):
     spec = TinySpec()
     weights, _ = make_weights(spec)
     hf = open_checkpoint(write_hf(spec, weights, tmp_path / "hf"), "hf")
-    assert choose_weights("auto", gguf, "cpu") == "int8"
+    assert choose_weights("auto", gguf, "cpu") == "packed"  # all Q4_1: run from its 4-bit weights (int4 kernel)
     assert choose_weights("auto", hf, "cpu") == "exact"
     assert choose_weights("auto", gguf, "cuda") == "exact"
     assert choose_weights("exact", gguf, "cpu") == "exact"

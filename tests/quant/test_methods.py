@@ -14,8 +14,8 @@ from llamarun.quant.modes import method_for
 
 METHODS = [Fp8Method(), Int8Method(), Int4Method(128), Int4Method(64)]
 # Relative tolerance per method: far below what a wrong layout gives (see the swapped-nibble check).
-# INT8 on CPUs multiplies in bfloat16 (PyTorch's int8 kernel), hence its looser bound.
-TOLERANCE = {"fp8": 1e-5, "int8": 1e-2, "int4-g128": 1e-4, "int4-g64": 1e-4}
+# INT8 and INT4 on CPUs multiply in bfloat16 (PyTorch's kernels are fast in it), hence their looser bound.
+TOLERANCE = {"fp8": 1e-5, "int8": 1e-2, "int4-g128": 1e-2, "int4-g64": 1e-2}
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
