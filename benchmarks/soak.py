@@ -187,6 +187,19 @@ class Soak:
             time.sleep(min(10.0, self.seconds / 20))
 
 
+def wait_until_up(url: str, seconds: float) -> bool:
+    """Whether the server answers within `seconds`: a soak of a server still loading would count only refusals."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/api/version", timeout=5).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(1.0)
+    return False
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default="http://127.0.0.1:11434")
@@ -196,7 +209,12 @@ def main() -> int:
     p.add_argument("--hostile", type=int, default=2, help="hostile clients")
     p.add_argument("--pid", type=int, help="the server's process id, to sample its memory")
     p.add_argument("--json", type=Path, help="write the summary here (e.g. benchmarks/results/...)")
+    p.add_argument("--wait", type=float, default=600.0,
+                   help="seconds to wait for the server to answer /api/version before the clock starts")
     args = p.parse_args()
+    if not wait_until_up(args.url, args.wait):
+        print(f"soak: {args.url} did not answer within {args.wait:g} s; nothing was measured")
+        return 2
     report = Soak(args.url, args.model, args.minutes * 60, args.pid).run(args.normal, args.hostile)
     summary = report.summary()
     print(json.dumps(summary, indent=2))
