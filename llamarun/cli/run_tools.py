@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from llamarun.chat.messages import Message, ToolCall
 from llamarun.errors import LlamarunError
+
+if TYPE_CHECKING:  # the CLI imports this module for its flags; the chat package (jinja2) loads only for a chat
+    from llamarun.chat.messages import Message, ToolCall
 
 
 def add_tool_flags(parser: Any) -> None:
@@ -89,11 +91,15 @@ def print_calls(calls: Sequence[ToolCall], out: TextIO) -> None:
 
 def assistant_turn(text: str, calls: Sequence[ToolCall]) -> Message:
     """The assistant's turn as the history keeps it: its text and its calls (re-encoded by the template)."""
+    from llamarun.chat.messages import Message
+
     return Message("assistant", text, tool_calls=tuple(calls))
 
 
 def ask_results(calls: Sequence[ToolCall], ask: Callable[[str], str]) -> list[Message] | None:
     """The user's result for each call, as `tool` messages; None when the user ends input (EOF) instead."""
+    from llamarun.chat.messages import Message
+
     results = []
     for call in calls:
         try:

@@ -18,13 +18,21 @@ from strings...) were silently lost; and scan_code logs and swallows every error
 that cannot run into a guard that says "safe". We hand analyze a relative path (then no project root is
 passed), let errors surface as LlamarunError, and apply scan_code's own rule for the treatment: an issue of
 severity error recommends block, any other issue warn.
+
+The relative path must also lie inside the folder semgrep runs in: run from a git checkout, semgrep takes the
+checkout as its project root and refuses `../file` ("cannot make path relative to project root", exit 2,
+which codeshield only logs). So each scan writes its code into a fresh temp folder and semgrep runs there:
+codeshield's `_run_command` is replaced once by `_run_in_scan_folder`, which takes that folder from a context
+variable (each scan task has its own) and raises on semgrep's failure instead of returning no findings.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -101,6 +109,7 @@ class CodeShield:
                                 "pip install 'llamarun[safety]'") from error
         except Exception as error:  # codeshield links semgrep's binary into its package on import
             raise LlamarunError(f"codeshield could not start: {error}", "check the semgrep install") from error
+        insecure_code_detector._run_command = _run_in_scan_folder  # see the module docstring
         self._analyze = insecure_code_detector.analyze
         self._languages = languages
         self._oss = oss
@@ -154,22 +163,23 @@ class CodeShield:
         return issues
 
     async def _scan_as(self, code: str, language, usecase, deep: bool) -> list:  # language: codeshield Language
-        """codeshield's analyzers on `code` as `language`; semgrep gets a relative path (see module docstring)."""
-        suffix = self._languages.get_file_extension(language)
-        handle, path = tempfile.mkstemp(suffix=suffix, prefix="llamarun-codeshield-")
+        """codeshield's analyzers on `code` as `language`; semgrep runs in the code's own temp folder."""
+        name = "snippet" + self._languages.get_file_extension(language)
+        folder = tempfile.mkdtemp(prefix="llamarun-codeshield-")
+        token = _SCAN_FOLDER.set(folder)
         try:
-            with os.fdopen(handle, "w", encoding="utf-8") as file:
+            with open(os.path.join(folder, name), "w", encoding="utf-8") as file:
                 file.write(code)
-            relative = os.path.relpath(path)
             if deep:
-                return await self._analyze(language, code, path=relative, usecase=usecase)
-            return await self._regex_only(language, code, relative, usecase)
+                return await self._analyze(language, code, path=name, usecase=usecase)
+            return await self._regex_only(language, code, name, usecase)
         except LlamarunError:
             raise
         except Exception as error:
             raise LlamarunError(f"Code Shield failed on a {language} block: {error}") from error
         finally:
-            os.unlink(path)
+            _SCAN_FOLDER.reset(token)
+            shutil.rmtree(folder, ignore_errors=True)
 
     async def _regex_only(self, language, code: str, relative: str, usecase) -> list:
         """analyze with its semgrep switch off, for this call only (the switch is a module global)."""
@@ -179,3 +189,18 @@ class CodeShield:
             return await self._analyze(language, code, path=relative, usecase=usecase)
         finally:
             self._oss.ENABLE_SEMGREP = enabled
+
+
+_SCAN_FOLDER: contextvars.ContextVar[str | None] = contextvars.ContextVar("codeshield_scan_folder", default=None)
+
+
+async def _run_in_scan_folder(command: list[str]) -> str:
+    """codeshield's semgrep call, run in the scan's own folder; a failed run is an error, never "no findings"."""
+    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE,
+                                                   stderr=asyncio.subprocess.PIPE, cwd=_SCAN_FOLDER.get())
+    stdout, stderr = await process.communicate()
+    if process.returncode not in (0, 1):  # 1: findings with --error; anything else: semgrep did not scan
+        last = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
+        raise LlamarunError(f"semgrep failed (exit {process.returncode}): {last[0][:300]}",
+                            "check the semgrep install, or run Code Shield with semgrep off")
+    return stdout.decode("utf-8")

@@ -222,15 +222,31 @@ def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(home: Path) -> None:
                              "--num-predict", "2000"], stdin=slave, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, text=True)
     os.close(slave)
+    seen: list[str] = []
+
+    def answer_started(prompts: int) -> None:
+        """Read stdout until the answer after the `prompts`-th prompt has begun (a fixed sleep raced the load)."""
+        import select
+
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            text = "".join(seen)
+            if text.count(">>> ") >= prompts and len(text.split(">>> ")[prompts].strip()) >= 20:
+                return
+            if select.select([proc.stdout], [], [], 0.5)[0]:
+                seen.append(os.read(proc.stdout.fileno(), 4096).decode(errors="replace"))
+        raise AssertionError(f"no answer began: {''.join(seen)!r}")
+
     try:
         os.write(master, b"Write a very long essay about the history of Rome.\n")
-        time.sleep(8)  # loading, then well into a 2000-token answer
+        answer_started(1)  # loaded, and into a 2000-token answer
         proc.send_signal(signal.SIGINT)
         os.write(master, b"Now write a long poem about the sea.\n")
-        time.sleep(4)
+        answer_started(2)
         proc.send_signal(signal.SIGINT)
         os.write(master, b"/bye\n")
-        out, err = proc.communicate(timeout=120)
+        rest, err = proc.communicate(timeout=120)
+        out = "".join(seen) + rest
     finally:
         os.close(master)
     assert proc.returncode == 0, err

@@ -87,6 +87,7 @@ def test_calls_are_shown_parsed_and_results_become_tool_messages() -> None:
 class FakeStream:
     text: str = ""
     tool_calls: list = field(default_factory=list)
+    reply: object = None  # a real stream's Reply; guard_note reads its (absent) guard report
 
     def __iter__(self):
         if self.text:
