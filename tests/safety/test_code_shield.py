@@ -139,3 +139,12 @@ def test_a_bad_timeout_is_a_user_error(timeout_s: float) -> None:
 
 def test_the_guard_declares_its_kinds(guard: CodeShield) -> None:
     assert guard.name == "code_shield" and guard.kinds == frozenset({"output", "tool_call"})
+
+
+def test_a_semgrep_that_fails_is_an_error_not_a_clean_scan() -> None:
+    # codeshield only logs a failed semgrep run and reports no findings; ours raises, so the guard is not "safe"
+    from llamarun.errors import LlamarunError
+    from llamarun.safety.code_shield import _run_in_scan_folder
+
+    with pytest.raises(LlamarunError, match="semgrep failed \\(exit 2\\): cannot make path relative"):
+        asyncio.run(_run_in_scan_folder(["sh", "-c", "echo 'cannot make path relative' >&2; exit 2"]))
