@@ -110,13 +110,25 @@ def start_tensor_parallel(spec: ShardSpec, world_size: int,
         group = init_group(0, world, spec.device, local_rank=local_rank, timeout_s=spec.timeout_s,
                            start_timeout_s=spec.start_timeout_s)
         return _rank_zero(spec, group, [], on_tensor)
+    group, processes = spawn_ranks(spec, world_size, _spawned_worker,
+                                   lambda rank, port: (rank, world_size, port, spec), "llamarun-tp-rank")
+    return _rank_zero(spec, group, processes, on_tensor)
+
+
+def spawn_ranks(spec: ShardSpec, world_size: int, target: Callable[..., None],
+                args_for: Callable[[int, int], tuple], name: str) -> tuple[ParallelGroup, list[Any]]:
+    """Spawn ranks 1..world_size-1 (`target(*args_for(rank, store_port))`), join them as rank 0; group and processes.
+
+    A rank that dies while starting fails start-up at once, naming its exit code; the others are killed.
+    """
+    import torch.distributed as dist
     import torch.multiprocessing as mp
 
     store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True,
                           timeout=timedelta(seconds=spec.start_timeout_s), wait_for_workers=False)
     ctx = mp.get_context("spawn")
-    processes = [ctx.Process(target=_spawned_worker, args=(rank, world_size, store.port, spec), daemon=True,
-                             name=f"llamarun-tp-rank{rank}") for rank in range(1, world_size)]
+    processes = [ctx.Process(target=target, args=args_for(rank, store.port), daemon=True, name=f"{name}{rank}")
+                 for rank in range(1, world_size)]
     for proc in processes:
         proc.start()
     try:
@@ -127,7 +139,7 @@ def start_tensor_parallel(spec: ShardSpec, world_size: int,
         dead = [f"rank {r} exited with code {p.exitcode}" for r, p in enumerate(processes, 1) if not p.is_alive()]
         _kill(processes)
         raise ParallelError(f"{err.message}{': ' + ', '.join(dead) if dead else ''}", err.hint) from None
-    return _rank_zero(spec, group, processes, on_tensor)
+    return group, processes
 
 
 _STARTED = "llamarun/started/"

@@ -26,14 +26,14 @@ import torch
 from llamarun.config import ModelConfig
 from llamarun.engine.llm_engine import EngineConfig, LLMEngine
 from llamarun.errors import LlamarunError
-from llamarun.parallel.group import ParallelError, ParallelGroup, close_group, init_group, torchrun_env
+from llamarun.parallel.group import ParallelGroup, close_group, init_group, torchrun_env
 from llamarun.parallel.launch import (
     _STARTED,
     ShardSpec,
     TensorParallel,
     _check_all_built,
     _kill,
-    _wait_started,
+    spawn_ranks,
     start_tensor_parallel,
 )
 from llamarun.parallel.layout import Layout, parallel_layout
@@ -68,24 +68,8 @@ def start_parallel(spec: ShardSpec, layout: Layout, on_tensor: Callable[[str], N
         group = init_group(0, world, spec.device, local_rank=local_rank, timeout_s=spec.timeout_s,
                            start_timeout_s=spec.start_timeout_s)
         return _rank_zero(spec, layout, group, [], on_tensor)
-    import torch.multiprocessing as mp
-
-    world = layout.world_size
-    store = dist.TCPStore("127.0.0.1", 0, world, is_master=True,
-                          timeout=timedelta(seconds=spec.start_timeout_s), wait_for_workers=False)
-    ctx = mp.get_context("spawn")
-    processes = [ctx.Process(target=_spawned_stage_worker, args=(rank, layout, store.port, spec), daemon=True,
-                             name=f"llamarun-rank{rank}") for rank in range(1, world)]
-    for proc in processes:
-        proc.start()
-    try:
-        _wait_started(store, processes, spec.start_timeout_s)
-        group = init_group(0, world, spec.device, store=store, timeout_s=spec.timeout_s,
-                           start_timeout_s=spec.start_timeout_s)
-    except ParallelError as err:
-        dead = [f"rank {r} exited with code {p.exitcode}" for r, p in enumerate(processes, 1) if not p.is_alive()]
-        _kill(processes)
-        raise ParallelError(f"{err.message}{': ' + ', '.join(dead) if dead else ''}", err.hint) from None
+    group, processes = spawn_ranks(spec, layout.world_size, _spawned_stage_worker,
+                                   lambda rank, port: (rank, layout, port, spec), "llamarun-rank")
     return _rank_zero(spec, layout, group, processes, on_tensor)
 
 
