@@ -10,7 +10,15 @@ import sys
 from typing import Any
 
 from llamarun.cli.guard_flags import add_guard_flags, attach_run_guards, guard_note, guard_settings
-from llamarun.cli.run_tools import add_tool_flags, ask_results, assistant_turn, forced_schema, load_tools, print_calls
+from llamarun.cli.run_tools import (
+    add_tool_flags,
+    ask_results,
+    assistant_turn,
+    forced_schema,
+    load_tools,
+    print_calls,
+    read_json_file,
+)
 from llamarun.cli.threads_flag import add_threads_flag
 from llamarun.cli.weights_flags import add_weights_flags, weights_from_args
 from llamarun.errors import LlamarunError
@@ -79,21 +87,11 @@ def sampling_params(args: argparse.Namespace):
 
 def format_spec(value: str | None):
     """`--format`: "json", or the path of a file holding a JSON schema, as a GrammarSpec (None without it)."""
-    import json
-    from pathlib import Path
-
     from llamarun.llm.response_format import ollama_format
 
     if value is None or value == "json":
         return ollama_format(value)
-    path = Path(value)
-    if not path.is_file():
-        raise LlamarunError(f"--format {value}: no such file", "give 'json' or the path of a JSON schema file")
-    try:
-        schema = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise LlamarunError(f"--format {value} is not a JSON file: {err}", "give a JSON schema file") from None
-    return ollama_format(schema)
+    return ollama_format(read_json_file("--format", value, "give 'json' or the path of a JSON schema file"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -32,17 +32,22 @@ def add_tool_flags(parser: Any) -> None:
                    help="auto (default): the model decides; required or a tool's name: the reply must call it")
 
 
+def read_json_file(flag: str, path: str, hint: str) -> Any:
+    """The JSON in the file a flag names; a missing or unreadable file is a LlamarunError naming the flag."""
+    file = Path(path)
+    if not file.is_file():
+        raise LlamarunError(f"{flag} {path}: no such file", hint)
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise LlamarunError(f"{flag} {path} is not a JSON file: {err}", hint) from None
+
+
 def load_tools(path: str | None) -> list[dict[str, Any]] | None:
     """The tool definitions in `path` (None without the flag); a LlamarunError says what is wrong with them."""
     if path is None:
         return None
-    file = Path(path)
-    if not file.is_file():
-        raise LlamarunError(f"--tools {path}: no such file", "give a JSON file with a list of tool definitions")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise LlamarunError(f"--tools {path} is not a JSON file: {err}", "give a JSON list of tools") from None
+    data = read_json_file("--tools", path, "give a JSON file with a list of tool definitions")
     if isinstance(data, dict) and isinstance(data.get("tools"), list):
         data = data["tools"]  # a request body's "tools" field, pasted whole
     elif isinstance(data, dict):
