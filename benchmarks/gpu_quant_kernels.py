@@ -40,6 +40,10 @@ SHAPES = {  # name -> (N, K)
     "8b.lm_head": (128256, 4096),
     "70b.qkv": (10240, 8192), "70b.o": (8192, 8192), "70b.gate_up": (57344, 8192), "70b.down": (8192, 28672),
 }
+# One rank's share of 70B at TP=2: column-parallel layers split N, row-parallel layers split K.
+TP2_SHAPES = {"70b-tp2.qkv": (5120, 8192), "70b-tp2.o": (8192, 4096), "70b-tp2.gate_up": (28672, 8192),
+              "70b-tp2.down": (8192, 14336)}
+SWEEP_SETS = {"default": ["8b.gate_up", "8b.down", "8b.o", "70b.down"], "70b-tp2": list(TP2_SHAPES)}
 ROWS = (1, 4, 16, 256)
 COPIES_BYTES = 600 * 2**20  # at least this many weight bytes cycled per graph, so the L2 (50 MB) never serves them
 GROUP = 128
@@ -144,16 +148,16 @@ def check(n: int = 1024, k: int = 4096) -> list[str]:
     return bad
 
 
-def sweep(results: dict) -> None:
+def sweep(results: dict, shapes: list[str], kinds: tuple[str, ...] = ("fp8", "int4")) -> None:
     """Launch configurations of the decode kernels: the GEMV at one row, the skinny kernel at four.
 
     Sets `gemv.CONFIG` and `skinny_matmul.CONFIG` to the best for the table that follows.
     """
-    shapes = ["8b.gate_up", "8b.down", "8b.o", "70b.down"]
     best: dict[str, dict] = {}
+    every = {**SHAPES, **TP2_SHAPES}
     plans = [
-        ("gemv", gemv_mod.CONFIG, "fp8", 1, [(bn, bk, w) for bn in (1, 2, 4) for bk in (1024, 2048, 4096)
-                                             for w in (4, 8)]),
+        ("gemv", gemv_mod.CONFIG, "fp8", 1, [(bn, bk, w) for bn in (1, 2, 4, 8) for bk in (512, 1024, 2048, 4096)
+                                             for w in (2, 4, 8) if bn * bk <= 16384]),
         ("gemv", gemv_mod.CONFIG, "int4", 1, [(bn, bk, w) for bn in (8, 16, 32) for bk in (1024, 2048, 4096)
                                               for w in (4, 8)]),
         ("skinny", skinny_mod.CONFIG, "fp8", 4, [(bn, bk, 8 if bn == 128 else 4, st) for bn in (16, 32, 64, 128)
@@ -162,9 +166,11 @@ def sweep(results: dict) -> None:
                                                    for bk in (64, 128) for st in (3, 4)]),
     ]
     for name, table, kind, rows, grid in plans:
+        if kind not in kinds:
+            continue
         scores: dict[tuple, float] = {c: 0.0 for c in grid}
         for shape in shapes:
-            n, k = SHAPES[shape]
+            n, k = every[shape]
             x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
             calls, _ = make_kernel(f"{kind}.ours", n, k, x)
             for cfg in grid:
@@ -185,12 +191,18 @@ def sweep(results: dict) -> None:
         best[f"{name}.{kind}"] = {"config": ranked[0][0], "total_us": ranked[0][1] * 1e3}
     results["sweep_best"] = best
     print("best:", json.dumps(best), flush=True)
+    for key, entry in best.items():  # the line a later run in the same call can export (kernels read it)
+        print(f"export LLAMARUN_{key.replace('.', '_').upper()}={','.join(map(str, entry['config']))}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--budget", type=float, default=300.0)
+    parser.add_argument("--sweep-set", choices=sorted(SWEEP_SETS), default="default",
+                        help="the shapes the sweep sums over (70b-tp2: one rank's share of 70B at TP=2)")
+    parser.add_argument("--sweep-kinds", default="fp8,int4")
+    parser.add_argument("--sweep-only", action="store_true", help="stop after the sweep (no table)")
     args = parser.parse_args()
     t0 = time.time()
     torch.manual_seed(0)
@@ -202,9 +214,10 @@ def main() -> None:
     results["copy_GBps"] = copy / 1e9
     results["check_failures"] = check()
     print("copy GB/s", round(copy / 1e9), "check failures:", results["check_failures"], flush=True)
-    if args.sweep:
-        sweep(results)
-    for shape, rows in itertools.product(SHAPES, ROWS):
+    if args.sweep or args.sweep_only:
+        sweep(results, SWEEP_SETS[args.sweep_set], tuple(args.sweep_kinds.split(",")))
+    table = {} if args.sweep_only else SHAPES
+    for shape, rows in itertools.product(table, ROWS):
         if time.time() - t0 > args.budget:
             results["stopped_early"] = f"budget reached at {shape} rows={rows}"
             break

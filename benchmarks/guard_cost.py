@@ -1,17 +1,22 @@
-"""What the safety guards cost on CPU: added latency per request, and tokens/s lost at 8 concurrent requests.
+"""What the safety guards cost on a CPU or a GPU: added latency per request, and tokens/s lost at 8 concurrent requests.
 
 Two real servers run side by side in this process (uvicorn threads, llamarun's own ModelManager and engine),
-both over the default model smollm2:135m: one without guards, one with the guards `serve` would build for
-`--guard smollm2:135m --guard-mode warn --code-shield warn --language-policy warn`, except that Code Shield
-keeps to its regex rules (no semgrep). The main model itself stands in as the Llama Guard (it is leased from
-the same manager, so its checks are batched with the main model's steps, as in a real deployment); in warn
-mode nothing is blocked, so both servers generate the same replies and the guards' whole cost shows: an
-input check before the first token and an output check every `stream_every` tokens and at the end.
+both over the same main model: one without guards, one with the guards `serve` would build for
+`--guard GUARD --guard-mode warn --code-shield warn --language-policy warn`, except that Code Shield keeps to
+its regex rules (no semgrep), and the language policy is left out where lingua is not installed (the device
+machine: its wheel is too large to carry; the policy runs on the host CPU whatever the model's device). The
+guard model is leased from the same manager as the main model, on the same device (by default the main model
+itself stands in as the Llama Guard); in warn mode nothing is blocked, so both servers generate the same
+replies and the guards' whole cost shows: an input check before the first token and an output check every
+`stream_every` tokens and at the end.
 
 Runs alternate between the two servers, round by round, so a burst of load from other jobs on a shared
-machine hits both sides alike. Writes benchmarks/results/guard-cost-cpu-<date>.json and .md.
+machine hits both sides alike. Writes guard-cost-<device>-<date>.json and .md into --out (default
+benchmarks/results/).
 
     python benchmarks/guard_cost.py [--rounds 5] [--latency-requests 4] [--max-tokens 48]
+    # on a GPU, with folders written by benchmarks/device_model.py:
+    python benchmarks/guard_cost.py --device cuda --model /tmp/models/8b --guard-model /tmp/models/1b --out $OUT
 """
 
 from __future__ import annotations
@@ -35,8 +40,16 @@ QUESTIONS = ["Name three rivers in Europe.", "How does a bicycle stay upright?",
              "Explain what a hash table is.", "Suggest a name for a grey cat."]
 
 
-def build_apps() -> tuple[Any, Any]:
-    """(unguarded app, guarded app), each over its own ModelManager of the default model on CPU."""
+def has_lingua() -> bool:
+    try:
+        import lingua  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build_apps(model: str, guard_model: str, device: str) -> tuple[Any, Any]:
+    """(unguarded app, guarded app), each over its own ModelManager of `model` on `device`."""
     from llamarun.safety.code_shield import CodeShield
     from llamarun.safety.factory import BUILDERS, build_pipeline
     from llamarun.safety.settings import GuardSettings
@@ -46,11 +59,14 @@ def build_apps() -> tuple[Any, Any]:
     from llamarun.server.model_manager import FOREVER, default_loader
 
     def app(guarded: bool) -> Any:
-        manager = ModelManager(default_loader(device="cpu"), keep_alive=FOREVER)
+        # Folders (benchmarks/device_model.py) are named by path, which a server allows only under --models-dir.
+        folders = sorted({str(Path(m).resolve().parent) for m in (model, guard_model) if Path(m).exists()})
+        manager = ModelManager(default_loader(device=device), keep_alive=FOREVER, models_dirs=folders)
         guards = None
         if guarded:
-            settings = GuardSettings(llama_guard=MODEL, llama_guard_mode=GuardMode.WARN,
-                                     code_shield=GuardMode.WARN, language_policy=GuardMode.WARN)
+            language = GuardMode.WARN if has_lingua() else GuardMode.OFF
+            settings = GuardSettings(llama_guard=guard_model, llama_guard_mode=GuardMode.WARN,
+                                     code_shield=GuardMode.WARN, language_policy=language)
             regex_only = (lambda s, ctx: CodeShield(semgrep=False), BUILDERS["code_shield"][1], "--code-shield")
             guards = build_pipeline(settings, source=manager, keep_alive=FOREVER, timeout=600,
                                     builders=dict(BUILDERS, code_shield=regex_only))
@@ -59,16 +75,17 @@ def build_apps() -> tuple[Any, Any]:
             for slot in guards.slots:
                 if slot.guard.name == "llama_guard":
                     slot.guard.grammar = GrammarSpec("choice", ["\n\nsafe"])
-        return create_app(manager, preload=MODEL, preload_keep_alive=FOREVER, guards=guards)
+        return create_app(manager, preload=model, preload_keep_alive=FOREVER, guards=guards)
 
     return app(False), app(True)
 
 
-async def one_chat(client: Any, url: str, question: str, max_tokens: int) -> tuple[float, int, dict | None]:
+async def one_chat(client: Any, url: str, model: str, question: str, max_tokens: int
+                   ) -> tuple[float, int, dict | None]:
     """(seconds, completion tokens, llamarun_guard) of one whole OpenAI chat completion."""
     start = time.perf_counter()
     r = await client.post(f"{url}/v1/chat/completions", json={
-        "model": MODEL, "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
+        "model": model, "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
         "temperature": 0})
     if r.status_code != 200:
         raise RuntimeError(f"{url}: HTTP {r.status_code}: {r.text[:500]}")
@@ -76,14 +93,14 @@ async def one_chat(client: Any, url: str, question: str, max_tokens: int) -> tup
     return time.perf_counter() - start, body["usage"]["completion_tokens"], body.get("llamarun_guard")
 
 
-async def latency_round(client: Any, url: str, n: int, max_tokens: int) -> list[float]:
-    return [(await one_chat(client, url, QUESTIONS[i % len(QUESTIONS)], max_tokens))[0] for i in range(n)]
+async def latency_round(client: Any, url: str, model: str, n: int, max_tokens: int) -> list[float]:
+    return [(await one_chat(client, url, model, QUESTIONS[i % len(QUESTIONS)], max_tokens))[0] for i in range(n)]
 
 
-async def concurrent_round(client: Any, url: str, max_tokens: int) -> tuple[float, int, int]:
+async def concurrent_round(client: Any, url: str, model: str, max_tokens: int) -> tuple[float, int, int]:
     """(aggregate completion tokens/s, tokens, guarded replies) of CONCURRENCY requests at once."""
     start = time.perf_counter()
-    out = await asyncio.gather(*(one_chat(client, url, q, max_tokens) for q in QUESTIONS[:CONCURRENCY]))
+    out = await asyncio.gather(*(one_chat(client, url, model, q, max_tokens) for q in QUESTIONS[:CONCURRENCY]))
     wall = time.perf_counter() - start
     tokens = sum(t for _, t, _ in out)
     return tokens / wall, tokens, sum(1 for *_, g in out if g is not None)
@@ -93,7 +110,7 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-async def measure(urls: dict[str, str], rounds: int, latency_requests: int, max_tokens: int) -> dict:
+async def measure(urls: dict[str, str], model: str, rounds: int, latency_requests: int, max_tokens: int) -> dict:
     import httpx
 
     lat: dict[str, list[float]] = {k: [] for k in urls}
@@ -102,13 +119,13 @@ async def measure(urls: dict[str, str], rounds: int, latency_requests: int, max_
     annotated = 0
     async with httpx.AsyncClient(timeout=600) as client:
         for url in urls.values():  # warm-up: loads, first-call costs (lingua's models, the guard's spec)
-            await one_chat(client, url, QUESTIONS[0], 8)
-            await concurrent_round(client, url, 8)
+            await one_chat(client, url, model, QUESTIONS[0], 8)
+            await concurrent_round(client, url, model, 8)
         for rnd in range(rounds):
             order = list(urls) if rnd % 2 == 0 else list(reversed(urls))
             for name in order:
-                lat[name] += await latency_round(client, urls[name], latency_requests, max_tokens)
-                rate, n, guarded = await concurrent_round(client, urls[name], max_tokens)
+                lat[name] += await latency_round(client, urls[name], model, latency_requests, max_tokens)
+                rate, n, guarded = await concurrent_round(client, urls[name], model, max_tokens)
                 tps[name].append(round(rate, 2))
                 tokens[name].append(n)
                 annotated += guarded
@@ -131,15 +148,20 @@ async def measure(urls: dict[str, str], rounds: int, latency_requests: int, max_
 
 def markdown(rec: dict) -> str:
     r = rec["results"]
+    where = "CPU" if rec["device"] == "cpu" else rec["device_name"]
+    loaded = rec["load_before"] >= 0.75 * rec["cores"]
+    load_line = (f"**Indicative only: the machine was loaded.** `uptime` before: `{rec['uptime_before']}`; after: "
+                 f"`{rec['uptime_after']}` ({rec['cores']} cores, shared with other jobs)." if loaded else
+                 f"`uptime` before: `{rec['uptime_before']}`; after: `{rec['uptime_after']}` ({rec['cores']} cores).")
     return "\n".join([
-        f"# Cost of the safety guards on CPU, {rec['date'][:10]}", "",
-        f"**Indicative only: the machine was loaded.** `uptime` before: `{rec['uptime_before']}`; after: "
-        f"`{rec['uptime_after']}` ({rec['cores']} cores, shared with other jobs).", "",
-        (f"Main model {MODEL} on CPU, whole OpenAI chat completions, greedy, max_tokens {rec['max_tokens']}. "
-         f"Guarded server: {rec['guards']}, all in warn mode (nothing blocked, so both servers generate the "
-         f"same text); Llama Guard stand-in = the main model itself, leased from the same manager; output "
-         f"checks every {rec['stream_every']} tokens. {rec['rounds']} rounds, guarded and unguarded "
-         f"alternating."), "",
+        f"# Cost of the safety guards on {where}, {rec['date'][:10]}", "",
+        f"Written by `benchmarks/guard_cost.py`. {load_line}", "",
+        (f"Main model {rec['model']} on {where}, whole OpenAI chat completions, greedy, max_tokens "
+         f"{rec['max_tokens']}. Guarded server: {rec['guards']}, all in warn mode (nothing blocked, so both "
+         f"servers generate the same text); Llama Guard stand-in: {rec['llama_guard_stand_in']}, leased from "
+         f"the same manager on the same device; output checks every {rec['stream_every']} tokens. "
+         f"{rec['rounds']} rounds, guarded and unguarded alternating. Code Shield: {rec['code_shield']}. "
+         f"Language policy: {rec['language_policy']}."), "",
         "| | unguarded | guarded | cost |", "|---|---|---|---|",
         (f"| latency, one request at a time (median of {len(r['latency_seconds']['guarded'])}) | "
          f"{r['latency_median_seconds']['unguarded']} s | {r['latency_median_seconds']['guarded']} s | "
@@ -149,12 +171,12 @@ def markdown(rec: dict) -> str:
          f"{r['tps_lost_percent_median']}% lost |"),
         (f"| same, best round | {r['concurrent_tps_best']['unguarded']} | {r['concurrent_tps_best']['guarded']} "
          f"| {r['tps_lost_percent_best']}% lost |"), "",
-        "Per-round figures are in the JSON beside this file.", "",
-        ("GPU figure: not measured. No GPU was available to this session (the device budget was kept for the "
-         "merger), so the H200 cost of the guards remains to be measured."), ""])
+        "Per-round figures are in the JSON beside this file.", ""])
 
 
 def main() -> int:
+    import os
+
     from llamarun.bench.serving import serve_in_thread
     from llamarun.safety.settings import DEFAULT_STREAM_EVERY
 
@@ -162,27 +184,38 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--latency-requests", type=int, default=4, help="single requests per server per round")
     ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", default=MODEL, help="the main model (a store name or a path)")
+    ap.add_argument("--guard-model", help="the model standing in as Llama Guard (default: the main model)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder for the .json and .md records")
     args = ap.parse_args()
-    import os
+    guard_model = args.guard_model or args.model
 
     before = uptime()
-    unguarded, guarded = build_apps()
+    unguarded, guarded = build_apps(args.model, guard_model, args.device)
     with ExitStack() as stack:
         urls = {"unguarded": stack.enter_context(serve_in_thread(unguarded, startup_timeout=300)),
                 "guarded": stack.enter_context(serve_in_thread(guarded, startup_timeout=300))}
-        results = asyncio.run(measure(urls, args.rounds, args.latency_requests, args.max_tokens))
+        results = asyncio.run(measure(urls, args.model, args.rounds, args.latency_requests, args.max_tokens))
         guards = ", ".join(f"{g['guard']} ({g['mode']})" for g in guarded.state.guards.describe())
     date = dt.datetime.now(dt.UTC)
-    record = {"benchmark": "guard_cost", "date": date.isoformat(timespec="seconds"), "device": "cpu",
-              "cores": os.cpu_count(), "uptime_before": before, "uptime_after": uptime(),
-              "load_note": "the machine was loaded by other jobs: the numbers are indicative",
-              "model": MODEL, "guards": guards, "code_shield": "regex rules only (semgrep off)",
-              "llama_guard_stand_in": f"{MODEL} itself (no real Llama Guard weights in the local store)",
+    device_name = "cpu"
+    if args.device.startswith("cuda"):
+        import torch
+
+        device_name = torch.cuda.get_device_name(torch.device(args.device))
+    stand_in = (f"{guard_model} itself" if guard_model == args.model else guard_model)
+    record = {"benchmark": "guard_cost", "date": date.isoformat(timespec="seconds"), "device": args.device,
+              "device_name": device_name, "cores": os.cpu_count(), "load_before": os.getloadavg()[0],
+              "uptime_before": before, "uptime_after": uptime(),
+              "model": args.model, "guards": guards, "code_shield": "regex rules only (semgrep off)",
+              "language_policy": "warn (lingua)" if has_lingua() else "off: lingua is not installed here",
+              "llama_guard_stand_in": f"{stand_in} (no real Llama Guard weights can be downloaded here)",
               "stream_every": DEFAULT_STREAM_EVERY, "rounds": args.rounds, "max_tokens": args.max_tokens,
-              "concurrency": CONCURRENCY, "results": results,
-              "gpu": "not measured: no GPU available to this session"}
-    RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"guard-cost-cpu-{date.date().isoformat()}"
+              "concurrency": CONCURRENCY, "results": results}
+    args.out.mkdir(parents=True, exist_ok=True)
+    kind = "cpu" if args.device == "cpu" else "gpu"
+    stem = args.out / f"guard-cost-{kind}-{date.date().isoformat()}"
     stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(record))
     print(markdown(record))

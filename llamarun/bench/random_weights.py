@@ -41,6 +41,11 @@ PRESETS: dict[str, ModelConfig] = {
         vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
         num_kv_heads=8, head_dim=128, rms_norm_eps=1e-5, rope_theta=500000.0, rope_scaling=RopeScaling(),
         max_position_embeddings=131072, tie_word_embeddings=False),
+    # Llama 3.2 1B: the shape Llama Guard 3 1B is pruned from; the guard benchmarks use it as the guard.
+    "llama3.2-1b": ModelConfig(
+        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32,
+        num_kv_heads=8, head_dim=64, rms_norm_eps=1e-5, rope_theta=500000.0,
+        rope_scaling=RopeScaling(factor=32.0), max_position_embeddings=131072, tie_word_embeddings=True),
     "llama3.3-70b": ModelConfig(
         vocab_size=128256, hidden_size=8192, intermediate_size=28672, num_layers=80, num_heads=64,
         num_kv_heads=8, head_dim=128, rms_norm_eps=1e-5, rope_theta=500000.0, rope_scaling=RopeScaling(),

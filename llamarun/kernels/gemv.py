@@ -18,6 +18,8 @@ Launch configurations are fixed (CUDA graphs); `benchmarks/gpu_quant_kernels.py 
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -26,6 +28,12 @@ from llamarun.kernels.activation import load_activation
 
 # (BLOCK_N, BLOCK_K, num_warps) per kind, read at call time so a sweep can vary them.
 CONFIG = {"fp8": (4, 1024, 4), "int4": (8, 4096, 4)}  # swept on the H200, 2026-11-29
+# A sweep's winner can be tried end to end without an edit: LLAMARUN_GEMV_FP8=4,1024,4 (printed by
+# benchmarks/gpu_quant_kernels.py --sweep; spawned tensor-parallel ranks inherit it).
+for _kind in CONFIG:
+    _value = os.environ.get(f"LLAMARUN_GEMV_{_kind.upper()}")
+    if _value:
+        CONFIG[_kind] = tuple(int(v) for v in _value.split(","))
 
 
 @triton.jit

@@ -50,6 +50,9 @@ class OneShotAllReduce:
         self.buffer = symm_mem.empty(self.max_elements, dtype=dtype, device=device)  # [max_elements]
         symm_mem.rendezvous(self.buffer, self.group_name)
         self.op = torch.ops.symm_mem.one_shot_all_reduce
+        # Where torch has it, the kernel that reduces also stages this rank's input into the buffer: one
+        # launch per all-reduce instead of a copy and then the reduce (160 launches fewer per 70B token).
+        self.op_copy = getattr(torch.ops.symm_mem, "one_shot_all_reduce_copy", None)
 
     def fits(self, x: torch.Tensor) -> bool:
         return x.is_cuda and x.dtype == self.dtype and x.numel() <= self.max_elements
@@ -57,7 +60,10 @@ class OneShotAllReduce:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The sum of `x` over the ranks, as a new tensor of x's shape (x is left as it was)."""
         staged = self.buffer[: x.numel()]
-        staged.copy_(x.reshape(-1))
+        flat = x.reshape(-1)
+        if self.op_copy is not None:
+            return self.op_copy(staged, flat, "sum", self.group_name).view(x.shape)
+        staged.copy_(flat)
         return self.op(staged, "sum", self.group_name).view(x.shape)
 
 

@@ -1,4 +1,4 @@
-"""Tensor parallelism over NCCL on two GPUs, with the CUDA-graph runner: the same answers as one GPU.
+"""Tensor parallelism and pipeline stages over NCCL on two GPUs: the same answers as one GPU, clear errors.
 
 Skipped without two CUDA devices. Runs both all-reduce paths (NCCL, and the one-shot path over symmetric
 memory where this torch and driver have it) and checks that decode steps replayed CUDA graphs, so the
@@ -6,6 +6,8 @@ collectives inside the graphs are exercised, not just eager ones.
 """
 
 from __future__ import annotations
+
+import time
 
 import pytest
 import torch
@@ -15,7 +17,10 @@ from tiny_checkpoints import TinySpec
 from llamarun.engine.llm_engine import LLMEngine
 from llamarun.loaders.registry import open_checkpoint
 from llamarun.models.build import build_model
+from llamarun.parallel.group import ParallelError
 from llamarun.parallel.launch import ShardSpec, start_tensor_parallel
+from llamarun.parallel.layout import Layout
+from llamarun.parallel.pipeline_launch import start_parallel, stop_parallel
 
 pytestmark = [
     pytest.mark.gpu, pytest.mark.slow, pytest.mark.timeout(100),
@@ -62,3 +67,38 @@ def test_random_70b_shaped_shard_builds_over_two_gpus_at_small_depth(monkeypatch
     finally:
         handle.close()
     assert len(tokens) == 4 and all(0 <= t < 512 for t in tokens)
+
+
+def test_a_dead_gpu_worker_gives_a_clear_error_within_the_timeout(tmp_path_factory):
+    """Rank 1 killed between steps: rank 0 names it within the timeout instead of hanging in a collective."""
+    path = checkpoint(tmp_path_factory, TinySpec(llama3_rope=True), seed=12)
+    handle = start_tensor_parallel(ShardSpec(path, "hf", ENGINE, device="cuda", timeout_s=10), 2)
+    try:
+        run_all(handle.engine, GREEDY)  # graphs captured and replayed before the death
+        worker = handle.processes[0]
+        worker.kill()
+        worker.join()
+        handle.engine.add_request([1, 2, 3], GREEDY, request_id="after-death")
+        t0 = time.monotonic()
+        with pytest.raises(ParallelError, match="rank 0 of 2"):
+            while handle.engine.has_unfinished:
+                handle.engine.step()
+        assert time.monotonic() - t0 < handle.group.timeout_s + 10
+    finally:
+        t0 = time.monotonic()
+        handle.close()
+    assert time.monotonic() - t0 < 15  # NCCL's communicator is aborted, not destroyed waiting on the dead rank
+
+
+def test_pp2_over_two_gpus_equals_one_gpu(tmp_path_factory):
+    """Two pipeline stages, one per GPU, activations sent over NCCL: one GPU's greedy tokens and logprobs."""
+    path = checkpoint(tmp_path_factory, TinySpec(num_layers=3, llama3_rope=True), seed=21)
+    want = one_gpu(path)
+    handle = start_parallel(ShardSpec(path, "hf", ENGINE, device="cuda", timeout_s=60), Layout(tp=1, pp=2))
+    try:
+        assert handle.engine.cache.k.device == torch.device("cuda", 0)
+        assert handle.engine.runner.model.lm_head is None  # the head lives on the last stage, on cuda:1
+        got = run_all(handle.engine, GREEDY)
+    finally:
+        stop_parallel(handle)
+    assert_same(got, want, tol=5e-3)
