@@ -31,7 +31,8 @@ from llamarun.sampling.params import SamplingParams
 # ----- shapes -----
 
 
-@pytest.mark.parametrize("name, billions, gigabytes", [("llama3.1-8b", 8.03, 16.1), ("llama3.3-70b", 70.55, 141.1)])
+@pytest.mark.parametrize("name, billions, gigabytes", [("llama3.1-8b", 8.03, 16.1), ("llama3.2-1b", 1.24, 2.5),
+                                                          ("llama3.3-70b", 70.55, 141.1)])
 def test_presets_have_the_published_sizes(name, billions, gigabytes):
     config = preset_config(name)
     assert round(config.num_parameters / 1e9, 2) == billions  # shared/REFERENCE.md
@@ -43,7 +44,7 @@ def test_presets_have_the_published_sizes(name, billions, gigabytes):
 
 
 def test_unknown_shape_is_a_clear_error():
-    known = r"llama3\.1-8b, llama3\.3-70b, tiny"
+    known = r"llama3\.1-8b, llama3\.2-1b, llama3\.3-70b, tiny"
     with pytest.raises(LlamarunError, match=rf"unknown --random-weights shape 'llama2'.*{known}"):
         preset_config("llama2")
 
