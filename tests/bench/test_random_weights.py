@@ -40,7 +40,7 @@ def test_presets_have_the_published_sizes(name, billions, gigabytes):
     with torch.device("meta"):  # the model built from the preset has exactly that many parameters
         model = LlamaForCausalLM(config)
     assert sum(p.numel() for p in model.parameters()) == config.num_parameters
-    assert config.kv_bytes_per_token(2) == 2 * config.num_layers * 8 * 128 * 2
+    assert config.kv_bytes_per_token(2) == 2 * config.num_layers * 8 * config.head_dim * 2
 
 
 def test_unknown_shape_is_a_clear_error():
