@@ -48,6 +48,19 @@ def has_lingua() -> bool:
     return True
 
 
+def code_shield_starts() -> bool:
+    """Whether codeshield imports here (the device machine has no semgrep, which it may need at import)."""
+    from llamarun.errors import LlamarunError
+    from llamarun.safety.code_shield import CodeShield
+
+    try:
+        CodeShield(semgrep=False)
+    except LlamarunError as err:
+        print(f"guard_cost: Code Shield is left out: {err}")
+        return False
+    return True
+
+
 def build_apps(model: str, guard_model: str, device: str) -> tuple[Any, Any]:
     """(unguarded app, guarded app), each over its own ModelManager of `model` on `device`."""
     from llamarun.safety.code_shield import CodeShield
@@ -65,8 +78,9 @@ def build_apps(model: str, guard_model: str, device: str) -> tuple[Any, Any]:
         guards = None
         if guarded:
             language = GuardMode.WARN if has_lingua() else GuardMode.OFF
+            code_shield = GuardMode.WARN if code_shield_starts() else GuardMode.OFF
             settings = GuardSettings(llama_guard=guard_model, llama_guard_mode=GuardMode.WARN,
-                                     code_shield=GuardMode.WARN, language_policy=language)
+                                     code_shield=code_shield, language_policy=language)
             regex_only = (lambda s, ctx: CodeShield(semgrep=False), BUILDERS["code_shield"][1], "--code-shield")
             guards = build_pipeline(settings, source=manager, keep_alive=FOREVER, timeout=600,
                                     builders=dict(BUILDERS, code_shield=regex_only))
@@ -208,7 +222,8 @@ def main() -> int:
     record = {"benchmark": "guard_cost", "date": date.isoformat(timespec="seconds"), "device": args.device,
               "device_name": device_name, "cores": os.cpu_count(), "load_before": os.getloadavg()[0],
               "uptime_before": before, "uptime_after": uptime(),
-              "model": args.model, "guards": guards, "code_shield": "regex rules only (semgrep off)",
+              "model": args.model, "guards": guards,
+              "code_shield": "regex rules only (semgrep off)" if code_shield_starts() else "off: not startable here",
               "language_policy": "warn (lingua)" if has_lingua() else "off: lingua is not installed here",
               "llama_guard_stand_in": f"{stand_in} (no real Llama Guard weights can be downloaded here)",
               "stream_every": DEFAULT_STREAM_EVERY, "rounds": args.rounds, "max_tokens": args.max_tokens,

@@ -157,6 +157,23 @@ def init_group(rank: int, world_size: int, device: str | torch.device, *, store:
     return ParallelGroup(rank, world_size, dev, timeout_s, activations, control)
 
 
+def release_graphs(runner: Any) -> None:
+    """Drop the CUDA graphs of `runner` (or of the runner it wraps) before the group closes.
+
+    NCCL counts every graph that captured one of its collectives and will not tear a communicator down,
+    destroy or abort, until those graphs are gone: with them alive, closing the group never returned.
+    """
+    while runner is not None:
+        graphs = getattr(runner, "graphs", None)
+        if isinstance(graphs, dict) and graphs:
+            graphs.clear()
+            import gc
+
+            gc.collect()
+            torch.cuda.synchronize()  # graph destruction's callbacks run before the communicator goes
+        runner = runner.__dict__.get("inner")
+
+
 def close_group() -> None:
     """Leave the process group (safe to call when none was made).
 

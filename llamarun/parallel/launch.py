@@ -30,6 +30,7 @@ from llamarun.parallel.group import (
     ParallelGroup,
     close_group,
     init_group,
+    release_graphs,
     torchrun_env,
 )
 from llamarun.parallel.runner import BroadcastRunner, serve_steps
@@ -74,6 +75,7 @@ class TensorParallel:
             pass  # a worker is gone already; the others fail their wait and exit on their own
         # Leave the group before waiting: NCCL's communicator teardown waits for every rank's, so a worker
         # joined first would wait in its own teardown for ours until the timeout killed it.
+        release_graphs(runner)
         close_group()
         for proc in self.processes:
             proc.join(timeout=self.group.timeout_s)
@@ -276,6 +278,7 @@ def _worker(rank: int, world_size: int, port: int | None, spec: ShardSpec, local
     if spec.device == "cpu":
         # The ranks of one host share its cores; without this each would start a thread per core.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    runner = None
     try:
         store = None
         if port is not None:
@@ -285,6 +288,7 @@ def _worker(rank: int, world_size: int, port: int | None, spec: ShardSpec, local
         group = init_group(rank, world_size, spec.device, store=store, local_rank=local_rank,
                            timeout_s=spec.timeout_s, start_timeout_s=spec.start_timeout_s)
         engine = _build_engine(spec, group)
+        runner = engine.runner
         name = group.broadcast_object(op_name="step channel set-up")
         channel = StepChannel(world_size - 1, name, spec.timeout_s) if name else None
         try:
@@ -297,6 +301,7 @@ def _worker(rank: int, world_size: int, port: int | None, spec: ShardSpec, local
         print(f"llamarun tensor-parallel rank {rank}: {err}", file=sys.stderr)
         return 1
     finally:
+        release_graphs(runner)
         close_group()
 
 
