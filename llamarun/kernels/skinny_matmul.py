@@ -108,6 +108,8 @@ def skinny_matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, m
         # bf16 activations read the nibbles as int16 (four each), others as int32 words (eight each).
         weight = weight.view(torch.int16 if x.dtype == torch.bfloat16 else torch.int32)
     block_k = min(block_k, triton.next_power_of_2(k))
+    while k % block_k and block_k > 16:  # narrower models (576 wide: the default model) take a narrower tile
+        block_k //= 2
     if k % block_k:
         raise ValueError(f"skinny_matmul: input size {k} is not a multiple of the {block_k}-wide tile")
     _skinny_kernel[(triton.cdiv(n, block_n),)](

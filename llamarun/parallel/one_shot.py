@@ -67,6 +67,16 @@ class OneShotAllReduce:
         return self.op(staged, "sum", self.group_name).view(x.shape)
 
 
+def name_is_fresh(group: object) -> bool:
+    """False when symmetric memory already holds a store for this group's name (from an earlier group of the
+    same name in this process, now gone): its rendezvous would wait on that dead store forever."""
+    try:
+        from torch.distributed._symmetric_memory import is_symm_mem_enabled_for_group
+    except ImportError:
+        return True
+    return not is_symm_mem_enabled_for_group(group.group_name)  # type: ignore[attr-defined]
+
+
 def make_one_shot(group: object, device: torch.device, dtype: torch.dtype) -> OneShotAllReduce | None:
     """A OneShotAllReduce when asked for (or auto) and it sets up on this device; else None (use NCCL)."""
     choice = allreduce_choice()

@@ -31,6 +31,14 @@ def test_fp8_matmul_matches_reference(rows, per_channel, device, dtype):
     _close(y, x.float() @ dequantize(w).float().t())
 
 
+@pytest.mark.parametrize("rows", [1, 5])  # the GEMV and the skinny kernel
+def test_fp8_matmul_takes_a_width_no_wide_tile_divides(rows, device, dtype):
+    """576 (the default model's width) is 9 x 64: the tile narrows instead of refusing the shape."""
+    w = _fp8(40, 576, True, device)
+    x = torch.randn(rows, 576).to(dtype).to(device)
+    _close(fp8_matmul(x, w), x.float() @ dequantize(w).float().t())
+
+
 @pytest.mark.parametrize("rows", [1, 3])  # the GEMV and the skinny kernel
 def test_fp8_matmul_reads_silu_of_gate_times_up(rows, device, dtype):
     k = 256
