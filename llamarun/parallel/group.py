@@ -24,8 +24,6 @@ from llamarun.errors import LlamarunError, UnavailableError
 DEFAULT_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 600.0  # joining and loading: a rank imports torch and reads its shard first
 CONTROL_TIMEOUT = timedelta(days=7)  # a worker waits here while the server is idle
-_GENERATION_KEY = "llamarun/group-generation"
-_groups_started = 0  # process groups this process has joined as rank 0 (a server may load several in turn)
 
 
 class ParallelError(UnavailableError):
@@ -57,10 +55,10 @@ class ParallelGroup:
 
         Every rank must take the same path in every collective, so it is used only when all ranks set it up.
         """
-        from llamarun.parallel.one_shot import make_one_shot, name_is_fresh
+        from llamarun.parallel.one_shot import first_in_process, make_one_shot
 
         # Setting up is itself collective (a rendezvous): agree first that every rank can, or none tries.
-        if not all(self.gather_objects(name_is_fresh(self.group), "one-shot all-reduce set-up")):
+        if not all(self.gather_objects(first_in_process(), "one-shot all-reduce set-up")):
             self.one_shot = None
             return False
         mine = make_one_shot(self.group, self.device, dtype)
@@ -152,7 +150,6 @@ def init_group(rank: int, world_size: int, device: str | torch.device, *, store:
     try:
         dist.init_process_group(backend, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=start_timeout_s), **kwargs)
-        _fresh_group_names()
         activations = dist.new_group(backend=backend, timeout=timedelta(seconds=timeout_s))
         control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
         if dev.type == "cuda":  # create the NCCL communicator now, not inside the first CUDA-graph capture
@@ -162,25 +159,6 @@ def init_group(rank: int, world_size: int, device: str | torch.device, *, store:
         raise ParallelError(f"rank {rank} of {world_size} could not join the process group ({err})",
                             f"the other ranks did not all start within {start_timeout_s:g} s") from None
     return ParallelGroup(rank, world_size, dev, timeout_s, activations, control)
-
-
-def _fresh_group_names() -> None:
-    """Give this run's subgroups names no earlier run in this process used.
-
-    torch names subgroups by a counter that restarts with every process group, and symmetric memory keeps
-    each name's rendezvous store for the life of the process: a second parallel model in one process (a
-    server switching models) reused the name and waited forever on the first run's store. Rank 0 numbers
-    its runs and tells the others through the group's store, so every rank starts the counter alike.
-    """
-    global _groups_started
-    store = dist.distributed_c10d._get_default_store()
-    if dist.get_rank() == 0:
-        store.set(_GENERATION_KEY, str(_groups_started))
-        _groups_started += 1
-    generation = int(store.get(_GENERATION_KEY))  # waits until rank 0 has written it
-    world = dist.distributed_c10d._world
-    if generation and hasattr(world, "group_count"):
-        world.group_count = max(world.group_count, 1 + 16 * generation)
 
 
 def release_graphs(runner: Any) -> None:

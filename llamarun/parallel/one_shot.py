@@ -21,6 +21,7 @@ import torch
 log = logging.getLogger("llamarun.parallel")
 
 ALLREDUCE_ENV = "LLAMARUN_ALLREDUCE"
+_set_up_before = False  # see first_in_process
 MAX_ONE_SHOT_BYTES = 512 * 1024  # past this NCCL's bandwidth wins; the sweep in gpu_allreduce.py shows where
 
 
@@ -48,6 +49,8 @@ class OneShotAllReduce:
         self.dtype, self.max_elements = dtype, max_bytes // dtype.itemsize
         self.group_name = group.group_name  # type: ignore[attr-defined]
         self.buffer = symm_mem.empty(self.max_elements, dtype=dtype, device=device)  # [max_elements]
+        global _set_up_before
+        _set_up_before = True  # even a failed rendezvous has advanced the exchange counters
         symm_mem.rendezvous(self.buffer, self.group_name)
         self.op = torch.ops.symm_mem.one_shot_all_reduce
         # Where torch has it, the kernel that reduces also stages this rank's input into the buffer: one
@@ -67,14 +70,14 @@ class OneShotAllReduce:
         return self.op(staged, "sum", self.group_name).view(x.shape)
 
 
-def name_is_fresh(group: object) -> bool:
-    """False when symmetric memory already holds a store for this group's name (from an earlier group of the
-    same name in this process, now gone): its rendezvous would wait on that dead store forever."""
-    try:
-        from torch.distributed._symmetric_memory import is_symm_mem_enabled_for_group
-    except ImportError:
-        return True
-    return not is_symm_mem_enabled_for_group(group.group_name)  # type: ignore[attr-defined]
+def first_in_process() -> bool:
+    """Whether this process has not set up a one-shot all-reduce before.
+
+    Symmetric memory's rendezvous cannot be repeated against fresh peers: it numbers its exchanges per
+    process, so a server's second parallel model (new workers, rank 0's counters already advanced) waited
+    forever in it on two H200s. That model takes NCCL for every size instead.
+    """
+    return not _set_up_before
 
 
 def make_one_shot(group: object, device: torch.device, dtype: torch.dtype) -> OneShotAllReduce | None:

@@ -124,21 +124,6 @@ def test_tp4_replicated_kv_heads_tied_padded_vocab(tmp_path_factory):
     assert_same(got, one_process(path, GREEDY))
 
 
-def test_each_parallel_model_in_one_process_names_its_groups_afresh(tmp_path_factory):
-    """A server loads parallel models in turn: symmetric memory keeps a store per group name for the life of
-    the process, so a reused name made the second model's one-shot set-up wait forever on GPUs."""
-    path = checkpoint(tmp_path_factory, TinySpec(), seed=2)
-    names = []
-    for _ in range(2):
-        handle = start_tensor_parallel(ShardSpec(path, "hf", ENGINE, timeout_s=15), 2)
-        try:
-            names.append(handle.group.group.group_name)
-            assert_same(run_all(handle.engine, GREEDY), one_process(path, GREEDY))
-        finally:
-            handle.close()
-    assert names[0] != names[1]
-
-
 def test_a_tp_the_heads_cannot_split_fails_before_starting_anything(tmp_path_factory):
     path = checkpoint(tmp_path_factory, TinySpec(), seed=1)
     with pytest.raises(LlamarunError, match="--tp that divides"):

@@ -51,6 +51,23 @@ def test_tp2_over_nccl_with_cuda_graphs_equals_one_gpu(tmp_path_factory, monkeyp
     assert_same(got, want, tol=5e-3)  # TF32 matmuls and another summation order: close, not equal
 
 
+def test_a_second_parallel_model_in_one_process_takes_nccl_and_answers_alike(tmp_path_factory):
+    """Symmetric memory's rendezvous cannot be repeated in one process: the second model uses NCCL only."""
+    from llamarun.parallel.one_shot import first_in_process
+
+    path = checkpoint(tmp_path_factory, TinySpec(llama3_rope=True), seed=11)
+    want = one_gpu(path)
+    for _ in range(2):
+        first = first_in_process()
+        handle = start_tensor_parallel(ShardSpec(path, "hf", ENGINE, device="cuda", timeout_s=60), 2)
+        try:
+            assert (handle.group.one_shot is not None) == first
+            got = run_all(handle.engine, GREEDY)
+        finally:
+            handle.close()
+        assert_same(got, want, tol=5e-3)
+
+
 def test_random_70b_shaped_shard_builds_over_two_gpus_at_small_depth(monkeypatch):
     """The benchmark's random-weight shards (parallel/random_shard.py) run a step on both GPUs."""
     from llamarun.engine.llm_engine import EngineConfig
