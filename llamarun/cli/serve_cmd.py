@@ -180,6 +180,11 @@ def serve(args: argparse.Namespace) -> int:
         from llamarun.store.resolve import resolve_model
 
         args.model = resolve_model(args.model).name  # pulls it now, with progress, before the port opens
+    guard_model = guard_settings(args).llama_guard
+    if guard_model:
+        from llamarun.store.resolve import resolve_model
+
+        resolve_model(guard_model)  # a misspelt guard stops the start here; it loads once the server starts
     sock = bind(args.host, args.port)
     if args.host not in _LOOPBACK and not args.api_key:
         print(f"warning: listening on {args.host} without --api-key: anyone who can reach this port can "

@@ -113,6 +113,14 @@ class GuardPipeline:
     def __bool__(self) -> bool:
         return bool(self.slots)
 
+    async def warm_up(self) -> None:
+        """Load what the guards need now (a server calls this at start-up), so a guard that cannot load stops
+        the start instead of failing every request with a 503 later."""
+        for slot in self.slots:
+            warm_up = getattr(slot.guard, "warm_up", None)
+            if warm_up is not None:
+                await warm_up()
+
     def wants(self, kind: str) -> bool:
         """Whether any guard judges subjects of `kind`."""
         return any(kind in s.guard.kinds for s in self.slots)

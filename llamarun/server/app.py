@@ -82,6 +82,8 @@ def create_app(manager: ModelManager, *, api_key: str | None = None, store: Any 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if preload:
             await manager.preload(preload, keep_alive=preload_keep_alive)
+        if guards is not None:
+            await guards.warm_up()  # Llama Guard's model loads now, beside the served one
         reaper = asyncio.ensure_future(manager.reap_forever(reap_interval))
         try:
             yield

@@ -114,3 +114,36 @@ def test_bad_exclusions_fail_at_construction(folder):
         build_llama_guard(str(folder), source=None, excluded=["S99"])  # type: ignore[arg-type]
     with pytest.raises(LlamarunError, match="every"):
         LlamaGuard(None, categories={"S1": "x"}, excluded=["S1"])  # type: ignore[arg-type]
+
+
+def test_a_server_loads_its_llama_guard_at_start_up_and_a_broken_one_stops_the_start(folder, tmp_path, monkeypatch):
+    """The first request must not pay the guard's load, and a guard that cannot load must not leave a server up
+    that answers every request with a 503."""
+    from fastapi.testclient import TestClient
+
+    from llamarun.safety.factory import build_pipeline
+    from llamarun.safety.settings import GuardSettings
+    from llamarun.safety.verdict import GuardMode
+    from llamarun.server import create_app
+    from llamarun.server.model_manager import FOREVER
+    from llamarun.store.home import ModelStore
+
+    monkeypatch.setenv("LLAMARUN_HOME", str(tmp_path / "home"))
+    broken = tmp_path / "models" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text("{}")  # in an allowed folder, but no model
+
+    def app(guard: str):
+        manager = ModelManager(default_loader(max_kv_tokens=4096), context_length=1024,
+                               models_dirs=[str(folder.parent), str(broken.parent)])
+        settings = GuardSettings(llama_guard=guard, llama_guard_mode=GuardMode.WARN,
+                                 language_policy=GuardMode.OFF)
+        guards = build_pipeline(settings, source=manager, keep_alive=FOREVER)
+        return manager, create_app(manager, store=ModelStore(tmp_path / "home"), guards=guards)
+
+    manager, good = app(str(folder))
+    with TestClient(good):
+        assert [m.name for m in manager.loaded()] == [str(folder)]  # loaded before any request came
+    _, bad = app(str(broken))
+    with pytest.raises(LlamarunError), TestClient(bad):
+        pass
