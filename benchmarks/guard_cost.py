@@ -205,7 +205,7 @@ def main() -> int:
     args = ap.parse_args()
     guard_model = args.guard_model or args.model
 
-    before = uptime()
+    before, load_before = uptime(), os.getloadavg()[0]
     unguarded, guarded = build_apps(args.model, guard_model, args.device)
     with ExitStack() as stack:
         urls = {"unguarded": stack.enter_context(serve_in_thread(unguarded, startup_timeout=300)),
@@ -220,7 +220,7 @@ def main() -> int:
         device_name = torch.cuda.get_device_name(torch.device(args.device))
     stand_in = (f"{guard_model} itself" if guard_model == args.model else guard_model)
     record = {"benchmark": "guard_cost", "date": date.isoformat(timespec="seconds"), "device": args.device,
-              "device_name": device_name, "cores": os.cpu_count(), "load_before": os.getloadavg()[0],
+              "device_name": device_name, "cores": os.cpu_count(), "load_before": load_before,
               "uptime_before": before, "uptime_after": uptime(),
               "model": args.model, "guards": guards,
               "code_shield": "regex rules only (semgrep off)" if code_shield_starts() else "off: not startable here",
