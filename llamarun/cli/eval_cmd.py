@@ -14,6 +14,8 @@ from typing import Any
 
 from llamarun.errors import LlamarunError
 
+CALIBRATION_TOKENS = 2048  # what the GPTQ formats are quantized against: four 512-token windows
+
 
 def register(subparsers: Any) -> None:
     from llamarun.eval.formats import DEFAULT_FORMATS, available_formats
@@ -38,7 +40,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from llamarun.eval.formats import parse_formats
+    from llamarun.eval.formats import needs_calibration, parse_formats
     from llamarun.eval.loader import format_loader
     from llamarun.eval.report import EvalReport, table
     from llamarun.eval.run import evaluate
@@ -59,12 +61,16 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.ctx > ckpt.config.max_position_embeddings:
         raise LlamarunError(f"--ctx {args.ctx} is longer than the model's {ckpt.config.max_position_embeddings} "
                             "positions", "use a smaller --ctx")
-    ids = text_tokens(ckpt.tokenizer(), text, args.max_tokens)
+    tokenizer = ckpt.tokenizer()
+    ids = text_tokens(tokenizer, text, args.max_tokens)
+    calibration: list[int] = []
+    if needs_calibration(formats):  # GPTQ calibrates on the text after the evaluated part, never on scored tokens
+        calibration = text_tokens(tokenizer, text)[len(ids):len(ids) + CALIBRATION_TOKENS]
     windows = plan_windows(len(ids), args.ctx, args.stride)
     scratch = llamarun_home() / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
     # No loading bar: rich draws one live display at a time, and the windows' bar is already up.
-    load = format_loader(resolved, ctx=args.ctx, device=args.device)
+    load = format_loader(resolved, ctx=args.ctx, device=args.device, calibration=calibration)
     with count_bar("evaluating", len(windows) * len(formats), unit="windows") as bar:
         results = evaluate(ids, formats, windows, load, scratch=scratch, on_window=lambda _name: bar.advance())
     report = EvalReport(model=resolved.name, text=Path(text_path).name, text_tokens=len(ids), ctx=args.ctx,

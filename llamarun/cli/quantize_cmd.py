@@ -18,8 +18,9 @@ def register(subparsers: Any) -> None:
     """Add `quantize` to the `llamarun` parser."""
     p = subparsers.add_parser(
         "quantize", help="quantize a model and save it as a compressed-tensors checkpoint",
-        description="Quantize the decoder linears of a Hugging Face checkpoint (round to nearest, no calibration) "
-                    "and write a compressed-tensors folder that llamarun, vLLM and others load.")
+        description="Quantize the decoder linears of a Hugging Face checkpoint (round to nearest, or GPTQ against "
+                    "calibration text with --gptq) and write a compressed-tensors folder that llamarun, vLLM and "
+                    "others load.")
     p.add_argument("model", help="model name or path of a Hugging Face safetensors checkpoint")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (must not exist or be empty)")
     p.add_argument("--format", required=True, choices=QUANTIZE_FORMATS,
@@ -27,6 +28,11 @@ def register(subparsers: Any) -> None:
                         "int4 (W4A16, asymmetric groups)")
     p.add_argument("--group-size", type=int, choices=ONLINE_GROUP_SIZES, metavar="{128,64}",
                    help="int4 only: inputs sharing one scale and zero point (default 128)")
+    p.add_argument("--gptq", action="store_true",
+                   help="int4 only: round with GPTQ against calibration text instead of to nearest (slower, closer "
+                        "to the original on real text)")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="--gptq: UTF-8 text to calibrate on, its first 2048 tokens (default: the shipped text)")
     p.add_argument("--device", help="where to quantize: cpu or cuda (default: cuda when available)")
     p.set_defaults(handler=quantize)
 
@@ -40,6 +46,10 @@ def quantize(args: argparse.Namespace) -> int:
     from llamarun.utils.progress import count_bar
 
     mode = weights_mode(args.format, args.group_size)  # --group-size without int4 fails here
+    if (args.gptq or args.calibration) and args.format != "int4":
+        raise LlamarunError(f"--gptq rounds int4 weights, not {args.format}", "use --format int4 with --gptq")
+    if args.calibration and not args.gptq:
+        raise LlamarunError("--calibration is for --gptq", "add --gptq, or leave --calibration out")
     out = Path(args.out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LlamarunError(f"{out} exists and is not an empty folder", "give a new folder for the checkpoint")
@@ -48,9 +58,24 @@ def quantize(args: argparse.Namespace) -> int:
     ckpt = open_checkpoint(resolved.path, resolved.format)
     if args.format == "int4":
         check_group_size(ckpt.config, int(mode.rpartition("-g")[2]))
+    layouts = _gptq_layouts(args, ckpt, int(mode.rpartition("-g")[2]), device) if args.gptq else None
     with count_bar("quantizing", len(ckpt.tensor_names), enabled=None if sys.stderr.isatty() else False) as bar:
         files = save_quantized(ckpt, out, args.format, group_size=args.group_size, device=device,
-                               on_tensor=lambda _name: bar.advance())
+                               on_tensor=lambda _name: bar.advance(), layouts=layouts)
     size = sum(f.stat().st_size for f in files)
-    print(f"wrote {resolved.name} as {mode} (compressed-tensors) to {out}: {len(files)} files, {size / 1e9:.2f} GB")
+    how = " with GPTQ" if args.gptq else ""
+    print(f"wrote {resolved.name} as {mode}{how} (compressed-tensors) to {out}: {len(files)} files, "
+          f"{size / 1e9:.2f} GB")
     return 0
+
+
+def _gptq_layouts(args: argparse.Namespace, ckpt: Any, group_size: int, device: str) -> dict:
+    """GPTQ's layouts for every decoder linear, calibrated on --calibration (or the shipped text)."""
+    from llamarun.eval.text import DEFAULT_TEXT, read_text, text_tokens
+    from llamarun.quant.gptq_checkpoint import CALIBRATION_TOKENS, gptq_checkpoint_layouts
+    from llamarun.utils.progress import count_bar
+
+    ids = text_tokens(ckpt.tokenizer(), read_text(args.calibration or DEFAULT_TEXT))[:CALIBRATION_TOKENS]
+    layers = ckpt.config.num_layers
+    with count_bar("GPTQ", layers, unit="layers", enabled=None if sys.stderr.isatty() else False) as bar:
+        return gptq_checkpoint_layouts(ckpt, ids, group_size, device, on_layer=lambda _i: bar.advance())

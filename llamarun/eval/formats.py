@@ -20,6 +20,9 @@ FORMATS: dict[str, dict[str, str]] = {
     "int4": {"weights": "int4"},  # int4 groups of 128 with zero points
     "int4-g64": {"weights": "int4-g64"},
     "packed": {"weights": "packed"},  # a quantized file's own packing (GGUF Q4_x, MLX 4-bit -> int4 g32)
+    # int4 rounded by GPTQ against calibration text (quant/gptq.py): loaded exact, then quantized layer by layer
+    "int4-gptq": {"weights": "exact", "gptq": "128"},
+    "int4-gptq-g64": {"weights": "exact", "gptq": "64"},
 }
 DEFAULT_FORMATS = "exact,int8"
 
@@ -30,6 +33,11 @@ def available_formats() -> list[str]:
 
     # "int4-g64" is the int4 mode with its group size folded in (quant/modes.weights_mode)
     return [name for name, options in FORMATS.items() if options["weights"].split("-g")[0] in WEIGHT_MODES]
+
+
+def needs_calibration(names: list[str]) -> bool:
+    """Whether any of these formats is quantized against calibration text (GPTQ)."""
+    return any("gptq" in FORMATS[name] for name in names)
 
 
 def load_options(name: str) -> dict[str, str]:

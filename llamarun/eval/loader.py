@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +14,7 @@ from llamarun.models.llama import LlamaForCausalLM
 from llamarun.store.resolve import ResolvedModel
 
 MIN_CONTEXT = 16  # the loader's smallest context; eval windows may be shorter
+MIN_CALIBRATION_TOKENS = 256  # GPTQ's Hessians need a few hundred rows at least to say anything
 
 
 @dataclass
@@ -52,19 +53,50 @@ def linear_weight_bytes(model: nn.Module) -> int:
     return total
 
 
-def format_loader(model: ResolvedModel, *, ctx: int, device: str | None = None, progress: bool = False) -> LoadFormat:
-    """A function that loads `model` in a named format (eval/formats.py) with a KV cache of one window."""
+def format_loader(model: ResolvedModel, *, ctx: int, device: str | None = None, progress: bool = False,
+                  calibration: Sequence[int] = ()) -> LoadFormat:
+    """A function that loads `model` in a named format (eval/formats.py) with a KV cache of one window.
+
+    `calibration`: token ids the GPTQ formats are quantized against (never the evaluated ones).
+    """
     from llamarun.llm.loading import load_model
 
     def load(name: str) -> FormatModel:
         options = load_options(name)
         dtype = getattr(torch, options.pop("dtype")) if "dtype" in options else None
+        gptq_group = int(options.pop("gptq")) if "gptq" in options else None
         context = max(ctx, MIN_CONTEXT)
         t0 = time.perf_counter()
         loaded = load_model(model, context_length=context, kv_tokens=context, device=device, dtype=dtype,
                             progress=progress, **options)
         net = loaded.engine.runner.model
-        return FormatModel(name=name, model=net, dtype=loaded.dtype, device=loaded.device, weights=loaded.weights,
+        weights = loaded.weights
+        if gptq_group is not None:
+            _gptq(net, calibration, gptq_group, ctx, loaded.dtype, loaded.device)
+            weights = f"int4-g{gptq_group} gptq"
+        return FormatModel(name=name, model=net, dtype=loaded.dtype, device=loaded.device, weights=weights,
                            load_seconds=time.perf_counter() - t0, linear_bytes=linear_weight_bytes(net))
 
     return load
+
+
+def _gptq(net: LlamaForCausalLM, calibration: Sequence[int], group: int, ctx: int, dtype: torch.dtype,
+          device: str) -> None:
+    """Quantize `net` in place with GPTQ INT4, calibrated on `calibration` in windows of `ctx` tokens."""
+    from llamarun.errors import LlamarunError
+    from llamarun.eval.forward import window_logits
+    from llamarun.quant.gptq import gptq_quantize_model
+    from llamarun.quant.int4 import Int4Method
+
+    if len(calibration) < MIN_CALIBRATION_TOKENS:
+        raise LlamarunError(f"GPTQ needs at least {MIN_CALIBRATION_TOKENS} calibration tokens beyond the evaluated "
+                            f"ones, and the text has {len(calibration)} left",
+                            "evaluate fewer tokens (--max-tokens) or give a longer --text")
+    ids = torch.as_tensor(list(calibration), dtype=torch.long, device=device)  # [tokens]
+    windows = [ids[i:i + ctx] for i in range(0, len(ids), ctx) if len(ids) - i >= MIN_CONTEXT]
+
+    def run_calibration() -> None:
+        for window in windows:
+            window_logits(net, window, dtype, device)
+
+    gptq_quantize_model(net, run_calibration, Int4Method(group).create, group)

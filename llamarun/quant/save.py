@@ -32,8 +32,12 @@ def is_quantized_linear(name: str) -> bool:
 
 def save_quantized(ckpt: Any, out_dir: Path, fmt: str, *, group_size: int | None = None,
                    dtype: torch.dtype = torch.bfloat16, device: str = "cpu", shard_bytes: int = SHARD_BYTES,
-                   on_tensor: Callable[[str], None] | None = None) -> list[Path]:
-    """Write `ckpt` (a Hugging Face checkpoint) to `out_dir` quantized as `fmt`; returns the files written."""
+                   on_tensor: Callable[[str], None] | None = None, layouts: dict[str, Any] | None = None
+                   ) -> list[Path]:
+    """Write `ckpt` (a Hugging Face checkpoint) to `out_dir` quantized as `fmt`; returns the files written.
+
+    `layouts`: packed weights already made (GPTQ's, by checkpoint stem) to write instead of rounding to nearest.
+    """
     from safetensors.torch import save_file
 
     from llamarun.quant.modes import method_for, weights_mode
@@ -58,8 +62,8 @@ def save_quantized(ckpt: Any, out_dir: Path, fmt: str, *, group_size: int | None
             on_tensor(name)
         if is_quantized_linear(name):
             stem = name.removesuffix(".weight")
-            parts = {f"{stem}.{k}": v.cpu() for k, v in
-                     to_compressed_tensors(method.quantize(tensor.to(device))).items()}
+            layout = layouts[stem] if layouts and stem in layouts else method.quantize(tensor.to(device))
+            parts = {f"{stem}.{k}": v.cpu() for k, v in to_compressed_tensors(layout).items()}
         else:
             parts = {name: tensor.contiguous()}
         size = sum(t.numel() * t.element_size() for t in parts.values())

@@ -79,3 +79,21 @@ def test_window_longer_than_the_model_positions(tiny, capsys) -> None:
 def test_json_path_in_a_missing_folder_fails_before_any_work(tiny, tmp_path, capsys) -> None:
     err = error_of(["eval", tiny, "--json", str(tmp_path / "no" / "out.json")], capsys)
     assert "cannot write" in err and "no folder" in err
+
+
+def test_gptq_rows_calibrate_after_the_evaluated_text_and_beat_round_to_nearest(tiny, tmp_path, capsys) -> None:
+    out = tmp_path / "eval.json"
+    code = main(["eval", tiny, "--formats", "exact,int4-g64,int4-gptq-g64", "--ctx", "64", "--max-tokens", "256",
+                 "--device", "cpu", "--json", str(out)])
+    assert code == 0, capsys.readouterr().err
+    _, rtn, gptq = json.loads(out.read_text())["formats"]
+    assert gptq["weights"] == "int4-g64 gptq" and gptq["linear_weight_bytes"] == rtn["linear_weight_bytes"]
+    assert 0 < gptq["mean_kl"] < rtn["mean_kl"]
+
+
+def test_gptq_without_text_left_to_calibrate_on_says_what_to_do(tiny, tmp_path, capsys) -> None:
+    short = tmp_path / "short.txt"
+    short.write_text("a few words " * 40)  # about 480 byte tokens, all of them evaluated
+    err = error_of(["eval", tiny, "--text", str(short), "--formats", "exact,int4-gptq-g64", "--ctx", "32",
+                    "--device", "cpu"], capsys)
+    assert "GPTQ needs at least 256 calibration tokens" in err and "--max-tokens" in err

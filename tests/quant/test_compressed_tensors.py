@@ -149,3 +149,38 @@ def test_quantize_refuses_a_group_that_does_not_divide(tmp_path, capsys):
     src = write_hf(spec, weights, tmp_path / "hf")
     assert main(["quantize", str(src), "--format", "int4", str(tmp_path / "q"), "--device", "cpu"]) == 1
     assert "use --group-size 64" in capsys.readouterr().err
+
+
+def test_quantize_gptq_writes_the_same_format_closer_to_the_original_on_text(tiny_hf, tmp_path, capsys):
+    """`--gptq`: the same compressed-tensors int4 files, whose logits on held-out text are nearer the exact model's."""
+    from llamarun.eval.forward import window_logits
+    from llamarun.eval.text import DEFAULT_TEXT, read_text, text_tokens
+
+    paths = {"rtn": tmp_path / "rtn", "gptq": tmp_path / "gptq"}
+    assert main(["quantize", str(tiny_hf), "--format", "int4", "--group-size", "64", str(paths["rtn"]),
+                 "--device", "cpu"]) == 0
+    assert main(["quantize", str(tiny_hf), "--format", "int4", "--group-size", "64", "--gptq", str(paths["gptq"]),
+                 "--device", "cpu"]) == 0
+    assert "as int4-g64 with GPTQ (compressed-tensors)" in capsys.readouterr().out
+    config = json.loads((paths["gptq"] / "config.json").read_text())
+    QuantizationConfig.model_validate(config["quantization_config"])
+    exact = build_model(open_checkpoint(tiny_hf, "hf"))
+    ckpt = open_checkpoint(tiny_hf, "hf")
+    every = text_tokens(ckpt.tokenizer(), read_text(DEFAULT_TEXT))
+    held_out = torch.tensor(every[4096:4096 + 256])  # past the 2048 tokens GPTQ calibrated on
+    want = window_logits(exact, held_out, torch.float32, "cpu").log_softmax(-1)
+    kl = {}
+    for name, path in paths.items():
+        got = window_logits(build_model(open_checkpoint(path, "hf")), held_out, torch.float32, "cpu").log_softmax(-1)
+        kl[name] = (want.exp() * (want - got)).sum(-1).mean().item()
+    assert 0 < kl["gptq"] < kl["rtn"], kl
+    gptq_tensors, rtn_tensors = _read(paths["gptq"]), _read(paths["rtn"])
+    assert not torch.equal(gptq_tensors["model.layers.0.self_attn.q_proj.weight_packed"],
+                           rtn_tensors["model.layers.0.self_attn.q_proj.weight_packed"])
+    for argv, message in (
+        (["quantize", str(tiny_hf), "--format", "fp8", "--gptq", str(tmp_path / "x")], "--gptq rounds int4"),
+        (["quantize", str(tiny_hf), "--format", "int4", "--group-size", "64", "--calibration", "t.txt",
+          str(tmp_path / "y")], "--calibration is for --gptq"),
+    ):
+        assert main(argv) == 1
+        assert message in capsys.readouterr().err

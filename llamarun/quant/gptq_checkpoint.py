@@ -1,0 +1,72 @@
+"""GPTQ layouts for `llamarun quantize --gptq`, named as the checkpoint names its tensors.
+
+The model merges q/k/v and gate/up into one linear each, and GPTQ rounds the merged weight (its parts
+share one input, so one Hessian serves them all, and rows never affect each other). A checkpoint keeps
+the parts apart, so each part's layout is its row range of the merged one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from llamarun.errors import LlamarunError
+from llamarun.layers.linear import MergedLinear
+from llamarun.quant.layouts import Int4Weight
+
+CALIBRATION_TOKENS = 2048  # four 512-token windows: enough rows for a Hessian of a few thousand inputs
+
+
+def checkpoint_rows(model: nn.Module) -> dict[str, tuple[str, int, int]]:
+    """Checkpoint stem (`model.layers.0.self_attn.q_proj`) -> (model module, first row, last row + 1)."""
+    rows = {}
+    for name, module in model.model.layers.named_modules(prefix="model.layers"):
+        if isinstance(module, MergedLinear):
+            parent = name.rpartition(".")[0]
+            for shard, (start, end) in module.shards.items():
+                rows[f"{parent}.{shard}"] = (name, start, end)
+        elif isinstance(module, nn.Linear):
+            rows[name] = (name, 0, module.out_features)
+    return rows
+
+
+def layouts_by_stem(model: nn.Module, rows: dict[str, tuple[str, int, int]]) -> dict[str, Int4Weight]:
+    """Each checkpoint stem's Int4Weight, sliced from the GPTQ-packed module that holds its rows."""
+    out = {}
+    for stem, (module_name, start, end) in rows.items():
+        layout = model.get_submodule(module_name).layout()
+        out[stem] = Int4Weight(qweight=layout.qweight[start:end].cpu(), scales=layout.scales[start:end].cpu(),
+                               mins=layout.mins[start:end].cpu(), group_size=layout.group_size)
+    return out
+
+
+def gptq_checkpoint_layouts(ckpt: object, token_ids: Sequence[int], group_size: int, device: str,
+                            ctx: int = 512, on_layer: object = None) -> dict[str, Int4Weight]:
+    """Build `ckpt`'s model exactly, GPTQ its decoder linears on `token_ids`, and return the layouts by stem.
+
+    Scales are rounded to bfloat16 as they are stored; the head stays unquantized, as compressed-tensors
+    checkpoints keep it.
+    """
+    from llamarun.eval.forward import window_logits
+    from llamarun.models.build import build_model
+    from llamarun.quant.gptq import gptq_quantize_model
+    from llamarun.quant.int4 import Int4Method
+
+    if len(token_ids) < 256:
+        raise LlamarunError(f"the calibration text has {len(token_ids)} tokens; GPTQ needs at least 256",
+                            "give a longer --calibration text")
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16  # CPUs without bf16 units run float32 faster
+    model = build_model(ckpt, dtype, device)  # type: ignore[arg-type]
+    rows = checkpoint_rows(model)
+    ids = torch.as_tensor(list(token_ids), dtype=torch.long, device=device)
+    windows = [ids[i:i + ctx] for i in range(0, len(ids), ctx) if len(ids) - i >= 16]
+
+    def run_calibration() -> None:
+        for window in windows:
+            window_logits(model, window, dtype, device)
+
+    gptq_quantize_model(model, run_calibration, Int4Method(group_size).create, group_size, head=False,
+                        scale_dtype=torch.bfloat16, on_layer=on_layer)  # type: ignore[arg-type]
+    return layouts_by_stem(model, rows)
