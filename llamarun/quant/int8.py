@@ -20,6 +20,7 @@ from llamarun.quant.rtn import quantize_int8, quantize_tokens_int8
 
 INT_MM_MIN_ROWS = 17  # cuBLASLt's int8 GEMM (torch._int_mm) requires more than 16 rows
 PREFILL_ROWS = 64  # CPU: from here on a bf16 GEMM over the expanded weight beats the int8 kernel
+NATIVE_MAX_ROWS = 8  # CPU: up to this many rows (decode batches) the native kernel (kernels/cpu) takes them
 
 
 def _bf16_gemm_is_fast() -> bool:
@@ -85,6 +86,12 @@ class Int8Linear(PackedLinear):
         return super().forward_silu_input(gate_up)
 
     def _cpu(self, x2: torch.Tensor) -> torch.Tensor:
+        if x2.shape[0] <= NATIVE_MAX_ROWS and self.in_features % 32 == 0 and x2.dtype == torch.float32:
+            from llamarun.kernels.cpu import build
+
+            native = build.load()
+            if native is not None:  # decode: the AVX2 integer kernel, 2-3x PyTorch's on the default model's shapes
+                return native(x2, self.qweight, self.scale)  # [M, N]
         xb = x2.to(torch.bfloat16)  # [M, K]
         if BF16_GEMM and xb.shape[0] >= PREFILL_ROWS:
             weight = self.qweight.to(torch.bfloat16) * self.scale_bf16[:, None]  # [N, K]

@@ -1,0 +1,109 @@
+"""The native CPU kernels: C sources shipped in the package, compiled once per machine on first use.
+
+PyTorch's int8 weight-only CPU kernel streams the default model's small matrices at about a third of the
+memory bandwidth, and its decode is where llamarun trails llama.cpp most. `gemv_w8a8.c` is a plain C file
+(AVX2 integer dot products, OpenMP over output rows) built in well under a second with the system's C
+compiler into the llamarun home, keyed by a hash of the source and flags, and called through ctypes with
+tensor pointers: no Python headers, no PyTorch extension build.
+
+Where there is no AVX2/FMA, no compiler, or `LLAMARUN_CPU_KERNELS=off`, `load()` returns None and the
+callers keep PyTorch's kernels; the reason is logged once. The OpenMP runtime it links (libgomp) is the one
+PyTorch already loaded, so `--threads` applies to it too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("llamarun.kernels")
+
+ENV = "LLAMARUN_CPU_KERNELS"  # auto (default) | off
+SOURCE = Path(__file__).with_name("gemv_w8a8.c")
+FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
+BLOCK = 32  # activation quantization block of the kernel: the input size must be a multiple of it
+
+_lock = threading.Lock()
+_loaded: dict[str, Callable | None] = {}
+
+
+def cpu_has_avx2() -> bool:
+    """AVX2 and FMA, read from /proc/cpuinfo (x86-64 Linux; anything else: no)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx2" in flags and "fma" in flags
+
+
+def load() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """`gemv_w8a8(x [M, K] float32, qweight [N, K] int8, scale [N] float32) -> [M, N] float32`, or None."""
+    with _lock:
+        if "gemv_w8a8" not in _loaded:
+            _loaded["gemv_w8a8"] = _build()
+        return _loaded["gemv_w8a8"]
+
+
+def _build() -> Callable | None:
+    if os.environ.get(ENV, "auto").strip().lower() == "off":
+        return None
+    if not cpu_has_avx2():
+        log.info("native CPU kernels off: this CPU has no AVX2/FMA")
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        log.info("native CPU kernels off: no C compiler (cc/gcc) on PATH; PyTorch's kernels run instead")
+        return None
+    try:
+        path = _compiled(compiler)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, subprocess.SubprocessError) as err:
+        log.info("native CPU kernels off: building %s failed (%s)", SOURCE.name, str(err).splitlines()[0][:200])
+        return None
+    fn = lib.gemv_w8a8
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 3 + [ctypes.c_void_p]
+    fn.restype = None
+
+    def gemv_w8a8(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        m, k = x.shape
+        n = qweight.shape[0]
+        x = x.contiguous()
+        y = torch.empty(m, n, dtype=torch.float32)
+        work = torch.empty(m * (k + k // BLOCK * 4), dtype=torch.uint8)  # the quantized rows and their scales
+        fn(x.data_ptr(), qweight.data_ptr(), scale.data_ptr(), y.data_ptr(), m, n, k, work.data_ptr())
+        return y
+
+    return gemv_w8a8
+
+
+def _compiled(compiler: str) -> Path:
+    """The shared library for this source and these flags, built into the llamarun home once."""
+    from llamarun.store.home import llamarun_home
+
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    folder = llamarun_home() / "kernels"
+    path = folder / f"{SOURCE.stem}-{digest}.so"
+    if path.exists():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+    result = subprocess.run([compiler, *FLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True,
+                            timeout=120)
+    if result.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise subprocess.SubprocessError(result.stderr.strip() or f"{compiler} exited with {result.returncode}")
+    os.replace(tmp, path)  # atomic: a concurrent process either sees the whole library or builds its own
+    return path

@@ -1,0 +1,54 @@
+"""The native CPU kernel (kernels/cpu: C, AVX2, compiled on first use) against the exact product, and its fallback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llamarun.kernels.cpu import build
+from llamarun.quant.int8 import Int8Linear
+from llamarun.quant.layouts import Int8Weight, dequantize
+
+native = build.load()
+needs_native = pytest.mark.skipif(native is None, reason="no AVX2/FMA or no C compiler here")
+
+
+@needs_native
+@pytest.mark.parametrize("m, n, k", [(1, 1728, 576), (3, 37, 64), (8, 576, 1536)])  # n % 4 != 0 takes the tail rows
+def test_gemv_w8a8_matches_the_exact_product_within_int8_activation_error(m, n, k):
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(m, k, generator=gen)
+    q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=gen)
+    scale = torch.rand(n, generator=gen) * 0.01
+    want = x @ (q.float() * scale[:, None]).t()
+    got = native(x, q, scale)
+    assert got.shape == (m, n) and got.dtype == torch.float32
+    # Activations are rounded to int8 in blocks of 32 (at most half a step of 1/254 of each block's largest value).
+    assert ((got - want).norm() / want.norm()).item() < 0.01
+
+
+@needs_native
+def test_int8_linear_takes_it_for_decode_rows_and_torch_for_prompts(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    w = Int8Weight(torch.randint(-127, 128, (64, 96), dtype=torch.int8, generator=gen), torch.rand(64, generator=gen))
+    layer = Int8Linear(w)
+    calls = []
+    monkeypatch.setattr(build, "_loaded", {"gemv_w8a8": lambda *a: calls.append(a[0].shape) or native(*a)})
+    exact = dequantize(w, torch.float32)
+    for rows in (1, 8, 40):
+        x = torch.randn(rows, 96, generator=gen)
+        y = layer(x)
+        assert ((y - x @ exact.t()).norm() / (x @ exact.t()).norm()).item() < 0.02
+    assert calls == [(1, 96), (8, 96)]  # 40 rows (a prompt chunk) stayed on PyTorch's kernels
+
+
+def test_off_and_unbuildable_mean_pytorchs_kernels(monkeypatch, tmp_path):
+    monkeypatch.setattr(build, "_loaded", {})
+    monkeypatch.setenv(build.ENV, "off")
+    assert build.load() is None
+    monkeypatch.setattr(build, "_loaded", {})
+    monkeypatch.setenv(build.ENV, "auto")
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("LLAMARUN_HOME", str(tmp_path / "home"))
+    if build.cpu_has_avx2():
+        assert build.load() is None  # the failed build is logged, never raised
