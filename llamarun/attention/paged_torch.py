@@ -57,12 +57,20 @@ class PagedAttention(AttentionBackend):
             blocks = metadata.block_tables[b, : -(-ctx // bs)].long()  # [blocks holding tokens [0, ctx)]
             pos = torch.arange(ctx, device=device)  # [ctx]
             self.prefills.append((query_start[b], query_start[b + 1], blocks[pos // bs] * bs + pos % bs))
+        self.native = None
         if nd:
             # Decodes (packed rows [0, nd)) gather whole blocks, as many as the longest decode needs.
             width = -(-max(seq_lens[:nd]) // bs)
             self.decode_tables = metadata.block_tables[:nd, :width].long()  # [B, blocks]
             positions = torch.arange(width * bs, device=device)  # [L]
             self.decode_valid = positions[None, :] < metadata.seq_lens[:nd, None]  # [B, L]
+            if device.type == "cpu" and cache.k.dtype == torch.float32:
+                from llamarun.kernels.cpu.build import load_decode_attention
+
+                # One native call per layer instead of the gathers, matmuls, mask and softmax (kernels/cpu).
+                self.native = load_decode_attention()
+                self.native_tables = self.decode_tables.int().contiguous()  # [B, blocks] int32
+                self.native_lens = metadata.seq_lens[:nd].int().contiguous()  # [B] int32
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         kc, vc = self.cache.k[layer], self.cache.v[layer]  # [kv_heads, slots, head_dim]
@@ -71,7 +79,10 @@ class PagedAttention(AttentionBackend):
         out = torch.empty_like(q)  # [tokens, heads, head_dim]
         for first, last, slots in self.prefills:
             out[first:last] = _prefill(q[first:last], kc[:, slots], vc[:, slots])
-        if self.num_decodes:
+        if self.num_decodes and self.native is not None:
+            b = self.num_decodes
+            out[:b] = self.native(q[:b], kc, vc, self.native_tables, self.native_lens, self.cache.block_size)
+        elif self.num_decodes:
             kv_heads, _, d = kc.shape
             by_block = (kv_heads, self.cache.num_blocks, self.cache.block_size, d)
             b = self.num_decodes

@@ -52,3 +52,26 @@ def test_off_and_unbuildable_mean_pytorchs_kernels(monkeypatch, tmp_path):
     monkeypatch.setenv("LLAMARUN_HOME", str(tmp_path / "home"))
     if build.cpu_has_avx2():
         assert build.load() is None  # the failed build is logged, never raised
+
+
+attention = build.load_decode_attention()
+
+
+@pytest.mark.skipif(attention is None, reason="no AVX2/FMA or no C compiler here")
+@pytest.mark.parametrize("heads, kv_heads, d", [(4, 4, 64), (8, 2, 128), (16, 2, 20)])  # GQA 1/4/8, a scalar tail
+def test_decode_attention_equals_the_torch_path_over_random_block_tables(heads, kv_heads, d):
+    from llamarun.attention.paged_torch import _decode
+
+    gen = torch.Generator().manual_seed(d)
+    block_size, blocks, lens = 16, 40, [1, 17, 100, 5]
+    k_slab = torch.randn(kv_heads, blocks * block_size, d, generator=gen)
+    v_slab = torch.randn(kv_heads, blocks * block_size, d, generator=gen)
+    width = -(-max(lens) // block_size)
+    tables = torch.stack([torch.randperm(blocks, generator=gen)[:width] for _ in lens])  # [B, width], scattered
+    q = torch.randn(len(lens), heads, d, generator=gen)
+    got = attention(q, k_slab, v_slab, tables.int().contiguous(), torch.tensor(lens, dtype=torch.int32), block_size)
+    by_block = (kv_heads, blocks, block_size, d)
+    keys = k_slab.view(by_block)[:, tables].view(kv_heads, len(lens), -1, d)
+    values = v_slab.view(by_block)[:, tables].view(kv_heads, len(lens), -1, d)
+    valid = torch.arange(width * block_size)[None, :] < torch.tensor(lens)[:, None]
+    torch.testing.assert_close(got, _decode(q, keys, values, valid), rtol=1e-5, atol=1e-5)

@@ -1,10 +1,11 @@
 """The native CPU kernels: C sources shipped in the package, compiled once per machine on first use.
 
 PyTorch's int8 weight-only CPU kernel streams the default model's small matrices at about a third of the
-memory bandwidth, and its decode is where llamarun trails llama.cpp most. `gemv_w8a8.c` is a plain C file
-(AVX2 integer dot products, OpenMP over output rows) built in well under a second with the system's C
-compiler into the llamarun home, keyed by a hash of the source and flags, and called through ctypes with
-tensor pointers: no Python headers, no PyTorch extension build.
+memory bandwidth, and a decode step's attention is a dozen small dispatches per layer: decode is where
+llamarun trails llama.cpp most. Each kernel is a plain C file (`gemv_w8a8.c`: AVX2 integer dot products
+against int8 weights; `decode_attention.c`: one query per sequence over the paged cache), OpenMP inside,
+built in well under a second with the system's C compiler into the llamarun home, keyed by a hash of the
+source and flags, and called through ctypes with tensor pointers: no Python headers, no PyTorch extension.
 
 Where there is no AVX2/FMA, no compiler, or `LLAMARUN_CPU_KERNELS=off`, `load()` returns None and the
 callers keep PyTorch's kernels; the reason is logged once. The OpenMP runtime it links (libgomp) is the one
@@ -29,9 +30,9 @@ import torch
 log = logging.getLogger("llamarun.kernels")
 
 ENV = "LLAMARUN_CPU_KERNELS"  # auto (default) | off
-SOURCE = Path(__file__).with_name("gemv_w8a8.c")
+HERE = Path(__file__).parent
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
-BLOCK = 32  # activation quantization block of the kernel: the input size must be a multiple of it
+BLOCK = 32  # activation quantization block of gemv_w8a8: the input size must be a multiple of it
 
 _lock = threading.Lock()
 _loaded: dict[str, Callable | None] = {}
@@ -51,13 +52,24 @@ def cpu_has_avx2() -> bool:
 
 def load() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
     """`gemv_w8a8(x [M, K] float32, qweight [N, K] int8, scale [N] float32) -> [M, N] float32`, or None."""
+    return _load("gemv_w8a8", _wrap_gemv)
+
+
+def load_decode_attention() -> Callable[..., torch.Tensor] | None:
+    """`decode_attention(q [B, H, D], k_slab, v_slab [KVH, S, D], tables [B, W] int32, seq_lens [B] int32,
+    block_size) -> [B, H, D]`, all float32 on the CPU, or None."""
+    return _load("decode_attention", _wrap_attention)
+
+
+def _load(name: str, wrap: Callable[[ctypes.CDLL], Callable]) -> Callable | None:
     with _lock:
-        if "gemv_w8a8" not in _loaded:
-            _loaded["gemv_w8a8"] = _build()
-        return _loaded["gemv_w8a8"]
+        if name not in _loaded:
+            lib = _library(name)
+            _loaded[name] = wrap(lib) if lib is not None else None
+        return _loaded[name]
 
 
-def _build() -> Callable | None:
+def _library(name: str) -> ctypes.CDLL | None:
     if os.environ.get(ENV, "auto").strip().lower() == "off":
         return None
     if not cpu_has_avx2():
@@ -68,11 +80,13 @@ def _build() -> Callable | None:
         log.info("native CPU kernels off: no C compiler (cc/gcc) on PATH; PyTorch's kernels run instead")
         return None
     try:
-        path = _compiled(compiler)
-        lib = ctypes.CDLL(str(path))
+        return ctypes.CDLL(str(_compiled(compiler, HERE / f"{name}.c")))
     except (OSError, subprocess.SubprocessError) as err:
-        log.info("native CPU kernels off: building %s failed (%s)", SOURCE.name, str(err).splitlines()[0][:200])
+        log.info("native CPU kernels off: building %s failed (%s)", name, str(err).splitlines()[0][:200])
         return None
+
+
+def _wrap_gemv(lib: ctypes.CDLL) -> Callable:
     fn = lib.gemv_w8a8
     fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 3 + [ctypes.c_void_p]
     fn.restype = None
@@ -89,18 +103,38 @@ def _build() -> Callable | None:
     return gemv_w8a8
 
 
-def _compiled(compiler: str) -> Path:
+def _wrap_attention(lib: ctypes.CDLL) -> Callable:
+    fn = lib.decode_attention
+    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int] * 6 + [ctypes.c_long, ctypes.c_float, ctypes.c_void_p]
+    fn.restype = None
+
+    def decode_attention(q: torch.Tensor, k_slab: torch.Tensor, v_slab: torch.Tensor, tables: torch.Tensor,
+                         seq_lens: torch.Tensor, block_size: int) -> torch.Tensor:
+        batch, heads, d = q.shape
+        kv_heads, slots, _ = k_slab.shape
+        width = tables.shape[1]
+        q = q.contiguous()
+        out = torch.empty_like(q)
+        work = torch.empty(batch * heads * width * block_size, dtype=torch.float32)  # every item's scores
+        fn(q.data_ptr(), k_slab.data_ptr(), v_slab.data_ptr(), tables.data_ptr(), seq_lens.data_ptr(),
+           out.data_ptr(), batch, heads, kv_heads, d, block_size, width, slots, d ** -0.5, work.data_ptr())
+        return out
+
+    return decode_attention
+
+
+def _compiled(compiler: str, source: Path) -> Path:
     """The shared library for this source and these flags, built into the llamarun home once."""
     from llamarun.store.home import llamarun_home
 
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(source.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
     folder = llamarun_home() / "kernels"
-    path = folder / f"{SOURCE.stem}-{digest}.so"
+    path = folder / f"{source.stem}-{digest}.so"
     if path.exists():
         return path
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{path.name}.{os.getpid()}.tmp"
-    result = subprocess.run([compiler, *FLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True,
+    result = subprocess.run([compiler, *FLAGS, "-o", str(tmp), str(source)], capture_output=True, text=True,
                             timeout=120)
     if result.returncode != 0:
         tmp.unlink(missing_ok=True)
