@@ -29,6 +29,18 @@ def use_kernels(x: torch.Tensor) -> bool:
     return x.is_cuda and _triton_ready()
 
 
+NATIVE_MAX_ROWS = 8  # CPU decode rows the native small ops (kernels/cpu/small_ops.c) take; prompts stay on torch
+
+
+def _native_ops(x: torch.Tensor) -> tuple | None:
+    """The native CPU small ops for a float32 decode-sized `x` on the CPU, when they built; else None."""
+    if x.is_cuda or x.dtype != torch.float32 or x.shape[0] > NATIVE_MAX_ROWS:
+        return None
+    from llamarun.kernels.cpu.build import load_small_ops
+
+    return load_small_ops()
+
+
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(rms_norm(x + residual), x + residual); with no residual yet, (rms_norm(x), x). x [tokens, hidden]."""
@@ -38,6 +50,10 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
         if residual is None:
             return rms_norm(x, weight, eps), x
         return fused_add_rms_norm(x, residual, weight, eps)  # in place: x holds the norm, residual the sum
+    native = _native_ops(x)
+    if (native is not None and x.dim() == 2 and x.is_contiguous() and weight.dtype == torch.float32
+            and (residual is None or residual.is_contiguous())):
+        return native[0](x, residual, weight.contiguous(), eps)  # one call for the add and the norm
     total = x if residual is None else x + residual
     return rms_norm_torch(total, weight, eps), total
 
@@ -59,6 +75,10 @@ def rotate(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
 
         apply_rotary_(q, k, cos, sin)
         return q, k
+    native = _native_ops(q)
+    if (native is not None and q.stride(-1) == 1 and k.stride(-1) == 1 and cos.dtype == torch.float32
+            and cos.is_contiguous() and sin.is_contiguous()):
+        return native[1](q, cos, sin), native[1](k, cos, sin)
     return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
 

@@ -75,3 +75,48 @@ def test_decode_attention_equals_the_torch_path_over_random_block_tables(heads, 
     values = v_slab.view(by_block)[:, tables].view(kv_heads, len(lens), -1, d)
     valid = torch.arange(width * block_size)[None, :] < torch.tensor(lens)[:, None]
     torch.testing.assert_close(got, _decode(q, keys, values, valid), rtol=1e-5, atol=1e-5)
+
+
+small_ops = build.load_small_ops()
+
+
+@pytest.mark.skipif(small_ops is None, reason="no AVX2/FMA or no C compiler here")
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_add_rms_norm_equals_the_torch_formula(with_residual):
+    from llamarun.layers.fused import rms_norm_torch
+
+    gen = torch.Generator().manual_seed(3)
+    x, residual = torch.randn(3, 576, generator=gen), torch.randn(3, 576, generator=gen)
+    weight = torch.rand(576, generator=gen) + 0.5
+    norm, total = small_ops[0](x, residual if with_residual else None, weight, 1e-5)
+    want_total = x + residual if with_residual else x
+    torch.testing.assert_close(total, want_total)
+    torch.testing.assert_close(norm, rms_norm_torch(want_total, weight, 1e-5), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(small_ops is None, reason="no AVX2/FMA or no C compiler here")
+def test_rotary_on_strided_q_and_k_views_equals_the_torch_formula():
+    from llamarun.layers.rotary import apply_rotary
+
+    gen = torch.Generator().manual_seed(4)
+    qkv = torch.randn(2, (9 + 3 + 3) * 64, generator=gen)  # q, k, v side by side, as the merged projection gives
+    q, k = qkv[:, :9 * 64].view(2, 9, 64), qkv[:, 9 * 64:12 * 64].view(2, 3, 64)
+    angles = torch.rand(2, 32, generator=gen) * 6
+    cos, sin = torch.cat((angles, angles), -1).cos(), torch.cat((angles, angles), -1).sin()
+    for x in (q, k):
+        torch.testing.assert_close(small_ops[1](x, cos, sin), apply_rotary(x, cos, sin), rtol=1e-6, atol=1e-6)
+
+
+def test_the_model_layers_take_the_native_ops_only_for_float32_decode_rows(monkeypatch):
+    from llamarun.layers import fused
+
+    calls = []
+    monkeypatch.setattr(build, "_loaded", {"small_ops": (lambda *a: calls.append("norm") or (a[0], a[0]),
+                                                         lambda x, c, s: calls.append("rot") or x)})
+    weight = torch.ones(64)
+    fused.add_rms_norm(torch.randn(2, 64), None, weight, 1e-5)
+    fused.add_rms_norm(torch.randn(20, 64), None, weight, 1e-5)  # a prompt chunk: torch
+    fused.add_rms_norm(torch.randn(2, 64).bfloat16(), None, weight.bfloat16(), 1e-5)  # not float32: torch
+    cos = sin = torch.ones(2, 16)
+    fused.rotate(torch.randn(2, 4, 16), torch.randn(2, 2, 16), cos, sin)
+    assert calls == ["norm", "rot", "rot"]

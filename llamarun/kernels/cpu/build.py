@@ -3,7 +3,8 @@
 PyTorch's int8 weight-only CPU kernel streams the default model's small matrices at about a third of the
 memory bandwidth, and a decode step's attention is a dozen small dispatches per layer: decode is where
 llamarun trails llama.cpp most. Each kernel is a plain C file (`gemv_w8a8.c`: AVX2 integer dot products
-against int8 weights; `decode_attention.c`: one query per sequence over the paged cache), OpenMP inside,
+against int8 weights; `decode_attention.c`: one query per sequence over the paged cache; `small_ops.c`: add +
+RMSNorm and rotary for decode rows), OpenMP inside where the work is large enough,
 built in well under a second with the system's C compiler into the llamarun home, keyed by a hash of the
 source and flags, and called through ctypes with tensor pointers: no Python headers, no PyTorch extension.
 
@@ -59,6 +60,12 @@ def load_decode_attention() -> Callable[..., torch.Tensor] | None:
     """`decode_attention(q [B, H, D], k_slab, v_slab [KVH, S, D], tables [B, W] int32, seq_lens [B] int32,
     block_size) -> [B, H, D]`, all float32 on the CPU, or None."""
     return _load("decode_attention", _wrap_attention)
+
+
+def load_small_ops() -> tuple[Callable, Callable] | None:
+    """(`add_rms_norm(x, residual | None, weight, eps) -> (norm, total)`, `rotary(x, cos, sin) -> rotated`) for
+    float32 CPU tensors, x [tokens, hidden] contiguous / [tokens, heads, d] with a contiguous last dim; or None."""
+    return _load("small_ops", _wrap_small_ops)
 
 
 def _load(name: str, wrap: Callable[[ctypes.CDLL], Callable]) -> Callable | None:
@@ -121,6 +128,31 @@ def _wrap_attention(lib: ctypes.CDLL) -> Callable:
         return out
 
     return decode_attention
+
+
+def _wrap_small_ops(lib: ctypes.CDLL) -> tuple[Callable, Callable]:
+    norm_fn, rot_fn = lib.add_rms_norm, lib.rotary
+    norm_fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 2 + [ctypes.c_float]
+    rot_fn.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p,
+                       ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    norm_fn.restype = rot_fn.restype = None
+
+    def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, hidden = x.shape
+        total, norm = torch.empty_like(x), torch.empty_like(x)
+        norm_fn(x.data_ptr(), residual.data_ptr() if residual is not None else None, weight.data_ptr(),
+                total.data_ptr(), norm.data_ptr(), rows, hidden, eps)
+        return norm, total
+
+    def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        tokens, heads, d = x.shape
+        out = torch.empty(tokens, heads, d, dtype=torch.float32)
+        rot_fn(x.data_ptr(), x.stride(0), x.stride(1), cos.data_ptr(), sin.data_ptr(), out.data_ptr(),
+               tokens, heads, d)
+        return out
+
+    return add_rms_norm, rotary
 
 
 def _compiled(compiler: str, source: Path) -> Path:
