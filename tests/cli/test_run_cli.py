@@ -218,9 +218,12 @@ def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(home: Path) -> None:
 
     env = os.environ | {"LLAMARUN_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     master, slave = pty.openpty()
+    # Ctrl-C as a terminal delivers it: a shell's background job inherits SIGINT ignored, which Python keeps, so
+    # the child starts with the default disposition whatever launched the test run.
     proc = subprocess.Popen([sys.executable, "-m", "llamarun.cli.main", "run", "smollm2:135m", "--temperature", "0",
                              "--num-predict", "2000"], stdin=slave, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, text=True)
+                            stderr=subprocess.PIPE, env=env, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(slave)
     seen: list[str] = []
 

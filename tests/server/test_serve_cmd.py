@@ -84,8 +84,10 @@ def test_build_app_preloads_and_guards(store, monkeypatch) -> None:
 def test_serve_process_answers_and_stops_on_ctrl_c(store) -> None:
     port = free_port()
     env = os.environ | {"LLAMARUN_HOME": str(store.root), "HF_HUB_OFFLINE": "1"}
+    # SIGINT at its default in the child: a test run started as a shell's background job inherits it ignored.
     proc = subprocess.Popen([sys.executable, "-c", RUN_SERVE, "serve", "--port", str(port), "--log-level",
-                             "warning"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "warning"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while True:
