@@ -25,15 +25,20 @@ def sharded_checkpoint(ckpt: Checkpoint, plan: ShardPlan) -> Checkpoint:
     """`ckpt` as rank `plan.rank` sees it: the per-rank config, and a stream of the rank's slices."""
     if ckpt.format == "hf" and not ckpt.is_quantized:  # packed formats go through their own loader
         def tensors(dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-            return _hf_slices(ckpt, plan, dtype)
+            return hf_slices(ckpt, plan, dtype)
     else:
         def tensors(dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
             return ((name, plan.take(name, tensor)) for name, tensor in ckpt.tensors(dtype))
     return dataclasses.replace(ckpt, config=plan.local_config(), tensors=tensors)
 
 
-def _hf_slices(ckpt: Checkpoint, plan: ShardPlan, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-    """Read each safetensors tensor's slice for this rank straight from the file (no whole tensor in memory)."""
+def hf_slices(ckpt: Checkpoint, plan: ShardPlan, dtype: torch.dtype,
+              rename: Callable[[str], str | None] = lambda name: name) -> Iterator[tuple[str, torch.Tensor]]:
+    """Read each safetensors tensor's slice for this rank straight from the file (no whole tensor in memory).
+
+    `rename` maps a checkpoint name to the name yielded, or to None for a tensor this rank never reads (a pipeline
+    stage's layers are renumbered from 0, and other stages' tensors are skipped unread).
+    """
     from safetensors import safe_open
 
     from llamarun.loaders import hf_folder
@@ -41,13 +46,16 @@ def _hf_slices(ckpt: Checkpoint, plan: ShardPlan, dtype: torch.dtype) -> Iterato
     for file in hf_folder.safetensors_files(ckpt.path):
         with safe_open(str(file), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+                local = rename(name)
+                if local is None:
+                    continue
                 part = plan.slice_for(name)
                 if part is None:
-                    yield name, f.get_tensor(name).to(dtype)
+                    yield local, f.get_tensor(name).to(dtype)
                     continue
                 view = f.get_slice(name)
                 kept = view[part.start:part.end] if part.dim == 0 else view[:, part.start:part.end]
-                yield name, pad_rows(kept.to(dtype), part)
+                yield local, pad_rows(kept.to(dtype), part)
 
 
 def build_shard(ckpt: Checkpoint, plan: ShardPlan, group: ParallelGroup, dtype: torch.dtype = torch.float32,

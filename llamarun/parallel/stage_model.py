@@ -21,7 +21,8 @@ from llamarun.config import ModelConfig
 from llamarun.loaders.checkpoint import Checkpoint
 from llamarun.parallel.group import ParallelGroup
 from llamarun.parallel.layers import make_whole
-from llamarun.parallel.plan import ShardPlan, pad_rows
+from llamarun.parallel.load import hf_slices
+from llamarun.parallel.plan import ShardPlan
 from llamarun.parallel.stage_link import StageLink
 from llamarun.parallel.stage_plan import StagePlan
 
@@ -67,7 +68,9 @@ def stage_checkpoint(ckpt: Checkpoint, stage: StagePlan, shard: ShardPlan, devic
 
     def tensors(dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
         yield from _stand_ins(stage, local, dtype, device)
-        source = _hf_stage_slices(ckpt, stage, shard, dtype) if sliced else _stage_tensors(ckpt, stage, shard, dtype)
+        # safetensors: only this stage's tensors, and only this rank's slice of each, read from the files
+        source = (hf_slices(ckpt, shard, dtype, rename=stage.local_name) if sliced
+                  else _stage_tensors(ckpt, stage, shard, dtype))
         yield from source
 
     return dataclasses.replace(ckpt, config=local, tensors=tensors, packed_source=None)
@@ -89,28 +92,6 @@ def _stage_tensors(ckpt: Checkpoint, stage: StagePlan, shard: ShardPlan, dtype: 
         local = stage.local_name(name)
         if local is not None:
             yield local, shard.take(name, tensor)
-
-
-def _hf_stage_slices(ckpt: Checkpoint, stage: StagePlan, shard: ShardPlan, dtype: torch.dtype
-                     ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Read only this stage's tensors, and only this rank's slice of each, straight from the files."""
-    from safetensors import safe_open
-
-    from llamarun.loaders import hf_folder
-
-    for file in hf_folder.safetensors_files(ckpt.path):
-        with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
-                local = stage.local_name(name)
-                if local is None:
-                    continue  # another stage's tensor: never read
-                part = shard.slice_for(name)
-                if part is None:
-                    yield local, f.get_tensor(name).to(dtype)
-                    continue
-                view = f.get_slice(name)
-                kept = view[part.start:part.end] if part.dim == 0 else view[:, part.start:part.end]
-                yield local, pad_rows(kept.to(dtype), part)
 
 
 def _skip_stand_ins(pack: Callable[[nn.Linear], nn.Module] | None) -> Callable[[nn.Linear], nn.Module] | None:
