@@ -61,7 +61,7 @@ def code_shield_starts() -> bool:
     return True
 
 
-def build_apps(model: str, guard_model: str, device: str) -> tuple[Any, Any]:
+def build_apps(model: str, guard_model: str, device: str, code_shield_ok: bool) -> tuple[Any, Any]:
     """(unguarded app, guarded app), each over its own ModelManager of `model` on `device`."""
     from llamarun.safety.code_shield import CodeShield
     from llamarun.safety.factory import BUILDERS, build_pipeline
@@ -78,7 +78,7 @@ def build_apps(model: str, guard_model: str, device: str) -> tuple[Any, Any]:
         guards = None
         if guarded:
             language = GuardMode.WARN if has_lingua() else GuardMode.OFF
-            code_shield = GuardMode.WARN if code_shield_starts() else GuardMode.OFF
+            code_shield = GuardMode.WARN if code_shield_ok else GuardMode.OFF
             settings = GuardSettings(llama_guard=guard_model, llama_guard_mode=GuardMode.WARN,
                                      code_shield=code_shield, language_policy=language)
             regex_only = (lambda s, ctx: CodeShield(semgrep=False), BUILDERS["code_shield"][1], "--code-shield")
@@ -206,7 +206,8 @@ def main() -> int:
     guard_model = args.guard_model or args.model
 
     before, load_before = uptime(), os.getloadavg()[0]
-    unguarded, guarded = build_apps(args.model, guard_model, args.device)
+    code_shield_ok = code_shield_starts()
+    unguarded, guarded = build_apps(args.model, guard_model, args.device, code_shield_ok)
     with ExitStack() as stack:
         urls = {"unguarded": stack.enter_context(serve_in_thread(unguarded, startup_timeout=300)),
                 "guarded": stack.enter_context(serve_in_thread(guarded, startup_timeout=300))}
@@ -223,7 +224,7 @@ def main() -> int:
               "device_name": device_name, "cores": os.cpu_count(), "load_before": load_before,
               "uptime_before": before, "uptime_after": uptime(),
               "model": args.model, "guards": guards,
-              "code_shield": "regex rules only (semgrep off)" if code_shield_starts() else "off: not startable here",
+              "code_shield": "regex rules only (semgrep off)" if code_shield_ok else "off: not startable here",
               "language_policy": "warn (lingua)" if has_lingua() else "off: lingua is not installed here",
               "llama_guard_stand_in": f"{stand_in} (no real Llama Guard weights can be downloaded here)",
               "stream_every": DEFAULT_STREAM_EVERY, "rounds": args.rounds, "max_tokens": args.max_tokens,

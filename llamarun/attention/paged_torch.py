@@ -61,16 +61,19 @@ class PagedAttention(AttentionBackend):
         if nd:
             # Decodes (packed rows [0, nd)) gather whole blocks, as many as the longest decode needs.
             width = -(-max(seq_lens[:nd]) // bs)
-            self.decode_tables = metadata.block_tables[:nd, :width].long()  # [B, blocks]
-            positions = torch.arange(width * bs, device=device)  # [L]
-            self.decode_valid = positions[None, :] < metadata.seq_lens[:nd, None]  # [B, L]
+            tables = metadata.block_tables[:nd, :width]  # [B, blocks]
             if device.type == "cpu" and cache.k.dtype == torch.float32:
                 from llamarun.kernels.cpu.build import load_decode_attention
 
                 # One native call per layer instead of the gathers, matmuls, mask and softmax (kernels/cpu).
                 self.native = load_decode_attention()
-                self.native_tables = self.decode_tables.int().contiguous()  # [B, blocks] int32
+            if self.native is not None:
+                self.native_tables = tables.int().contiguous()  # [B, blocks] int32
                 self.native_lens = metadata.seq_lens[:nd].int().contiguous()  # [B] int32
+            else:
+                self.decode_tables = tables.long()  # [B, blocks]
+                positions = torch.arange(width * bs, device=device)  # [L]
+                self.decode_valid = positions[None, :] < metadata.seq_lens[:nd, None]  # [B, L]
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         kc, vc = self.cache.k[layer], self.cache.v[layer]  # [kv_heads, slots, head_dim]

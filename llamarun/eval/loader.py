@@ -14,7 +14,6 @@ from llamarun.models.llama import LlamaForCausalLM
 from llamarun.store.resolve import ResolvedModel
 
 MIN_CONTEXT = 16  # the loader's smallest context; eval windows may be shorter
-MIN_CALIBRATION_TOKENS = 256  # GPTQ's Hessians need a few hundred rows at least to say anything
 
 
 @dataclass
@@ -83,20 +82,8 @@ def format_loader(model: ResolvedModel, *, ctx: int, device: str | None = None, 
 def _gptq(net: LlamaForCausalLM, calibration: Sequence[int], group: int, ctx: int, dtype: torch.dtype,
           device: str) -> None:
     """Quantize `net` in place with GPTQ INT4, calibrated on `calibration` in windows of `ctx` tokens."""
-    from llamarun.errors import LlamarunError
-    from llamarun.eval.forward import window_logits
-    from llamarun.quant.gptq import gptq_quantize_model
-    from llamarun.quant.int4 import Int4Method
+    from llamarun.quant.gptq import gptq_on_text
 
-    if len(calibration) < MIN_CALIBRATION_TOKENS:
-        raise LlamarunError(f"GPTQ needs at least {MIN_CALIBRATION_TOKENS} calibration tokens beyond the evaluated "
-                            f"ones, and the text has {len(calibration)} left",
-                            "evaluate fewer tokens (--max-tokens) or give a longer --text")
-    ids = torch.as_tensor(list(calibration), dtype=torch.long, device=device)  # [tokens]
-    windows = [ids[i:i + ctx] for i in range(0, len(ids), ctx) if len(ids) - i >= MIN_CONTEXT]
-
-    def run_calibration() -> None:
-        for window in windows:
-            window_logits(net, window, dtype, device)
-
-    gptq_quantize_model(net, run_calibration, Int4Method(group).create, group)
+    gptq_on_text(net, calibration, group, ctx=ctx, dtype=dtype, device=device,
+                 hint="the calibration text is what follows the evaluated tokens: evaluate fewer (--max-tokens) "
+                      "or give a longer --text")

@@ -21,6 +21,7 @@ from llamarun.errors import LlamarunError
 from llamarun.quant.layouts import Int4Weight, pack_nibbles
 from llamarun.quant.rtn import scale_dtype_for
 
+MIN_CALIBRATION_TOKENS = 256  # the Hessians need a few hundred rows at least to say anything
 DAMPING = 0.01  # of the mean Hessian diagonal, added to it: keeps the inverse stable for rarely-used inputs
 BLOCK = 128  # columns rounded before their errors are pushed to the rest in one matmul (the paper's lazy batch)
 
@@ -131,3 +132,27 @@ def _quantize_group(model: nn.Module, names: list[str], run_calibration: Callabl
         layout = gptq_int4(module.weight, hooks[name].h, group_size, scale_dtype=scale_dtype)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, create(layout))
+
+
+def gptq_on_text(model: nn.Module, token_ids: Sequence[int], group_size: int, *, ctx: int, dtype: torch.dtype,
+                 device: str | torch.device, hint: str, head: bool = True, scale_dtype: torch.dtype | None = None,
+                 on_layer: Callable[[int], None] | None = None) -> None:
+    """`gptq_quantize_model` with the model's own forward over `token_ids` in windows of `ctx` as calibration.
+
+    Too little text is a LlamarunError carrying `hint` (where the caller's text comes from).
+    """
+    from llamarun.eval.forward import window_logits
+    from llamarun.quant.int4 import Int4Method
+
+    if len(token_ids) < MIN_CALIBRATION_TOKENS:
+        raise LlamarunError(f"GPTQ needs at least {MIN_CALIBRATION_TOKENS} calibration tokens, and the text gives "
+                            f"{len(token_ids)}", hint)
+    ids = torch.as_tensor(list(token_ids), dtype=torch.long, device=device)  # [tokens]
+    windows = [ids[i:i + ctx] for i in range(0, len(ids), ctx) if len(ids) - i >= 16]
+
+    def run_calibration() -> None:
+        for window in windows:
+            window_logits(model, window, dtype, device)
+
+    gptq_quantize_model(model, run_calibration, Int4Method(group_size).create, group_size, head=head,
+                        scale_dtype=scale_dtype, on_layer=on_layer)

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from llamarun.errors import LlamarunError
 from llamarun.layers.linear import MergedLinear
 from llamarun.quant.layouts import Int4Weight
 
@@ -49,24 +48,13 @@ def gptq_checkpoint_layouts(ckpt: object, token_ids: Sequence[int], group_size: 
     Scales are rounded to bfloat16 as they are stored; the head stays unquantized, as compressed-tensors
     checkpoints keep it.
     """
-    from llamarun.eval.forward import window_logits
     from llamarun.models.build import build_model
-    from llamarun.quant.gptq import gptq_quantize_model
-    from llamarun.quant.int4 import Int4Method
+    from llamarun.quant.gptq import gptq_on_text
 
-    if len(token_ids) < 256:
-        raise LlamarunError(f"the calibration text has {len(token_ids)} tokens; GPTQ needs at least 256",
-                            "give a longer --calibration text")
     dtype = torch.float32 if device == "cpu" else torch.bfloat16  # CPUs without bf16 units run float32 faster
     model = build_model(ckpt, dtype, device)  # type: ignore[arg-type]
     rows = checkpoint_rows(model)
-    ids = torch.as_tensor(list(token_ids), dtype=torch.long, device=device)
-    windows = [ids[i:i + ctx] for i in range(0, len(ids), ctx) if len(ids) - i >= 16]
-
-    def run_calibration() -> None:
-        for window in windows:
-            window_logits(model, window, dtype, device)
-
-    gptq_quantize_model(model, run_calibration, Int4Method(group_size).create, group_size, head=False,
-                        scale_dtype=torch.bfloat16, on_layer=on_layer)  # type: ignore[arg-type]
+    gptq_on_text(model, token_ids, group_size, ctx=ctx, dtype=dtype, device=device,
+                 hint="give a longer --calibration text", head=False, scale_dtype=torch.bfloat16,
+                 on_layer=on_layer)  # type: ignore[arg-type]
     return layouts_by_stem(model, rows)
