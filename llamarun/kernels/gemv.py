@@ -31,9 +31,16 @@ CONFIG = {"fp8": (4, 1024, 4), "int4": (8, 4096, 4)}  # swept on the H200, 2026-
 # A sweep's winner can be tried end to end without an edit: LLAMARUN_GEMV_FP8=4,1024,4 (printed by
 # benchmarks/gpu_quant_kernels.py --sweep; spawned tensor-parallel ranks inherit it).
 for _kind in CONFIG:
-    _value = os.environ.get(f"LLAMARUN_GEMV_{_kind.upper()}")
+    _name = f"LLAMARUN_GEMV_{_kind.upper()}"
+    _value = os.environ.get(_name, "").strip()
     if _value:
-        CONFIG[_kind] = tuple(int(v) for v in _value.split(","))
+        _parts = _value.split(",")
+        if len(_parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in _parts):
+            from llamarun.errors import LlamarunError
+
+            raise LlamarunError(f"{_name}={_value!r} is not a launch configuration",
+                                "give BLOCK_N,BLOCK_K,WARPS as three positive integers, e.g. 4,1024,4")
+        CONFIG[_kind] = tuple(int(p) for p in _parts)
 
 
 @triton.jit

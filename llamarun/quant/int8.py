@@ -4,6 +4,8 @@
   int8 GEMM, which needs M > 16) accumulates in int32; both scales are applied to the result.
 - CUDA, up to 16 tokens: weight-only; the int8 weight converts exactly to the activation dtype and the
   per-channel scale is applied to the product.
+- CPU, up to `NATIVE_MAX_ROWS` tokens (decode): the native AVX2 kernel (kernels/cpu/gemv_w8a8.c, activations
+  quantized in blocks of 32) where it built; otherwise, and for more rows, as follows.
 - CPU: PyTorch's `_weight_int8pack_mm` reads int8 weights directly with bfloat16 activations (about 3x
   faster end to end than float32 on the default model, decoding being bound by memory traffic). From
   `PREFILL_ROWS` tokens on, expanding the weight to bfloat16 for one GEMM is about 2x faster, on CPUs
