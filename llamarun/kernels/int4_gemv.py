@@ -1,0 +1,171 @@
+"""Batch-1 W4A16 decode with integer dot products: the activation row in exact 16-bit fixed point.
+
+Why: a float GEMV over 4-bit weights spends a shift, a mask and a multiply-add on every weight, and on
+Hopper the integer pipe that runs the first two has half the float pipe's width; that, not the bytes,
+held our float kernel (and torch's tinygemm) to 41-51% of an H200's copy bandwidth at 70B shapes; this
+one reads 61-87% (benchmarks/results/gpu-int4-decode-h200-2026-11-30.md). Here eight weights cost eight
+instructions (three to split a word's nibbles into two registers of four bytes, four `dp4a` four-way
+byte dot products, one shift).
+
+How the activations stay 16-bit: per block of 32 inputs, `activation_planes` scales the row to integers
+within +-32767 (scale = max|x| / 32767; the rounding error is at most half a unit, 2^-16 of the block's
+largest value, finer than bf16's own 2^-9 for the values that matter; llama.cpp's 8-bit activation blocks
+keep 2^-8) and splits each integer into a signed high byte and an unsigned low byte, x = 256 hi + lo. The
+four byte planes are laid out to meet the nibbles where they lie in a weight word (k = 8c + i at bits 4i:
+low nibbles of its bytes are the even k, high nibbles the odd k), so `q . x = 256 (q . hi) + (q . lo)`
+exactly, in int32, per block. A weight group's float value is then `s * sum_blocks(x_scale * q . x) +
+m * sum(x)` (the minimum term uses the float sum of the group's inputs).
+
+Triton's interpreter cannot run inline assembly; there the same integer arithmetic runs byte by byte.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from llamarun.kernels.activation import load_activation
+from llamarun.kernels.gemv import launch_override
+
+# (BLOCK_N, BLOCK_K, num_warps) of the GEMV, read at call time so a benchmark can sweep it (LLAMARUN_GEMV_INT4
+# overrides it); swept on the H200 over 8B and 70B shapes, 2026-11-30 (benchmarks/gpu_int4_decode.py).
+CONFIG = {"int4": launch_override("int4", (16, 2048, 4))}
+USE_ASM = True  # False runs the byte-by-byte path on GPUs too (benchmarks measure what dp4a buys)
+
+
+BLOCK = 32  # inputs per activation scale
+
+
+@triton.jit
+def _activation_planes_kernel(x_ptr, planes_ptr, scale_ptr, sum_ptr, K, SILU_INPUT: tl.constexpr,
+                              GROUP: tl.constexpr):
+    """One weight group of the row -> its byte planes [G/8, 4] int32, a scale per 32 inputs, its float sum."""
+    g = tl.program_id(0)
+    GW: tl.constexpr = GROUP // 8
+    NB: tl.constexpr = GROUP // 32
+    cs = tl.arange(0, GW)
+    ks = g * GROUP + cs[:, None] * 8 + tl.arange(0, 8)[None, :]  # [GW, 8]: word c holds k = 8c + i
+    x = load_activation(x_ptr, ks, ks < K, K, SILU_INPUT)  # [GW, 8] float32
+    amax = tl.max(tl.reshape(tl.abs(x), [NB, 32]), axis=1)  # [NB]
+    scale = tl.where(amax > 0, amax / 32767.0, 1.0)  # [NB]
+    word_scale = tl.reshape(tl.broadcast_to(scale[:, None], [NB, 4]), [GW])  # four words per block
+    xi = tl.floor(x / word_scale[:, None] + 0.5).to(tl.int32)  # [GW, 8] in -32767..32767
+    hi = xi >> 8  # arithmetic: -128..127
+    lo = xi & 255  # 0..255, so xi = 256 hi + lo
+    hi_even, hi_odd = tl.split(tl.reshape(hi & 255, [GW, 4, 2]))  # [GW, 4] each: k = 8c + 2b, 8c + 2b + 1
+    lo_even, lo_odd = tl.split(tl.reshape(lo, [GW, 4, 2]))
+    shifts = (tl.arange(0, 4) * 8)[None, :]
+    base = planes_ptr + (g * GW + cs) * 4
+    # Disjoint bit fields: their sum is their OR (wrapping into the sign bit is harmless in int32).
+    tl.store(base + 0, tl.sum(hi_even << shifts, axis=1))
+    tl.store(base + 1, tl.sum(hi_odd << shifts, axis=1))
+    tl.store(base + 2, tl.sum(lo_even << shifts, axis=1))
+    tl.store(base + 3, tl.sum(lo_odd << shifts, axis=1))
+    tl.store(scale_ptr + g * NB + tl.arange(0, NB), scale)
+    tl.store(sum_ptr + g, tl.sum(tl.sum(x, axis=1), axis=0))
+
+
+@triton.jit
+def _signed_byte(v, b: tl.constexpr):
+    byte = (v >> (8 * b)) & 255
+    return byte - ((byte >> 7) << 8)
+
+
+@triton.jit
+def _word_dot(words, hi_even, hi_odd, lo_even, lo_odd, ASM: tl.constexpr):
+    """Per weight word (8 nibbles): sum_i q_i x_i as int32, x_i = 256 hi_i + lo_i from the four planes."""
+    if ASM:
+        return tl.inline_asm_elementwise(
+            """
+            {
+            .reg .b32 n0, n1, t;
+            and.b32 n0, $1, 0x0F0F0F0F;
+            shr.u32 t, $1, 4;
+            and.b32 n1, t, 0x0F0F0F0F;
+            dp4a.u32.s32 t, n0, $2, 0;
+            dp4a.u32.s32 t, n1, $3, t;
+            shl.b32 t, t, 8;
+            dp4a.u32.u32 t, n0, $4, t;
+            dp4a.u32.u32 $0, n1, $5, t;
+            }
+            """,
+            "=r,r,r,r,r,r", [words, hi_even, hi_odd, lo_even, lo_odd], dtype=tl.int32, is_pure=True, pack=1)
+    high = tl.zeros_like(words)
+    low = tl.zeros_like(words)
+    for b in tl.static_range(4):
+        q_even = (words >> (8 * b)) & 15
+        q_odd = (words >> (8 * b + 4)) & 15
+        high += q_even * _signed_byte(hi_even, b) + q_odd * _signed_byte(hi_odd, b)
+        low += q_even * ((lo_even >> (8 * b)) & 255) + q_odd * ((lo_odd >> (8 * b)) & 255)
+    return high * 256 + low
+
+
+@triton.jit
+def _gemv_int4_planes_kernel(planes_ptr, xscale_ptr, xsum_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, K, stride_wn,
+                             stride_sn, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                             ASM: tl.constexpr):
+    WORDS: tl.constexpr = BLOCK_K // 8
+    NB: tl.constexpr = BLOCK_K // 32  # activation blocks per tile
+    NG: tl.constexpr = BLOCK_K // GROUP
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = rows < N
+    cs = tl.arange(0, WORDS)
+    acc = tl.zeros([BLOCK_N], tl.float32)
+    w_rows = w_ptr + rows.to(tl.int64)[:, None] * stride_wn
+    for k0 in range(0, K, BLOCK_K):  # K is a multiple of BLOCK_K (checked by the caller)
+        words = tl.load(w_rows + (k0 // 8 + cs)[None, :], mask=n_mask[:, None], other=0)  # [BN, WORDS] int32
+        p = planes_ptr + (k0 // 8 + cs) * 4
+        d = _word_dot(words, tl.load(p)[None, :], tl.load(p + 1)[None, :], tl.load(p + 2)[None, :],
+                      tl.load(p + 3)[None, :], ASM)  # [BN, WORDS] int32
+        per_block = tl.sum(tl.reshape(d, [BLOCK_N, NB, 4]), axis=2).to(tl.float32)  # [BN, NB] exact q . x
+        x_scale = tl.load(xscale_ptr + k0 // 32 + tl.arange(0, NB))  # [NB]
+        per_group = tl.sum(tl.reshape(per_block * x_scale[None, :], [BLOCK_N, NG, GROUP // 32]), axis=2)
+        g = k0 // GROUP + tl.arange(0, NG)
+        x_sum = tl.load(xsum_ptr + g)
+        s = tl.load(s_ptr + rows[:, None] * stride_sn + g[None, :], mask=n_mask[:, None], other=0.0).to(tl.float32)
+        m = tl.load(m_ptr + rows[:, None] * stride_sn + g[None, :], mask=n_mask[:, None], other=0.0).to(tl.float32)
+        acc += tl.sum(s * per_group + m * x_sum[None, :], axis=1)
+    tl.store(y_ptr + rows, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
+
+
+def activation_planes(x: torch.Tensor, group_size: int, silu_input: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [1, K] (or the merged gate/up [1, 2K] with `silu_input`) -> (planes [K/8, 4] int32, scales [K/32],
+    sums [K/G] float32)."""
+    k = x.shape[1] // 2 if silu_input else x.shape[1]
+    groups = k // group_size
+    planes = torch.empty(k // 8, 4, dtype=torch.int32, device=x.device)
+    scales = torch.empty(k // BLOCK, dtype=torch.float32, device=x.device)
+    sums = torch.empty(groups, dtype=torch.float32, device=x.device)
+    _activation_planes_kernel[(groups,)](x, planes, scales, sums, k, SILU_INPUT=silu_input, GROUP=group_size,
+                                         num_warps=1)
+    return planes, scales, sums
+
+
+def gemv_int4_planes(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor,
+                     group_size: int, out: torch.Tensor | None = None, silu_input: bool = False) -> torch.Tensor:
+    """x [1, K] @ dequantize(Int4Weight)^T -> [1, N] in x's dtype; group sizes 32 to 256, powers of two.
+
+    With `silu_input`, x is the merged gate/up output [1, 2K], read as silu(gate) * up.
+    """
+    n, k_w = qweight.shape[0], qweight.shape[1] * 2
+    k = x.shape[1] // 2 if silu_input else x.shape[1]
+    if x.shape[0] != 1 or x.stride(-1) != 1 or k != k_w:
+        raise ValueError(f"gemv_int4_planes: x {tuple(x.shape)} must be one row matching a [{n}, {k_w}] weight"
+                         + (" (merged gate/up: twice the width)" if silu_input else ""))
+    if group_size < 32 or group_size > 256 or group_size & (group_size - 1) or k % group_size:
+        raise ValueError(f"gemv_int4_planes: group size {group_size} must be a power of two from 32 to 256 "
+                         f"dividing the input size {k}")
+    block_n, block_k, warps = CONFIG["int4"]
+    block_k = max(min(block_k, 1 << (k.bit_length() - 1)), group_size)
+    while k % block_k:
+        block_k //= 2
+    planes, x_scales, x_sums = activation_planes(x, group_size, silu_input)
+    y = torch.empty(1, n, dtype=x.dtype, device=x.device) if out is None else out
+    words = qweight.view(torch.int32)  # [N, K / 8]
+    asm = USE_ASM and x.is_cuda
+    _gemv_int4_planes_kernel[(triton.cdiv(n, block_n),)](
+        planes, x_scales, x_sums, words, scales, mins, y, n, k, words.stride(0), scales.stride(0),
+        GROUP=group_size, BLOCK_N=block_n, BLOCK_K=block_k, ASM=asm, num_warps=warps)
+    return y
