@@ -1,7 +1,8 @@
 """INT4 (W4A16, group 128) decode kernels at Llama 3.1 8B and 3.3 70B shapes, 1 to 16 rows, side by side.
 
-- `int4.planes`: `kernels/int4_gemv.py` (1 row; dp4a over 16-bit fixed-point activation planes, the planes'
+- `int4.planes`: `kernels/int4_gemv.py` (1 to 4 rows; dp4a over 16-bit fixed-point activation planes, the planes'
   own kernel included), its launch swept first;
+- `int4.planes_nopdl`: the same without programmatic dependent launch (the GEMV waits for the planes kernel);
 - `int4.skinny`: the float-bits tensor-core kernel (2 to 16 rows);
 - `int4.tinygemm`: torch's `_weight_int4pack_mm` (gpt-fast's int4 kernel);
 - `int4.gemlite`: gemlite's A16W4 (Triton; its own autotune), when the package is importable;
@@ -58,8 +59,8 @@ def calls_for(kernel: str, n: int, k: int, x: torch.Tensor) -> tuple[list, int] 
     ws = [make_int4(n, k) for _ in range(copies(nbytes))]
     if kernel == "int4.skinny":
         return [lambda w=w: skinny_matmul(x, w.qweight, w.scales, w.mins, GROUP) for w in ws], nbytes
-    if kernel == "int4.planes":
-        if rows != 1:
+    if kernel in ("int4.planes", "int4.planes_nopdl"):
+        if rows > int4_gemv.MAX_ROWS:
             return None
         return [lambda w=w: int4_gemv.gemv_int4_planes(x, w.qweight, w.scales, w.mins, GROUP) for w in ws], nbytes
     if kernel == "int4.tinygemm":
@@ -142,7 +143,7 @@ def main() -> None:
     if not args.no_sweep:
         sweep(results, t0 + args.budget * 0.3, "planes", "int4.planes", int4_gemv.CONFIG, PLANES_GRID, 1)
     results["planes_config"] = int4_gemv.CONFIG["int4"]
-    kernels = ["bf16.cublas", "int4.planes", "int4.skinny", "int4.tinygemm"]
+    kernels = ["bf16.cublas", "int4.planes", "int4.planes_nopdl", "int4.skinny", "int4.tinygemm"]
     if args.gemlite:
         try:
             import gemlite  # noqa: F401
@@ -158,6 +159,7 @@ def main() -> None:
             n, k = SHAPES[shape]
             x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
             for kernel in kernels:
+                int4_gemv.USE_PDL = kernel != "int4.planes_nopdl"
                 try:
                     made = calls_for(kernel, n, k, x)
                     if made is None:
@@ -168,6 +170,7 @@ def main() -> None:
                     print(f"{shape} rows={rows} {kernel}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
                     continue
                 finally:
+                    int4_gemv.USE_PDL = True
                     torch.cuda.empty_cache()
                 gbps = nbytes / ms / 1e6
                 results["rows"].append({"shape": shape, "rows": rows, "kernel": kernel, "us": ms * 1e3,

@@ -35,27 +35,31 @@ def test_planes_are_the_row_in_16_bit_fixed_point(group, device):
     x[0, :group] = 0.0  # an all-zero group must not divide by zero
     x[0, group + 3] = -1e4  # one outlier sets its group's scale
     planes, scales, sums = activation_planes(x.to(device), group)
-    ints = unpack_planes(planes).float().view(-1, 32)  # [K/32, 32]: one scale per block of 32
+    assert planes.shape == (1, 4 * group // 8, 4) and scales.shape == (1, 4 * group // 32)
+    ints = unpack_planes(planes[0]).float().view(-1, 32)  # [K/32, 32]: one scale per block of 32
     blocks = x.view(-1, 32)
-    scale = scales.cpu()[:, None]
+    scale = scales[0].cpu()[:, None]
     assert ints.abs().max() <= 32767
     err = (ints * scale - blocks).abs().max(dim=1).values
     assert err.le(scale[:, 0] * 0.51).all(), (err / scale[:, 0]).max()
-    torch.testing.assert_close(sums.cpu(), x.view(-1, group).sum(dim=1), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(sums[0].cpu(), x.view(-1, group).sum(dim=1), rtol=1e-5, atol=1e-4)
     assert ints[:group // 32].abs().max() == 0
 
 
 @pytest.mark.parametrize("group", [32, 64, 128, 256])
 @pytest.mark.parametrize("silu", [False, True])
-def test_gemv_matches_the_reference(group, silu, device, dtype):
+@pytest.mark.parametrize("rows", [1, 3, 4])
+def test_gemv_matches_the_reference(group, silu, rows, device, dtype):
     n, k = 37, 2 * 256  # a ragged last block of rows
     w = random_int4(n, k, group, device, seed=group + silu)
-    x = (torch.randn(1, 2 * k if silu else k) * 2).to(dtype).to(device)
+    x = (torch.randn(rows, 2 * k if silu else k) * 2).to(dtype).to(device)
+    x[-1] *= 50  # rows of different scales: each has its own planes
     y = gemv_int4_planes(x, w.qweight, w.scales, w.mins, group, silu_input=silu)
     expected = (silu_and_mul_reference(x) if silu else x).float() @ dequantize(w).float().t()
-    assert y.shape == (1, n) and y.dtype == dtype
+    assert y.shape == (rows, n) and y.dtype == dtype
     tol = 2e-2 if dtype == torch.bfloat16 else 2e-4  # 16-bit activations: ~1e-5 of each group's largest
-    torch.testing.assert_close(y.float(), expected, atol=tol * expected.abs().max().item(), rtol=tol)
+    for r in range(rows):  # each row against its own magnitude
+        torch.testing.assert_close(y[r].float(), expected[r], atol=tol * expected[r].abs().max().item(), rtol=tol)
 
 
 def test_an_outlier_costs_precision_only_within_its_block_of_32(device, dtype):
@@ -76,7 +80,7 @@ def test_an_outlier_costs_precision_only_within_its_block_of_32(device, dtype):
 def test_the_assembly_equals_the_byte_by_byte_path():
     group, n, k = 128, 512, 4096
     w = random_int4(n, k, group, "cuda", seed=7)
-    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(3, k, device="cuda", dtype=torch.bfloat16)
     fast = gemv_int4_planes(x, w.qweight, w.scales, w.mins, group)
     int4_gemv.USE_ASM = False
     try:
@@ -87,7 +91,7 @@ def test_the_assembly_equals_the_byte_by_byte_path():
 
 
 @pytest.mark.parametrize(("rows", "k", "group", "message"), [
-    (2, 256, 64, "must be one row"),
+    (5, 256, 64, "must be 1 to 4 rows"),
     (1, 256, 16, "group size 16 must be a power of two from 32 to 256"),
     (1, 96, 64, "dividing the input size 96"),
 ])
