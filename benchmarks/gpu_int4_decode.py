@@ -38,7 +38,8 @@ from llamarun.kernels.skinny_matmul import skinny_matmul
 from llamarun.quant.layouts import Int4Weight, dequantize, pack_nibbles, unpack_nibbles
 
 SWEEP_SHAPES = ["70b.qkv", "70b.o", "70b.gate_up", "70b.down", "8b.o", "8b.down"]
-PLANES_GRID = [(bn, bk, w) for bn in (4, 8, 16, 32) for bk in (512, 1024, 2048) for w in (4, 8) if bn * bk <= 32768]
+PLANES_GRID = [(bn, bk, w) for bn in (2, 4, 8, 16, 32) for bk in (512, 1024, 2048, 4096) for w in (2, 4, 8)
+               if 2048 <= bn * bk <= 32768]
 
 
 def gemlite_layer(w: Int4Weight):
@@ -94,18 +95,19 @@ def check() -> list[str]:
     return bad
 
 
-def sweep(results: dict, budget_end: float, name: str, kernel: str, table: dict, grid: list, rows: int) -> None:
-    """Sum each launch configuration's time over SWEEP_SHAPES; leave the best in `table`."""
+def sweep(results: dict, budget_end: float, name: str, kernel: str, table: dict, key: str, grid: list, rows: int,
+          shapes: list[str]) -> None:
+    """Sum each launch configuration's time over `shapes`; leave the best in `table[key]`."""
     scores = {cfg: 0.0 for cfg in grid}
     runs = {cfg: 0 for cfg in grid}
-    for shape in SWEEP_SHAPES:
+    for shape in shapes:
         n, k = SHAPES[shape]
         x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
         calls, _ = calls_for(kernel, n, k, x)
         for cfg in list(scores):
             if time.time() > budget_end:
                 break
-            table["int4"] = cfg
+            table[key] = cfg
             try:
                 scores[cfg] += graph_ms(calls, replays=5)
                 runs[cfg] += 1
@@ -118,8 +120,9 @@ def sweep(results: dict, budget_end: float, name: str, kernel: str, table: dict,
     ranked = sorted(((cfg, t) for cfg, t in scores.items() if runs[cfg] == most), key=lambda item: item[1])
     for cfg, total in ranked[:6]:
         print(f"  sweep {name} rows={rows} {cfg}: {total * 1e3:.1f} us over {most} shapes", flush=True)
-    table["int4"] = ranked[0][0]
+    table[key] = ranked[0][0]
     results[f"sweep_{name}"] = [{"config": cfg, "total_us": t * 1e3} for cfg, t in ranked]
+    print(f"export LLAMARUN_GEMV_{key.upper()}={','.join(map(str, ranked[0][0]))}", flush=True)
 
 
 def main() -> None:
@@ -141,8 +144,13 @@ def main() -> None:
     results["check_failures"] = check()
     print("copy GB/s", round(copy / 1e9), "check failures:", results["check_failures"], flush=True)
     if not args.no_sweep:
-        sweep(results, t0 + args.budget * 0.3, "planes", "int4.planes", int4_gemv.CONFIG, PLANES_GRID, 1)
-    results["planes_config"] = int4_gemv.CONFIG["int4"]
+        wide = [s for s in SHAPES if SHAPES[s][0] > int4_gemv.NARROW]
+        narrow = [s for s in SHAPES if SHAPES[s][0] <= int4_gemv.NARROW]
+        sweep(results, t0 + args.budget * 0.25, "planes_wide", "int4.planes", int4_gemv.CONFIG, "int4", PLANES_GRID, 1,
+              wide)
+        sweep(results, t0 + args.budget * 0.5, "planes_narrow", "int4.planes", int4_gemv.CONFIG, "int4_narrow",
+              PLANES_GRID, 1, narrow)
+    results["planes_config"] = dict(int4_gemv.CONFIG)
     kernels = ["bf16.cublas", "int4.planes", "int4.planes_nopdl", "int4.skinny", "int4.tinygemm"]
     if args.gemlite:
         try:

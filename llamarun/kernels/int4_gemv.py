@@ -33,9 +33,14 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from llamarun.kernels.activation import load_activation
 from llamarun.kernels.gemv import launch_override
 
-# (BLOCK_N, BLOCK_K, num_warps) of the GEMV, read at call time so a benchmark can sweep it (LLAMARUN_GEMV_INT4
-# overrides it); swept on the H200 over 8B and 70B shapes, 2026-11-30 (benchmarks/gpu_int4_decode.py).
-CONFIG = {"int4": launch_override("int4", (16, 2048, 4))}
+# (BLOCK_N, BLOCK_K, num_warps) of the GEMV, read at call time so a benchmark can sweep them: "int4" for weights
+# of many output rows, "int4_narrow" for those of at most NARROW rows (70B's q/k/v, o and down, 8B's but its
+# gate/up and head), which give the wide launch too few programs to fill the GPU. LLAMARUN_GEMV_INT4 and
+# LLAMARUN_GEMV_INT4_NARROW override them. Swept on the H200 over 8B and 70B shapes, 2026-11-30
+# (benchmarks/gpu_int4_decode.py).
+CONFIG = {"int4": launch_override("int4", (16, 2048, 4)),
+          "int4_narrow": launch_override("int4_narrow", (16, 2048, 4))}
+NARROW = 16384
 USE_ASM = True  # False runs the byte-by-byte path on GPUs too (benchmarks measure what dp4a buys)
 MAX_ROWS = 4  # more rows go to the tensor-core kernels (the integer work grows with the rows)
 USE_PDL = True  # False launches the GEMV after the planes kernel has finished (benchmarks measure the gap)
@@ -181,7 +186,7 @@ def gemv_int4_planes(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     if group_size < 32 or group_size > 256 or group_size & (group_size - 1) or k % group_size:
         raise ValueError(f"gemv_int4_planes: group size {group_size} must be a power of two from 32 to 256 "
                          f"dividing the input size {k}")
-    block_n, block_k, warps = CONFIG["int4"]
+    block_n, block_k, warps = CONFIG["int4_narrow" if n <= NARROW else "int4"]
     block_k = max(min(block_k, 1 << (k.bit_length() - 1)), group_size)
     while k % block_k:
         block_k //= 2
