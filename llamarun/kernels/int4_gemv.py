@@ -38,8 +38,8 @@ from llamarun.kernels.gemv import launch_override
 # gate/up and head), which give the wide launch too few programs to fill the GPU. LLAMARUN_GEMV_INT4 and
 # LLAMARUN_GEMV_INT4_NARROW override them. Swept on the H200 over 8B and 70B shapes, 2026-11-30
 # (benchmarks/gpu_int4_decode.py).
-CONFIG = {"int4": launch_override("int4", (16, 2048, 4)),
-          "int4_narrow": launch_override("int4_narrow", (16, 2048, 4))}
+CONFIG = {"int4": launch_override("int4", (8, 4096, 4)),
+          "int4_narrow": launch_override("int4_narrow", (8, 4096, 8))}
 NARROW = 16384
 USE_ASM = True  # False runs the byte-by-byte path on GPUs too (benchmarks measure what dp4a buys)
 MAX_ROWS = 4  # more rows go to the tensor-core kernels (the integer work grows with the rows)
