@@ -14,7 +14,7 @@ import torch
 
 from llamarun.quant.layouts import FP8_MAX, Fp8Weight, dequantize
 from llamarun.quant.method import PackedLinear, QuantMethod
-from llamarun.quant.rtn import quantize_fp8, quantize_tokens_fp8
+from llamarun.quant.rtn import quantize_fp8
 
 GEMV_MAX_ROWS = 16  # up to this many tokens the GEMV kernel (weight bytes read once) beats the GEMM
 FP8_CAPABILITY = (8, 9)  # Ada and Hopper and later have FP8 tensor cores
@@ -73,7 +73,9 @@ class Fp8Linear(PackedLinear):
 
     def _scaled_gemm(self, x2: torch.Tensor) -> torch.Tensor:
         if self._rowwise:
-            xq, xs = quantize_tokens_fp8(x2)  # [M, K] fp8, [M, 1] float32
+            from llamarun.kernels.token_quant import quantize_rows_fp8
+
+            xq, xs = quantize_rows_fp8(x2.contiguous())  # [M, K] fp8, [M, 1] float32 (quantize_tokens_fp8's values)
             # Row-wise scaling writes bfloat16 only; the weight is [N, K] row-major, i.e. [K, N] column-major.
             y = torch._scaled_mm(xq, self.weight.t(), scale_a=xs, scale_b=self.scale_row,
                                  out_dtype=torch.bfloat16)  # [M, N]
