@@ -78,7 +78,7 @@ class Int4Linear(PackedLinear):
         if self._native:
             from llamarun.kernels.cpu.w4a8_layout import to_records
 
-            self.register_buffer("records", to_records(w), persistent=False)  # [N, K // 32, 24] uint8
+            self.register_buffer("records", to_records(w), persistent=False)  # [N / 4, K / 32, 4, 24] uint8
         if self._cpu_kernel:
             from llamarun.quant.layouts import unpack_nibbles
 
@@ -94,7 +94,7 @@ class Int4Linear(PackedLinear):
         if self._native:  # undo the native kernel's records
             from llamarun.kernels.cpu.w4a8_layout import qweight_of
 
-            qweight = qweight_of(self.records)
+            qweight = qweight_of(self.records, self.out_features)
         elif self._cpu_kernel:  # undo the CPU kernel's nibble order
             n, k = self.out_features, self.in_features
             packed = self.qweight_cpu
@@ -120,7 +120,7 @@ class Int4Linear(PackedLinear):
         elif self._native and x2.shape[0] <= NATIVE_MAX_ROWS and x2.dtype == torch.float32:
             from llamarun.kernels.cpu import build
 
-            y = build.load_w4a8()(x2, self.records)  # [M, N]
+            y = build.load_w4a8()(x2, self.records, self.out_features)  # [M, N]
         elif self._cpu_kernel:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x2.to(CPU_DTYPE).contiguous(), self.qweight_cpu, self.group_size,

@@ -45,7 +45,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_kernel_equals_the_product_of_its_int8_activations_to_float_rounding(group, rows, n):
     w = _weight(n, 256, group, seed=n + rows)
     x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(rows))
-    got = native(x, w4a8_layout.to_records(w))
+    got = native(x, w4a8_layout.to_records(w), n)
     want = _int8_activations(x).double() @ dequantize(w).double().t()  # [rows, n]
     assert got.shape == (rows, n) and got.dtype == torch.float32
     assert _rel(got, want) < 1e-5  # only float32 summation order differs: the integer dot is exact
@@ -57,7 +57,7 @@ def test_kernel_equals_the_product_of_its_int8_activations_to_float_rounding(gro
 def test_kernel_is_within_the_int8_activation_error_of_the_exact_product(n, k, rows):
     w = _weight(n, k, 32, seed=k + rows)
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(n))
-    got = native(x, w4a8_layout.to_records(w))
+    got = native(x, w4a8_layout.to_records(w), n)
     want = x.double() @ dequantize(w).double().t()
     # Rounding a block to int8 errs by at most half a step of max|block| / 127, about 0.5% of the activations'
     # RMS for Gaussian blocks of 32 (uniform error: step / sqrt(12)); 1% leaves room for chance.
@@ -82,7 +82,8 @@ def test_int4_linear_takes_it_for_float32_decode_rows_and_torch_for_the_rest(mon
     w = _weight(64, 128, 32, seed=7)
     layer = Int4Linear(w)
     calls = []
-    monkeypatch.setattr(build, "_loaded", {"gemv_w4a8": lambda x, r: calls.append(tuple(x.shape)) or native(x, r)})
+    counted = lambda x, r, n: calls.append(tuple(x.shape)) or native(x, r, n)  # noqa: E731
+    monkeypatch.setattr(build, "_loaded", {"gemv_w4a8": counted})
     gen = torch.Generator().manual_seed(1)
     exact = dequantize(w)
     for rows in (1, 8, 40):  # 40 rows: a prompt chunk, on PyTorch's int4 kernel (bf16 activations)
@@ -115,4 +116,6 @@ def test_shapes_the_kernel_cannot_take_fall_back(monkeypatch):
     with pytest.raises(ValueError, match="multiples of 32"):
         w4a8_layout.to_records(w)
     with pytest.raises(ValueError, match="do not fit"):  # records of another K: an error, never a bad read
-        native(torch.randn(1, 64), w4a8_layout.to_records(_weight(8, 128, 32, seed=6)))
+        native(torch.randn(1, 64), w4a8_layout.to_records(_weight(8, 128, 32, seed=6)), 8)
+    with pytest.raises(ValueError, match="do not fit"):  # more rows than the records hold
+        native(torch.randn(1, 128), w4a8_layout.to_records(_weight(8, 128, 32, seed=6)), 9)

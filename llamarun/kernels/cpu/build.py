@@ -57,9 +57,9 @@ def load() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     return _load("gemv_w8a8", _wrap_gemv)
 
 
-def load_w4a8() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
-    """`gemv_w4a8(x [M, K] float32, records [N, K // 32, 24] uint8) -> [M, N] float32` (records from
-    `w4a8_layout.to_records`), or None."""
+def load_w4a8() -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None:
+    """`gemv_w4a8(x [M, K] float32, records [ceil(N / 4), K // 32, 4, 24] uint8, N) -> [M, N] float32` (records
+    from `w4a8_layout.to_records`), or None."""
     return _load("gemv_w4a8", _wrap_w4a8)
 
 
@@ -122,12 +122,12 @@ def _wrap_w4a8(lib: ctypes.CDLL) -> Callable:
     fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3 + [ctypes.c_void_p]
     fn.restype = None
 
-    def gemv_w4a8(x: torch.Tensor, records: torch.Tensor) -> torch.Tensor:
+    def gemv_w4a8(x: torch.Tensor, records: torch.Tensor, n: int) -> torch.Tensor:
         m, k = x.shape
-        n, blocks, record = records.shape
-        if (blocks * BLOCK != k or record != 24 or records.dtype != torch.uint8 or not records.is_contiguous()
-                or x.dtype != torch.float32):
-            raise ValueError(f"gemv_w4a8: records {tuple(records.shape)} {records.dtype} do not fit x "
+        tiles, blocks, tile, record = records.shape
+        if (blocks * BLOCK != k or tile != 4 or record != 24 or not 0 < n <= 4 * tiles or n <= 4 * (tiles - 1)
+                or records.dtype != torch.uint8 or not records.is_contiguous() or x.dtype != torch.float32):
+            raise ValueError(f"gemv_w4a8: records {tuple(records.shape)} {records.dtype} for {n} rows do not fit x "
                              f"{tuple(x.shape)} {x.dtype}")
         x = x.contiguous()
         y = torch.empty(m, n, dtype=torch.float32)
