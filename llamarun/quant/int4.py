@@ -9,6 +9,10 @@
   slower than int8, so the table is kept in bfloat16 and activations are cast to it, as int8 does.
   Shapes it cannot take (N not a multiple of 16, group sizes outside 32..256) run the reference:
   expand to the activation dtype, then matmul.
+- CPU, up to `NATIVE_MAX_ROWS` float32 rows (decode): the native AVX2 W4A8 kernel (kernels/cpu/gemv_w4a8.c,
+  activations quantized in blocks of 32) where it built, K and G being multiples of 32. Its records are made
+  once here, beside PyTorch's packing, which prompts (more rows) still use: a second copy of the weights
+  (0.75 bytes per weight) bought for decode speed.
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ from llamarun.quant.rtn import INT4_GROUP_SIZES, quantize_int4
 
 CPU_GROUP_SIZES = (32, 64, 128, 256)
 CPU_DTYPE = torch.bfloat16  # the CPU kernel's fast activation and table dtype (see the module docstring)
+NATIVE_MAX_ROWS = 8  # CPU: up to this many rows (decode batches) the native kernel (kernels/cpu) takes them
+
+
+def _native_kernel(n: int, k: int, group_size: int) -> bool:
+    """Whether the native W4A8 kernel built here and takes this shape."""
+    from llamarun.kernels.cpu import build, w4a8_layout
+
+    return w4a8_layout.fits(n, k, group_size) and build.load_w4a8() is not None
 
 
 def _cpu_kernel_takes(n: int, group_size: int) -> bool:
@@ -60,7 +72,13 @@ class Int4Linear(PackedLinear):
         self.format = f"int4-g{w.group_size}"
         self.register_buffer("scales", w.scales)  # [N, K // G]
         self.register_buffer("mins", w.mins)  # [N, K // G]
-        self._cpu_kernel = w.qweight.device.type == "cpu" and _cpu_kernel_takes(n, w.group_size)
+        on_cpu = w.qweight.device.type == "cpu"
+        self._cpu_kernel = on_cpu and _cpu_kernel_takes(n, w.group_size)
+        self._native = on_cpu and _native_kernel(n, k, w.group_size)
+        if self._native:
+            from llamarun.kernels.cpu.w4a8_layout import to_records
+
+            self.register_buffer("records", to_records(w), persistent=False)  # [N / 4, K / 32, 4, 24] uint8
         if self._cpu_kernel:
             from llamarun.quant.layouts import unpack_nibbles
 
@@ -69,11 +87,15 @@ class Int4Linear(PackedLinear):
             zeros = w.mins.float() + 8.0 * w.scales.float()  # [N, K // G]
             table = torch.stack((w.scales.float().t(), zeros.t()), dim=-1)  # [K // G, N, 2]
             self.register_buffer("scales_and_zeros", table.to(CPU_DTYPE).contiguous(), persistent=False)
-        else:
+        elif not self._native:
             self.register_buffer("qweight", w.qweight)  # [N, K // 2] uint8
 
     def layout(self) -> Int4Weight:
-        if self._cpu_kernel:  # undo the CPU kernel's nibble order
+        if self._native:  # undo the native kernel's records
+            from llamarun.kernels.cpu.w4a8_layout import qweight_of
+
+            qweight = qweight_of(self.records, self.out_features)
+        elif self._cpu_kernel:  # undo the CPU kernel's nibble order
             n, k = self.out_features, self.in_features
             packed = self.qweight_cpu
             nibbles = torch.stack((packed & 15, packed >> 4), dim=-1).reshape(-1)  # [n * k] in kernel order
@@ -95,6 +117,10 @@ class Int4Linear(PackedLinear):
             from llamarun.kernels.int4_matmul import int4_matmul
 
             y = int4_matmul(x2, self.layout())  # [M, N]
+        elif self._native and x2.shape[0] <= NATIVE_MAX_ROWS and x2.dtype == torch.float32:
+            from llamarun.kernels.cpu import build
+
+            y = build.load_w4a8()(x2, self.records, self.out_features)  # [M, N]
         elif self._cpu_kernel:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x2.to(CPU_DTYPE).contiguous(), self.qweight_cpu, self.group_size,

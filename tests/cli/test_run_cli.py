@@ -72,11 +72,15 @@ def test_seeded_runs_repeat_and_stdin_is_a_prompt(home: Path) -> None:
 def test_stop_string_cuts_the_answer(home: Path) -> None:
     free = llamarun(home, "run", "smollm2:135m", "Count from 1 to 10, separated by commas.", "--temperature", "0",
                     "--num-predict", "40")
-    assert free.returncode == 0 and "5" in free.stdout, free.stdout
+    digits = [c for c in free.stdout if c.isdigit()]
+    assert free.returncode == 0 and digits, free.stdout
+    # The stop string comes from the free answer: which numbers a 4-bit model writes greedily shifts with the
+    # kernels' rounding (int8 activation blocks on CPUs), and the cut is what this test is about.
+    stop = digits[-1]
     cut = llamarun(home, "run", "smollm2:135m", "Count from 1 to 10, separated by commas.", "--temperature", "0",
-                   "--num-predict", "40", "--stop", "5")
+                   "--num-predict", "40", "--stop", stop)
     assert cut.returncode == 0
-    assert cut.stdout.rstrip("\n") == free.stdout[: free.stdout.index("5")]
+    assert cut.stdout.rstrip("\n") == free.stdout[: free.stdout.index(stop)]
 
 
 def test_interactive_chat_commands(home: Path) -> None:

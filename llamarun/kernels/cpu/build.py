@@ -3,10 +3,11 @@
 PyTorch's int8 weight-only CPU kernel streams the default model's small matrices at about a third of the
 memory bandwidth, and a decode step's attention is a dozen small dispatches per layer: decode is where
 llamarun trails llama.cpp most. Each kernel is a plain C file (`gemv_w8a8.c`: AVX2 integer dot products
-against int8 weights; `decode_attention.c`: one query per sequence over the paged cache; `small_ops.c`: add +
-RMSNorm and rotary for decode rows), OpenMP inside where the work is large enough,
-built in well under a second with the system's C compiler into the llamarun home, keyed by a hash of the
-source and flags, and called through ctypes with tensor pointers: no Python headers, no PyTorch extension.
+against int8 weights; `gemv_w4a8.c`: the same against 4-bit affine weights; `decode_attention.c`: one query
+per sequence over the paged cache; `small_ops.c`: add + RMSNorm and rotary for decode rows), OpenMP inside
+where the work is large enough, built in well under a second with the system's C compiler into the llamarun
+home, keyed by a hash of the source and flags, and called through ctypes with tensor pointers: no Python
+headers, no PyTorch extension.
 
 Where there is no AVX2/FMA, no compiler, or `LLAMARUN_CPU_KERNELS=off`, `load()` returns None and the
 callers keep PyTorch's kernels; the reason is logged once. The OpenMP runtime it links (libgomp) is the one
@@ -33,7 +34,7 @@ log = logging.getLogger("llamarun.kernels")
 ENV = "LLAMARUN_CPU_KERNELS"  # auto (default) | off
 HERE = Path(__file__).parent
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
-BLOCK = 32  # activation quantization block of gemv_w8a8: the input size must be a multiple of it
+BLOCK = 32  # activation quantization block of gemv_w8a8/w4a8: the input size must be a multiple of it
 
 _lock = threading.Lock()
 _loaded: dict[str, Callable | None] = {}
@@ -54,6 +55,12 @@ def cpu_has_avx2() -> bool:
 def load() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
     """`gemv_w8a8(x [M, K] float32, qweight [N, K] int8, scale [N] float32) -> [M, N] float32`, or None."""
     return _load("gemv_w8a8", _wrap_gemv)
+
+
+def load_w4a8() -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None:
+    """`gemv_w4a8(x [M, K] float32, records [ceil(N / 4), K // 32, 4, 24] uint8, N) -> [M, N] float32` (records
+    from `w4a8_layout.to_records`), or None."""
+    return _load("gemv_w4a8", _wrap_w4a8)
 
 
 def load_decode_attention() -> Callable[..., torch.Tensor] | None:
@@ -108,6 +115,27 @@ def _wrap_gemv(lib: ctypes.CDLL) -> Callable:
         return y
 
     return gemv_w8a8
+
+
+def _wrap_w4a8(lib: ctypes.CDLL) -> Callable:
+    fn = lib.gemv_w4a8
+    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3 + [ctypes.c_void_p]
+    fn.restype = None
+
+    def gemv_w4a8(x: torch.Tensor, records: torch.Tensor, n: int) -> torch.Tensor:
+        m, k = x.shape
+        tiles, blocks, tile, record = records.shape
+        if (blocks * BLOCK != k or tile != 4 or record != 24 or not 0 < n <= 4 * tiles or n <= 4 * (tiles - 1)
+                or records.dtype != torch.uint8 or not records.is_contiguous() or x.dtype != torch.float32):
+            raise ValueError(f"gemv_w4a8: records {tuple(records.shape)} {records.dtype} for {n} rows do not fit x "
+                             f"{tuple(x.shape)} {x.dtype}")
+        x = x.contiguous()
+        y = torch.empty(m, n, dtype=torch.float32)
+        work = torch.empty(m * (k + 8 * blocks), dtype=torch.uint8)  # the quantized rows, scales and sums
+        fn(x.data_ptr(), records.data_ptr(), y.data_ptr(), m, n, k, work.data_ptr())
+        return y
+
+    return gemv_w4a8
 
 
 def _wrap_attention(lib: ctypes.CDLL) -> Callable:

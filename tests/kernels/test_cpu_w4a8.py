@@ -1,0 +1,121 @@
+"""The native W4A8 decode kernel (kernels/cpu/gemv_w4a8.c) and Int4Linear's use of it, against the torch reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llamarun.kernels.cpu import build, w4a8_layout
+from llamarun.quant.int4 import NATIVE_MAX_ROWS, Int4Linear
+from llamarun.quant.layouts import Int4Weight, dequantize, pack_nibbles
+
+native = build.load_w4a8()
+needs_native = pytest.mark.skipif(native is None, reason="no AVX2/FMA or no C compiler here")
+# The default model's linears (N, K): o_proj, q/k/v merged, k or v alone (3 kv heads x 64), gate/up, down.
+MODEL_SHAPES = [(576, 576), (960, 576), (192, 576), (3072, 576), (576, 1536)]
+
+
+def _weight(n: int, k: int, group: int, seed: int, dtype: torch.dtype = torch.float16) -> Int4Weight:
+    """Random 4-bit weights shaped like GGUF Q4_1's: a positive scale and a minimum near -8 scales per group."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16, (n, k), generator=gen)
+    scales = torch.rand(n, k // group, generator=gen) * 0.02 + 0.001
+    mins = -scales * (8 + torch.randn(n, k // group, generator=gen))
+    return Int4Weight(pack_nibbles(q), scales.to(dtype), mins.to(dtype), group)
+
+
+def _int8_activations(x: torch.Tensor) -> torch.Tensor:
+    """x as the kernel sees it: each block of 32 rounded to int8 steps of max|block| / 127 (times the inverse
+    step, half to even, as the kernel computes it)."""
+    m, k = x.shape
+    blocks = x.view(m, k // 32, 32)  # [M, K / 32, 32]
+    step = blocks.abs().amax(-1, keepdim=True) / 127
+    inverse = torch.where(step > 0, 1 / step, torch.zeros_like(step))
+    return (torch.round(blocks * inverse) * step).view(m, k)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@needs_native
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("rows", range(1, NATIVE_MAX_ROWS + 1))
+@pytest.mark.parametrize("n", [37, 5, 1, 258])  # odd and tiny N take the 1..3-row tails of each tile
+def test_kernel_equals_the_product_of_its_int8_activations_to_float_rounding(group, rows, n):
+    w = _weight(n, 256, group, seed=n + rows)
+    x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(rows))
+    got = native(x, w4a8_layout.to_records(w), n)
+    want = _int8_activations(x).double() @ dequantize(w).double().t()  # [rows, n]
+    assert got.shape == (rows, n) and got.dtype == torch.float32
+    assert _rel(got, want) < 1e-5  # only float32 summation order differs: the integer dot is exact
+
+
+@needs_native
+@pytest.mark.parametrize("n, k", MODEL_SHAPES)
+@pytest.mark.parametrize("rows", [1, 4, 8])
+def test_kernel_is_within_the_int8_activation_error_of_the_exact_product(n, k, rows):
+    w = _weight(n, k, 32, seed=k + rows)
+    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(n))
+    got = native(x, w4a8_layout.to_records(w), n)
+    want = x.double() @ dequantize(w).double().t()
+    # Rounding a block to int8 errs by at most half a step of max|block| / 127, about 0.5% of the activations'
+    # RMS for Gaussian blocks of 32 (uniform error: step / sqrt(12)); 1% leaves room for chance.
+    assert _rel(got, want) < 0.01
+
+
+@needs_native
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_layout_round_trips_exactly_through_the_records(group, dtype):
+    w = _weight(48, 384, group, seed=group, dtype=dtype)
+    layer = Int4Linear(w)
+    assert hasattr(layer, "records")
+    back = layer.layout()
+    assert torch.equal(back.qweight, w.qweight) and back.group_size == group
+    assert torch.equal(back.scales, w.scales) and torch.equal(back.mins, w.mins)
+    assert back.scales.dtype == dtype
+
+
+@needs_native
+def test_int4_linear_takes_it_for_float32_decode_rows_and_torch_for_the_rest(monkeypatch):
+    w = _weight(64, 128, 32, seed=7)
+    layer = Int4Linear(w)
+    calls = []
+    counted = lambda x, r, n: calls.append(tuple(x.shape)) or native(x, r, n)  # noqa: E731
+    monkeypatch.setattr(build, "_loaded", {"gemv_w4a8": counted})
+    gen = torch.Generator().manual_seed(1)
+    exact = dequantize(w)
+    for rows in (1, 8, 40):  # 40 rows: a prompt chunk, on PyTorch's int4 kernel (bf16 activations)
+        x = torch.randn(rows, 128, generator=gen)
+        assert _rel(layer(x), x @ exact.t()) < 0.02
+    layer(torch.randn(2, 128, generator=gen).bfloat16())  # not float32: PyTorch's kernel
+    layer(torch.randn(2, 3, 128, generator=gen))  # [batch, tokens, K]: six rows, flattened
+    assert calls == [(1, 128), (8, 128), (6, 128)]
+
+
+def test_kernels_off_keep_pytorchs_path_and_the_layout(monkeypatch):
+    monkeypatch.setattr(build, "_loaded", {})
+    monkeypatch.setenv(build.ENV, "off")
+    w = _weight(64, 128, 32, seed=3)
+    layer = Int4Linear(w)
+    assert not hasattr(layer, "records")
+    assert torch.equal(layer.layout().qweight, w.qweight)
+    x = torch.randn(1, 128, generator=torch.Generator().manual_seed(2))
+    assert _rel(layer(x), x @ dequantize(w).t()) < 0.02  # bf16 activations in PyTorch's kernel
+
+
+@needs_native
+def test_shapes_the_kernel_cannot_take_fall_back(monkeypatch):
+    # Groups of 16 split the kernel's 32-input blocks: the reference (expand, then matmul) runs, exactly.
+    w = _weight(24, 96, 16, seed=5)
+    layer = Int4Linear(w)
+    assert not hasattr(layer, "records")
+    x = torch.randn(1, 96, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(layer(x), x @ dequantize(w).t())
+    with pytest.raises(ValueError, match="multiples of 32"):
+        w4a8_layout.to_records(w)
+    with pytest.raises(ValueError, match="do not fit"):  # records of another K: an error, never a bad read
+        native(torch.randn(1, 64), w4a8_layout.to_records(_weight(8, 128, 32, seed=6)), 8)
+    with pytest.raises(ValueError, match="do not fit"):  # more rows than the records hold
+        native(torch.randn(1, 128), w4a8_layout.to_records(_weight(8, 128, 32, seed=6)), 9)
