@@ -77,18 +77,22 @@ class PagedAttention(AttentionBackend):
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         kc, vc = self.cache.k[layer], self.cache.v[layer]  # [kv_heads, slots, head_dim]
+        b = self.num_decodes
+        if (self.native is not None and not self.prefills and k.stride()[1:] == v.stride()[1:] == (k.shape[2], 1)
+                and self.slot_mapping.dtype == torch.int64 and self.slot_mapping.is_contiguous()):
+            # An all-decode step: the native call stores the keys and values, then attends (one call a layer).
+            return self.native(q, kc, vc, self.native_tables, self.native_lens, self.cache.block_size,
+                               new=(k, v, self.slot_mapping))
         kc.index_copy_(1, self.slot_mapping, k.transpose(0, 1))
         vc.index_copy_(1, self.slot_mapping, v.transpose(0, 1))
         out = torch.empty_like(q)  # [tokens, heads, head_dim]
         for first, last, slots in self.prefills:
             out[first:last] = _prefill(q[first:last], kc[:, slots], vc[:, slots])
         if self.num_decodes and self.native is not None:
-            b = self.num_decodes
             out[:b] = self.native(q[:b], kc, vc, self.native_tables, self.native_lens, self.cache.block_size)
         elif self.num_decodes:
             kv_heads, _, d = kc.shape
             by_block = (kv_heads, self.cache.num_blocks, self.cache.block_size, d)
-            b = self.num_decodes
             keys = kc.view(by_block)[:, self.decode_tables].view(kv_heads, b, -1, d)  # [kv_heads, B, L, d]
             values = vc.view(by_block)[:, self.decode_tables].view(kv_heads, b, -1, d)
             out[:b] = _decode(q[:b], keys, values, self.decode_valid)

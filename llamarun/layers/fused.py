@@ -88,6 +88,9 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
         from llamarun.kernels.activation import silu_and_mul as kernel
 
         return kernel(gate_up)
+    native = _native_ops(gate_up)
+    if native is not None and gate_up.dim() == 2 and gate_up.is_contiguous():
+        return native[2](gate_up)  # one call for the split, the silu and the product
     gate, up = gate_up.chunk(2, dim=-1)  # [tokens, intermediate] each
     return F.silu(gate) * up
 

@@ -112,11 +112,48 @@ def test_the_model_layers_take_the_native_ops_only_for_float32_decode_rows(monke
 
     calls = []
     monkeypatch.setattr(build, "_loaded", {"small_ops": (lambda *a: calls.append("norm") or (a[0], a[0]),
-                                                         lambda x, c, s: calls.append("rot") or x)})
+                                                         lambda x, c, s: calls.append("rot") or x,
+                                                         lambda g: calls.append("silu") or g[:, :g.shape[1] // 2])})
     weight = torch.ones(64)
     fused.add_rms_norm(torch.randn(2, 64), None, weight, 1e-5)
     fused.add_rms_norm(torch.randn(20, 64), None, weight, 1e-5)  # a prompt chunk: torch
     fused.add_rms_norm(torch.randn(2, 64).bfloat16(), None, weight.bfloat16(), 1e-5)  # not float32: torch
     cos = sin = torch.ones(2, 16)
     fused.rotate(torch.randn(2, 4, 16), torch.randn(2, 2, 16), cos, sin)
-    assert calls == ["norm", "rot", "rot"]
+    fused.silu_and_mul(torch.randn(2, 32))
+    fused.silu_and_mul(torch.randn(20, 32))  # a prompt chunk: torch
+    assert calls == ["norm", "rot", "rot", "silu"]
+
+
+@pytest.mark.skipif(small_ops is None, reason="no AVX2/FMA or no C compiler here")
+def test_silu_mul_equals_the_torch_formula():
+    from llamarun.kernels.activation import silu_and_mul_reference
+
+    gate_up = torch.randn(3, 2 * 1536, generator=torch.Generator().manual_seed(6)) * 4
+    torch.testing.assert_close(small_ops[2](gate_up), silu_and_mul_reference(gate_up), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(attention is None, reason="no AVX2/FMA or no C compiler here")
+def test_decode_attention_stores_the_steps_keys_and_values_first():
+    """With `new`, the call writes each sequence's new key and value to its slot (as index_copy_ would), then
+    attends over them: the slabs and the output equal the two-step path's."""
+    gen = torch.Generator().manual_seed(8)
+    heads, kv_heads, d, block_size, blocks, lens = 6, 2, 32, 16, 12, [3, 20]
+    k_slab = torch.randn(kv_heads, blocks * block_size, d, generator=gen)
+    v_slab = torch.randn(kv_heads, blocks * block_size, d, generator=gen)
+    tables = torch.tensor([[4, 0], [7, 2]], dtype=torch.int32)
+    slots = torch.tensor([4 * 16 + 2, 2 * 16 + 3], dtype=torch.int64)  # each sequence's last position
+    q = torch.randn(2, heads, d, generator=gen)
+    qkv = torch.randn(2, (heads + 2 * kv_heads) * d, generator=gen)  # k and v as strided views of one row
+    k = qkv[:, heads * d:(heads + kv_heads) * d].view(2, kv_heads, d)
+    v = qkv[:, (heads + kv_heads) * d:].view(2, kv_heads, d)
+    want_k, want_v = k_slab.clone(), v_slab.clone()
+    want_k.index_copy_(1, slots, k.transpose(0, 1))
+    want_v.index_copy_(1, slots, v.transpose(0, 1))
+    lens_t = torch.tensor(lens, dtype=torch.int32)
+    want = attention(q, want_k, want_v, tables, lens_t, block_size)
+    got = attention(q, k_slab, v_slab, tables, lens_t, block_size, new=(k, v, slots))
+    assert torch.equal(k_slab, want_k) and torch.equal(v_slab, want_v)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="do not fit"):
+        attention(q, k_slab, v_slab, tables, lens_t, block_size, new=(k, v, slots.int()))

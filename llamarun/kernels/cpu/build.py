@@ -4,7 +4,8 @@ PyTorch's int8 weight-only CPU kernel streams the default model's small matrices
 memory bandwidth, and a decode step's attention is a dozen small dispatches per layer: decode is where
 llamarun trails llama.cpp most. Each kernel is a plain C file (`gemv_w8a8.c`: AVX2 integer dot products
 against int8 weights; `gemv_w4a8.c`: the same against 4-bit affine weights; `decode_attention.c`: one query
-per sequence over the paged cache; `small_ops.c`: add + RMSNorm and rotary for decode rows), OpenMP inside
+per sequence over the paged cache, the step's own keys and values written first; `small_ops.c`: add + RMSNorm,
+rotary and silu(gate) * up for decode rows), OpenMP inside
 where the work is large enough, built in well under a second with the system's C compiler into the llamarun
 home, keyed by a hash of the source and flags, and called through ctypes with tensor pointers: no Python
 headers, no PyTorch extension.
@@ -65,13 +66,15 @@ def load_w4a8() -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | N
 
 def load_decode_attention() -> Callable[..., torch.Tensor] | None:
     """`decode_attention(q [B, H, D], k_slab, v_slab [KVH, S, D], tables [B, W] int32, seq_lens [B] int32,
-    block_size) -> [B, H, D]`, all float32 on the CPU, or None."""
+    block_size, new=None) -> [B, H, D]`, all float32 on the CPU, or None. `new = (k [B, KVH, D], v, slots [B]
+    int64)` writes the step's keys and values into the slabs first (k and v: inner [KVH, D] contiguous)."""
     return _load("decode_attention", _wrap_attention)
 
 
-def load_small_ops() -> tuple[Callable, Callable] | None:
-    """(`add_rms_norm(x, residual | None, weight, eps) -> (norm, total)`, `rotary(x, cos, sin) -> rotated`) for
-    float32 CPU tensors, x [tokens, hidden] contiguous / [tokens, heads, d] with a contiguous last dim; or None."""
+def load_small_ops() -> tuple[Callable, Callable, Callable] | None:
+    """(`add_rms_norm(x, residual | None, weight, eps) -> (norm, total)`, `rotary(x, cos, sin) -> rotated`,
+    `silu_mul(gate_up) -> silu(gate) * up`) for float32 CPU tensors, x [tokens, hidden] contiguous / [tokens, heads,
+    d] with a contiguous last dim / gate_up [tokens, 2 * inter] contiguous; or None."""
     return _load("small_ops", _wrap_small_ops)
 
 
@@ -140,30 +143,44 @@ def _wrap_w4a8(lib: ctypes.CDLL) -> Callable:
 
 def _wrap_attention(lib: ctypes.CDLL) -> Callable:
     fn = lib.decode_attention
-    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int] * 6 + [ctypes.c_long, ctypes.c_float, ctypes.c_void_p]
+    fn.argtypes = ([ctypes.c_void_p] * 6 + [ctypes.c_int] * 6 + [ctypes.c_long, ctypes.c_float, ctypes.c_void_p]
+                   + [ctypes.c_void_p] * 2 + [ctypes.c_long] * 2 + [ctypes.c_void_p])
     fn.restype = None
 
     def decode_attention(q: torch.Tensor, k_slab: torch.Tensor, v_slab: torch.Tensor, tables: torch.Tensor,
-                         seq_lens: torch.Tensor, block_size: int) -> torch.Tensor:
+                         seq_lens: torch.Tensor, block_size: int,
+                         new: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         batch, heads, d = q.shape
         kv_heads, slots, _ = k_slab.shape
         width = tables.shape[1]
         q = q.contiguous()
         out = torch.empty_like(q)
         work = torch.empty(batch * heads * width * block_size, dtype=torch.float32)  # every item's scores
+        k_new = v_new = new_slots = None
+        if new is not None:
+            k_new, v_new, new_slots = new
+            if (k_new.shape != (batch, kv_heads, d) or v_new.shape != k_new.shape or k_new.stride()[1:] != (d, 1)
+                    or v_new.stride()[1:] != (d, 1) or new_slots.dtype != torch.int64
+                    or new_slots.shape != (batch,) or not new_slots.is_contiguous()):
+                raise ValueError(f"decode_attention: new keys {tuple(k_new.shape)}/{k_new.stride()}, values "
+                                 f"{tuple(v_new.shape)}/{v_new.stride()} and slots {tuple(new_slots.shape)} "
+                                 f"{new_slots.dtype} do not fit {batch} queries of {kv_heads} x {d}")
         fn(q.data_ptr(), k_slab.data_ptr(), v_slab.data_ptr(), tables.data_ptr(), seq_lens.data_ptr(),
-           out.data_ptr(), batch, heads, kv_heads, d, block_size, width, slots, d ** -0.5, work.data_ptr())
+           out.data_ptr(), batch, heads, kv_heads, d, block_size, width, slots, d ** -0.5, work.data_ptr(),
+           k_new.data_ptr() if new else None, v_new.data_ptr() if new else None,
+           k_new.stride(0) if new else 0, v_new.stride(0) if new else 0, new_slots.data_ptr() if new else None)
         return out
 
     return decode_attention
 
 
-def _wrap_small_ops(lib: ctypes.CDLL) -> tuple[Callable, Callable]:
-    norm_fn, rot_fn = lib.add_rms_norm, lib.rotary
+def _wrap_small_ops(lib: ctypes.CDLL) -> tuple[Callable, Callable, Callable]:
+    norm_fn, rot_fn, silu_fn = lib.add_rms_norm, lib.rotary, lib.silu_mul
     norm_fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 2 + [ctypes.c_float]
     rot_fn.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p,
                        ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
-    norm_fn.restype = rot_fn.restype = None
+    silu_fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int] * 2
+    norm_fn.restype = rot_fn.restype = silu_fn.restype = None
 
     def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,7 +197,13 @@ def _wrap_small_ops(lib: ctypes.CDLL) -> tuple[Callable, Callable]:
                tokens, heads, d)
         return out
 
-    return add_rms_norm, rotary
+    def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+        rows, double = gate_up.shape
+        out = torch.empty(rows, double // 2, dtype=torch.float32)
+        silu_fn(gate_up.data_ptr(), out.data_ptr(), rows, double // 2)
+        return out
+
+    return add_rms_norm, rotary, silu_mul
 
 
 def _compiled(compiler: str, source: Path) -> Path:

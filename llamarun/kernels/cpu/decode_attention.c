@@ -4,7 +4,10 @@
  * sequence lengths [B] int32 -> out [B, H, D]. Each (sequence, head) pair is one OpenMP work item: scores
  * over the sequence's slots found through its block table, a softmax, the weighted sum of values. It replaces
  * the gathers, two batched matmuls, mask and softmax PyTorch runs per layer (a dozen dispatches) with one call.
- * `work` holds B * H * W * block_size floats of scores. Built by build.py; no Python headers.
+ * `work` holds B * H * W * block_size floats of scores. With `new_slots`, the step's own keys and values
+ * (k_new/v_new [B, KVH, D], rows `k_stride`/`v_stride` floats apart) are first written to those slots of the slabs: the
+ * two index_copy_ dispatches a decode step would make per layer (a negative slot writes nothing).
+ * Built by build.py; no Python headers.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -23,8 +26,21 @@ static inline float dot(const float *a, const float *b, int d) {
 
 void decode_attention(const float *q, const float *kc, const float *vc, const int *tables, const int *seq_lens,
                       float *out, int batch, int heads, int kv_heads, int d, int block_size, int width,
-                      long slots, float scale, float *work) {
+                      long slots, float scale, float *work, const float *k_new, const float *v_new,
+                      long k_stride, long v_stride, const long *new_slots) {
     int group = heads / kv_heads;
+    if (new_slots) {
+        float *kw = (float *)kc, *vw = (float *)vc;
+        for (int b = 0; b < batch; b++) {
+            long slot = new_slots[b];
+            if (slot < 0) continue;
+            for (int g = 0; g < kv_heads; g++) {
+                const float *ks = k_new + b * k_stride + (long)g * d, *vs = v_new + b * v_stride + (long)g * d;
+                float *kd = kw + ((long)g * slots + slot) * d, *vd = vw + ((long)g * slots + slot) * d;
+                for (int i = 0; i < d; i++) { kd[i] = ks[i]; vd[i] = vs[i]; }
+            }
+        }
+    }
     long span = (long)width * block_size;
     #pragma omp parallel for schedule(dynamic, 1)
     for (int item = 0; item < batch * heads; item++) {

@@ -1,5 +1,6 @@
-/* The per-token small ops of a CPU decode step in float32, one call each instead of five to fifteen PyTorch
- * dispatches: RMSNorm with the residual add folded in, and rotary embedding of q and k (HF half-split layout).
+/* The per-token small ops of a CPU decode step in float32, one call each instead of three to fifteen PyTorch
+ * dispatches: RMSNorm with the residual add folded in, rotary embedding of q and k (HF half-split layout), and
+ * SwiGLU's silu(gate) * up.
  * Rows are few at decode, so these run on the calling thread; prompts keep PyTorch's ops (see layers/fused.py).
  * Built by build.py; no Python headers.
  */
@@ -37,5 +38,15 @@ void rotary(const float *x, long token_stride, long head_stride, const float *co
             for (int i = 0; i < half; i++) o[i] = xh[i] * c[i] - xh[i + half] * s[i];
             for (int i = half; i < d; i++) o[i] = xh[i] * c[i] + xh[i - half] * s[i];
         }
+    }
+}
+
+/* out[r, i] = silu(g) * u with g = gate_up[r, i], u = gate_up[r, inter + i], as torch computes it in float32:
+ * silu(g) = g / (1 + exp(-g)). gate_up [rows, 2 * inter] and out [rows, inter] contiguous. */
+void silu_mul(const float *gate_up, float *out, int rows, int inter) {
+    for (int r = 0; r < rows; r++) {
+        const float *g = gate_up + (long)r * 2 * inter, *u = g + inter;
+        float *o = out + (long)r * inter;
+        for (int i = 0; i < inter; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
     }
 }
