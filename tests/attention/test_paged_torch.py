@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from llamarun.attention.paged_torch import PagedAttention, PagedKVCache
@@ -50,3 +51,16 @@ def test_mixed_batch_equals_reference_and_writes_the_cache():
         slots = [table[p // BS] * BS + p % BS for p in range(ctx)]
         expected = reference(q[first:last], kc[slots], vc[slots])
         torch.testing.assert_close(out[first:last], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_cpu_cache_reads_as_zeros_and_takes_writes(dtype):
+    """The CPU slabs are mapped pages (no zeroing pass at load): they must read as zeros and behave as tensors."""
+    from llamarun.attention.paged_torch import zeroed
+
+    slab = zeroed((2, 3, 64, 8), dtype, "cpu")
+    assert slab.dtype == dtype and slab.shape == (2, 3, 64, 8) and slab.is_contiguous()
+    assert torch.count_nonzero(slab) == 0
+    slab[1, 2, 5] = 1.5
+    assert slab.sum().item() == 12.0 and slab[1, 2, 5, 0].item() == 1.5
+    assert zeroed((0, 4), dtype, "cpu").shape == (0, 4)
