@@ -10,6 +10,7 @@ import torch
 
 from llamarun.engine.llm_engine import EngineConfig, LLMEngine
 from llamarun.errors import LlamarunError
+from llamarun.llm import prepared
 from llamarun.quant.method import packer
 from llamarun.quant.modes import choose_weights, method_for, weight_bytes
 from llamarun.store.resolve import ResolvedModel, resolve_model
@@ -94,8 +95,15 @@ def load_model(model: str | ResolvedModel, *, context_length: int | None = None,
                                             on_tensor=lambda _name: bar.advance())
             t_weights = time.perf_counter()  # the shards load inside the engine's start: reported as weights
         else:
-            net = build_model(ckpt, dtype, device, on_tensor=lambda _name: bar.advance(),
-                              pack=packer(method_for(mode)), keep_packed=mode == "packed")
+            key = prepared.key_for(resolved.path, mode, dtype) if device == "cpu" else None
+            net = prepared.load(key) if key else None  # mapped from the llamarun home: nothing to convert
+            if net is None:
+                net = build_model(ckpt, dtype, device, on_tensor=lambda _name: bar.advance(),
+                                  pack=packer(method_for(mode)), keep_packed=mode == "packed")
+                if key:
+                    prepared.save(key, net)
+            else:
+                bar.advance(len(ckpt.tensor_names))
             t_weights = time.perf_counter()
             # The engine never holds the tokenizer: grammars are compiled against its token bytes (the logits
             # may be wider than the tokenizer: padded ids are never allowed).
