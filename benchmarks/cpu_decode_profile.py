@@ -29,9 +29,9 @@ def _timed_kernels(totals: dict[str, list[float]]) -> None:
     build.load(), build.load_w4a8(), build.load_decode_attention(), build.load_small_ops()
 
     def wrap(name, fn):
-        def timed(*args):
+        def timed(*args, **kwargs):
             t0 = time.perf_counter()
-            out = fn(*args)
+            out = fn(*args, **kwargs)
             entry = totals[name]
             entry[0] += time.perf_counter() - t0
             entry[1] += 1
@@ -42,7 +42,7 @@ def _timed_kernels(totals: dict[str, list[float]]) -> None:
         if fn is None:
             continue
         if name == "small_ops":
-            build._loaded[name] = (wrap("add_rms_norm", fn[0]), wrap("rotary", fn[1]))
+            build._loaded[name] = (wrap("add_rms_norm", fn[0]), wrap("rotary", fn[1]), wrap("silu_mul", fn[2]))
         else:
             build._loaded[name] = wrap(name, fn)
 

@@ -117,13 +117,13 @@ def summarize(runs: dict[str, dict[str, list[dict]]]) -> list[dict]:
     return rows
 
 
-def write_record(runs: dict, new_tokens: int, rounds: int, folder: Path = RESULTS) -> Path:
-    """benchmarks/results/cpu-peer-llama-cpp-DATE.{json,md}; returns the Markdown path."""
+def write_record(runs: dict, new_tokens: int, rounds: int, folder: Path = RESULTS, tag: str = "") -> Path:
+    """benchmarks/results/cpu-peer-llama-cpp-DATE[-TAG].{json,md}; returns the Markdown path."""
     date = dt.date.today().isoformat()
     record = {"date": date, "cpu": cpu_model(), "model": "the default model's GGUF (smollm2:135m, Q4_1)",
               "new_tokens": new_tokens, "rounds": rounds, "summary": summarize(runs), "runs": runs}
     folder.mkdir(parents=True, exist_ok=True)
-    stem = folder / f"cpu-peer-llama-cpp-{date}"
+    stem = folder / f"cpu-peer-llama-cpp-{date}{'-' + tag if tag else ''}"
     stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [f"# llamarun beside llama.cpp on CPU, {date}", "", f"CPU: {record['cpu']}. {new_tokens} new tokens, "
              f"greedy, median of {rounds} alternating rounds, fresh processes.", "",
@@ -145,6 +145,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--llama-cpp-threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--conditions", default="quiet,busy")
+    ap.add_argument("--tag", default="", help="suffix of the record's name, for a second record on one day")
     args = ap.parse_args()
     try:
         import llama_cpp  # noqa: F401
@@ -157,7 +158,7 @@ def main() -> None:
 
         gguf = str(ensure_default_model())
     runs = measure(gguf, args.conditions.split(","), args.rounds, args.new_tokens, args.llama_cpp_threads)
-    print(write_record(runs, args.new_tokens, args.rounds).read_text())
+    print(write_record(runs, args.new_tokens, args.rounds, tag=args.tag).read_text())
 
 
 if __name__ == "__main__":
