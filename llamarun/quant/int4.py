@@ -10,9 +10,9 @@
   Shapes it cannot take (N not a multiple of 16, group sizes outside 32..256) run the reference:
   expand to the activation dtype, then matmul.
 - CPU, up to `NATIVE_MAX_ROWS` float32 rows (decode): the native AVX2 W4A8 kernel (kernels/cpu/gemv_w4a8.c,
-  activations quantized in blocks of 32) where it built, K and G being multiples of 32. Its records are made
-  once here, beside PyTorch's packing, which prompts (more rows) still use: a second copy of the weights
-  (0.75 bytes per weight) bought for decode speed.
+  activations quantized to 16-bit integers in blocks of 32) where it built, K and G being multiples of 32. Its
+  records are made once here, beside PyTorch's packing, which prompts (more rows) still use: a second copy of
+  the weights (0.75 bytes per weight) bought for decode speed.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 PyTorch's int8 weight-only CPU kernel streams the default model's small matrices at about a third of the
 memory bandwidth, and a decode step's attention is a dozen small dispatches per layer: decode is where
 llamarun trails llama.cpp most. Each kernel is a plain C file (`gemv_w8a8.c`: AVX2 integer dot products
-against int8 weights; `gemv_w4a8.c`: the same against 4-bit affine weights; `decode_attention.c`: one query
-per sequence over the paged cache, the step's own keys and values written first; `small_ops.c`: add + RMSNorm,
-rotary and silu(gate) * up for decode rows), OpenMP inside
+against int8 weights; `gemv_w4a8.c`: the same against 4-bit affine weights, the activations 16-bit integers
+as two int8 planes; `decode_attention.c`: one query per sequence over the paged cache, the step's own keys and
+values written first; `small_ops.c`: add + RMSNorm, rotary and silu(gate) * up for decode rows), OpenMP inside
 where the work is large enough, built in well under a second with the system's C compiler into the llamarun
 home, keyed by a hash of the source and flags, and called through ctypes with tensor pointers: no Python
 headers, no PyTorch extension.
@@ -134,7 +134,7 @@ def _wrap_w4a8(lib: ctypes.CDLL) -> Callable:
                              f"{tuple(x.shape)} {x.dtype}")
         x = x.contiguous()
         y = torch.empty(m, n, dtype=torch.float32)
-        work = torch.empty(m * (k + 8 * blocks), dtype=torch.uint8)  # the quantized rows, scales and sums
+        work = torch.empty(m * (2 * k + 8 * blocks), dtype=torch.uint8)  # two byte planes a row, scales, sums
         fn(x.data_ptr(), records.data_ptr(), y.data_ptr(), m, n, k, work.data_ptr())
         return y
 

@@ -7,12 +7,16 @@
  * tiles of four, their records interleaved block by block, so the four rows a pass reads are one sequential
  * stream, and so are a thread's consecutive tiles.
  *
- * Activations are quantized per row to int8 in blocks of 32 with a float scale each; the block's
- * scale * sum(int8) is kept too, because the weights' minimum multiplies the whole block:
+ * Activations are quantized per row to 16-bit integers in blocks of 32 with a float scale each (the file keeps
+ * its W4A8 name: the integer work is still int8 dot products). int8 blocks (llama.cpp's q4 x q8) erred by
+ * about 0.5% of a product and moved the default model's greedy text off exact float32 math early; 16 bits err
+ * by about 0.002%, for two int8 dot products a block instead of one (the weight bytes, which bound decode, stay).
+ * Each integer is split into two signed bytes, x = 256 hi + lo, so unsigned q times each plane goes through
+ * _mm256_maddubs_epi16 without saturating (2 * 15 * 128 < 32767) and 256 dot(q, hi) + dot(q, lo) is exact.
+ * The block's scale * sum(x) is kept too, because the weights' minimum multiplies the whole block:
  *   sum_k (q scale_w + min)(a scale_a) = scale_w scale_a sum_k q a + min (scale_a sum_k a).
- * The inner product is integer (unsigned q times signed a in _mm256_maddubs_epi16, which cannot overflow:
- * 2 * 15 * 127 < 32767), the rest is one FMA per block and row. Weight and activation rows are taken in
- * small tiles so each load serves several products (see dot_tile).
+ * The rest is one FMA per block and row. Weight and activation rows are taken in small tiles so each load
+ * serves several products (see dot_tile).
  * Output rows are split over OpenMP threads (libgomp, the runtime PyTorch loaded, so its thread count holds).
  * Built on first use by build.py; no Python headers, called through ctypes.
  */
@@ -24,6 +28,9 @@
 #ifndef PREFETCH    /* blocks ahead (of TILE records, 96 bytes each); -DPREFETCH=... to tune */
 #define PREFETCH 32  /* over the default model's 120 int4 matmuls from memory: 10% faster than none, 8 or 16 */
 #endif
+/* The largest |x|: hi = (x + 128) >> 8 must fit a signed byte, and (32767 + 128) >> 8 = 128 would not;
+ * 127 * 256 + 127 is the largest x with hi = 127 (and -x gives hi = -127, lo = -127). */
+#define LIMIT 32639
 
 typedef struct {
     uint8_t nibbles[16];
@@ -37,11 +44,24 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(lo);
 }
 
-/* x [k] float -> q [k] int8, s [k / 32] the block scales, sums [k / 32] = scale * sum(q) per block.
- * Vectorized because it sits before the parallel region, on every call's critical path. */
+/* 4 x 8 int32 that fit a byte -> 32 bytes in order: the packs interleave 128-bit lanes, the permute undoes it. */
+static inline __m256i pack_bytes(__m256i i0, __m256i i1, __m256i i2, __m256i i3) {
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    return _mm256_permutevar8x32_epi32(_mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3)),
+                                       order);
+}
+
+/* x = 256 hi + lo, hi = round(x / 256) (half up, an arithmetic shift), so lo = x - 256 hi is in [-128, 127]. */
+static inline __m256i high_byte(__m256i x) { return _mm256_srai_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(128)), 8); }
+static inline __m256i low_byte(__m256i x, __m256i hi) { return _mm256_sub_epi32(x, _mm256_slli_epi32(hi, 8)); }
+
+/* x [k] float -> q [2k] int8: per block of 32, the high bytes then the low bytes of integers within +-LIMIT;
+ * s [k / 32] the block scales max|block| / LIMIT; sums [k / 32] = scale * sum(integers), the sum exact (in int32,
+ * and in float: |sum| <= 32 * LIMIT < 2^24). |x / scale| passes LIMIT by float rounding only (< 0.01), so the
+ * rounded integers stay within it. Vectorized because it runs before the parallel region, on every call's
+ * critical path. */
 static void quantize_row(const float *x, int k, int8_t *q, float *s, float *sums) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
-    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  /* undoes the packs' lane interleave */
     for (int b = 0; b < k / BLOCK; b++) {
         const float *xb = x + b * BLOCK;
         __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8), v2 = _mm256_loadu_ps(xb + 16),
@@ -51,14 +71,16 @@ static void quantize_row(const float *x, int k, int8_t *q, float *s, float *sums
         __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        float scale = _mm_cvtss_f32(m4) / 127.0f;
+        float scale = _mm_cvtss_f32(m4) / (float)LIMIT;
         __m256 inv = _mm256_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
         /* round to nearest even, as lrintf in gemv_w8a8.c */
         __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, inv)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, inv)),
                 i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, inv)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, inv));
+        __m256i h0 = high_byte(i0), h1 = high_byte(i1), h2 = high_byte(i2), h3 = high_byte(i3);
+        _mm256_storeu_si256((__m256i *)(q + 2 * b * BLOCK), pack_bytes(h0, h1, h2, h3));
+        _mm256_storeu_si256((__m256i *)(q + 2 * b * BLOCK + BLOCK),
+                            pack_bytes(low_byte(i0, h0), low_byte(i1, h1), low_byte(i2, h2), low_byte(i3, h3)));
         __m256i total = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
-        __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
-        _mm256_storeu_si256((__m256i *)(q + b * BLOCK), _mm256_permutevar8x32_epi32(packed, order));
         __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
         t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0x4E));
         t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0xB1));
@@ -75,13 +97,13 @@ static inline __m256i unpack(const block_q4 *blk, __m256i shifts, __m256i low_ma
 }
 
 /* R rows of a tile (from row `w`, records interleaved by four: row r's block b is w[4 * b + r]) against C
- * quantized activation rows: out[c * R + r]. Each weight block is unpacked once for the C activation rows and
- * each activation block loaded once for the R weight rows. Always inlined with constant R and C, so the loops
- * unroll and the R * C accumulators stay in registers. */
+ * quantized activation rows (2k bytes each): out[c * R + r]. Each weight block is unpacked once for the C
+ * activation rows and each activation block loaded once for the R weight rows. Always inlined with constant
+ * R and C, so the loops unroll and the R * C accumulators stay in registers. */
 static inline __attribute__((always_inline)) void dot_tile(
         const block_q4 *w, int blocks, int R, const int8_t *q, int k, const float *s, const float *sums, int C,
         float *out) {
-    const __m256i ones = _mm256_set1_epi16(1), low_mask = _mm256_set1_epi8(0x0F);
+    const __m256i ones = _mm256_set1_epi16(1), high = _mm256_set1_epi16(256), low_mask = _mm256_set1_epi8(0x0F);
     const __m256i shifts = _mm256_setr_epi64x(0, 0, 4, 4);
     __m256 acc[4][4];
     float mins[4][4];
@@ -93,14 +115,20 @@ static inline __attribute__((always_inline)) void dot_tile(
         const char *ahead = (const char *)(w + TILE * (b + PREFETCH));
         _mm_prefetch(ahead, _MM_HINT_T0);
         _mm_prefetch(ahead + 64, _MM_HINT_T0);
-        __m256i xv[4];
-        for (int c = 0; c < C; c++) xv[c] = _mm256_loadu_si256((const __m256i *)(q + (long)c * k + b * BLOCK));
+        __m256i hi[4], lo[4];
+        for (int c = 0; c < C; c++) {
+            const int8_t *at = q + 2 * ((long)c * k + b * BLOCK);
+            hi[c] = _mm256_loadu_si256((const __m256i *)at);
+            lo[c] = _mm256_loadu_si256((const __m256i *)(at + BLOCK));
+        }
         for (int r = 0; r < R; r++) {
             const block_q4 *blk = w + TILE * b + r;
             __m256i wv = unpack(blk, shifts, low_mask);
             for (int c = 0; c < C; c++) {
                 long at = (long)c * (k / BLOCK) + b;
-                __m256i dots = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv[c]), ones);
+                /* 256 dot(q, hi) + dot(q, lo): the x 256 rides on the pair-summing multiply; |dot| < 2^21 */
+                __m256i dots = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(wv, hi[c]), high),
+                                                _mm256_madd_epi16(_mm256_maddubs_epi16(wv, lo[c]), ones));
                 acc[c][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_set1_ps(blk->scale * s[at]), acc[c][r]);
                 mins[c][r] += blk->min * sums[at];
             }
@@ -124,13 +152,13 @@ PART(4, 1) PART(2, 1) PART(2, 2) PART(2, 3) PART(2, 4)
 static const tile_fn halves[5] = {0, part_2x1, part_2x2, part_2x3, part_2x4};  /* by activation rows */
 
 /* x [m, k] float32, w [ceil(n / 4), k / 32, 4] records (rows past n zero), y [m, n] float32; k a multiple of 32;
- * work: m * k int8 + 2 * m * (k / 32) floats. */
+ * work: 2 * m * k int8 + 2 * m * (k / 32) floats. */
 void gemv_w4a8(const float *x, const block_q4 *w, float *y, int m, int n, int k, void *work) {
     int blocks = k / BLOCK;
     int8_t *q = (int8_t *)work;
-    float *s = (float *)(q + (long)m * k), *sums = s + (long)m * blocks;
+    float *s = (float *)(q + 2L * m * k), *sums = s + (long)m * blocks;
     for (int r = 0; r < m; r++)
-        quantize_row(x + (long)r * k, k, q + (long)r * k, s + (long)r * blocks, sums + (long)r * blocks);
+        quantize_row(x + (long)r * k, k, q + 2L * r * k, s + (long)r * blocks, sums + (long)r * blocks);
     int tiles = (n + TILE - 1) / TILE;
     #pragma omp parallel for schedule(static)
     for (int t = 0; t < tiles; t++) {
@@ -145,7 +173,7 @@ void gemv_w4a8(const float *x, const block_q4 *w, float *y, int m, int n, int k,
         for (int half = 0; half < TILE; half += 2)
             for (int c0 = 0; c0 < m; c0 += 4) {
                 int cols = m - c0 < 4 ? m - c0 : 4;
-                halves[cols](wt + half, blocks, q + (long)c0 * k, k, s + (long)c0 * blocks, sums + (long)c0 * blocks,
+                halves[cols](wt + half, blocks, q + 2L * c0 * k, k, s + (long)c0 * blocks, sums + (long)c0 * blocks,
                              out);
                 for (int c = 0; c < cols; c++)
                     for (int i = 0; i < 2 && half + i < rows; i++) y[(long)(c0 + c) * n + j + half + i] = out[c * 2 + i];

@@ -24,10 +24,6 @@ from llamarun.quant.modes import choose_weights, keeps_int4_on_cpu
 
 SPEC = TinySpec(tie_word_embeddings=True)
 BF16_TOLERANCE = 1e-2  # the CPU kernel multiplies in bfloat16; a wrong nibble order or scale gives ~1
-# Prompts of up to 8 tokens run the native decode kernels, which round activations to int8 in blocks of 32
-# (about 0.5% per linear, as llama.cpp's 4-bit x 8-bit dot): over the tiny model's nine linears the logits
-# measured 1.1% off (0.8% with the kernels off), still two orders below a wrong nibble order.
-NATIVE_TOLERANCE = 2e-2
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -94,7 +90,9 @@ def test_auto_runs_an_all_4bit_gguf_from_its_int4_weights_on_cpu(tmp_path: Path,
             expected = x @ dequantize(module.layout()).t()  # [rows, N]
             assert _rel(module(x), expected) < BF16_TOLERANCE
     expanded = build_model(open_checkpoint(tmp_path / "m.gguf"))  # the same file's weights, float32
-    assert _rel(_logits(model), _logits(expanded)) < NATIVE_TOLERANCE
+    # 0.64% measured (0.76% with the native kernels off): mostly the int8 head, the native int4 decode kernel's
+    # 16-bit activations adding little (its int8 ones gave 1.1%)
+    assert _rel(_logits(model), _logits(expanded)) < BF16_TOLERANCE
 
 
 def test_a_gguf_with_int8_linears_stays_on_int8(tmp_path: Path):
