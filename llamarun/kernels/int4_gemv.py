@@ -1,4 +1,4 @@
-"""Batch-1 W4A16 decode with integer dot products: the activation row in exact 16-bit fixed point.
+"""W4A16 decode (1 to 4 rows) with integer dot products: the activations in exact 16-bit fixed point.
 
 Why: a float GEMV over 4-bit weights spends a shift, a mask and a multiply-add on every weight, and on
 Hopper the integer pipe that runs the first two has half the float pipe's width; that, not the bytes,
