@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 ENV = "LLAMARUN_PREPARED"  # auto (default) | off
 MIN_CHECKPOINT_BYTES = 16 * 2**20
-MAX_PREPARED_BYTES = 8 * 2**30
-KEEP = 4
+MAX_PREPARED_BYTES = 4 * 2**30
+KEEP = 3
 PACKAGE = Path(__file__).resolve().parents[1]
 
 
@@ -109,8 +109,8 @@ def save(key: str, model: torch.nn.Module) -> None:
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
             torch.save(model, f)
         os.replace(tmp, where / f"{key}.pt")
-    except OSError as err:  # a full or read-only disk costs the next load its speed, nothing else
-        log.info("prepared model not saved: %s", err)
+    except Exception as err:  # a full disk or a module that does not pickle costs the next load its speed only
+        log.info("prepared model not saved: %s", str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
         tmp.unlink(missing_ok=True)
         return
     entries = sorted(where.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)

@@ -89,3 +89,14 @@ def test_only_the_most_recently_used_entries_stay(home, monkeypatch):
         os.utime(home / "prepared" / f"{key}.pt", (0, {"a": 1, "b": 2, "c": 3}[key]))
     prepared.save("d", model)
     assert {p.stem for p in (home / "prepared").glob("*.pt")} == {"c", "d"}
+
+
+def test_a_model_that_cannot_be_saved_only_costs_the_cache(home, caplog):
+    import logging
+
+    model = torch.nn.Linear(2, 2)
+    model.hook = lambda: None  # a lambda does not pickle
+    with caplog.at_level(logging.INFO, logger="llamarun.llm.prepared"):
+        prepared.save("x", model)  # no exception reaches the load
+    assert "not saved" in caplog.text
+    assert not list((home / "prepared").glob("*"))  # and no temporary file is left behind
