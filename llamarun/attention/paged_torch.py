@@ -87,6 +87,9 @@ class PagedAttention(AttentionBackend):
                 # One native call per layer instead of the gathers, matmuls, mask and softmax (kernels/cpu).
                 self.native = load_decode_attention()
             if self.native is not None:
+                # An all-decode step lets the native call store the step's keys and values too.
+                self.native_stores = (not self.prefills and metadata.slot_mapping.dtype == torch.int64
+                                      and metadata.slot_mapping.is_contiguous())
                 self.native_tables = tables.int().contiguous()  # [B, blocks] int32
                 self.native_lens = metadata.seq_lens[:nd].int().contiguous()  # [B] int32
             else:
@@ -97,9 +100,8 @@ class PagedAttention(AttentionBackend):
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         kc, vc = self.cache.k[layer], self.cache.v[layer]  # [kv_heads, slots, head_dim]
         b = self.num_decodes
-        if (self.native is not None and not self.prefills and k.stride()[1:] == v.stride()[1:] == (k.shape[2], 1)
-                and self.slot_mapping.dtype == torch.int64 and self.slot_mapping.is_contiguous()):
-            # An all-decode step: the native call stores the keys and values, then attends (one call a layer).
+        if self.native is not None and self.native_stores and k.stride()[1:] == v.stride()[1:] == (k.shape[2], 1):
+            # The native call stores the keys and values, then attends (one call a layer).
             return self.native(q, kc, vc, self.native_tables, self.native_lens, self.cache.block_size,
                                new=(k, v, self.slot_mapping))
         kc.index_copy_(1, self.slot_mapping, k.transpose(0, 1))

@@ -65,13 +65,13 @@ def key_for(path: Path, mode: str, dtype: torch.dtype) -> str | None:
     if os.environ.get(ENV, "auto").strip().lower() == "off":
         return None
     path = Path(path).resolve()
-    files = _files(path)
-    if sum(f.stat().st_size for f in files) < MIN_CHECKPOINT_BYTES:
+    files = [(f, f.stat()) for f in _files(path)]
+    if sum(st.st_size for _, st in files) < MIN_CHECKPOINT_BYTES:
         return None
     from llamarun.kernels.cpu import build
 
     facts = {
-        "files": [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+        "files": [[str(f), st.st_size, st.st_mtime_ns] for f, st in files],
         "mode": mode, "dtype": str(dtype), "torch": torch.__version__, "sources": source_digest(),
         "kernels": [os.environ.get(build.ENV, "auto"), build.cpu_has_avx2(),
                     os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")],
