@@ -1,6 +1,6 @@
 """Where a batch-1 step's time goes on a GPU: whole engine steps against the GPU time inside them.
 
-    python3 benchmarks/gpu_step_profile.py [--shape llama3.1-8b] [--prompt-tokens 128]
+    python3 benchmarks/gpu_step_profile.py [--shape llama3.1-8b] [--weights fp8] [--prompt-tokens 128]
 
 Prints, for a decode step and for a prompt step: wall time of `engine.step()`, and the GPU time of the
 forward pass alone (a graph replay, or the eager forward, timed with CUDA events). The difference is host
@@ -27,9 +27,10 @@ def main() -> None:
     ap.add_argument("--shape", default="llama3.1-8b")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--weights", default="exact", help="exact, or a quantization format: fp8, int4-g128, ...")
     args = ap.parse_args()
     rm = load_random_model(args.shape, device="cuda", concurrency=1, context_length=1024, seed=0,
-                           dtype=torch.bfloat16, available_bytes=None)
+                           dtype=torch.bfloat16, available_bytes=None, weights=args.weights)
     engine, runner = rm.engine, rm.engine.runner
     prompt = list(range(1000, 1000 + args.prompt_tokens))
     prompt_walls = []
@@ -54,7 +55,7 @@ def main() -> None:
         end.record()
         end.synchronize()
         replays.append(start.elapsed_time(end) / 1e3)
-    out = {"shape": args.shape, "prompt_tokens": args.prompt_tokens,
+    out = {"shape": args.shape, "weights": args.weights, "prompt_tokens": args.prompt_tokens,
            "prompt_step_ms": [round(w * 1e3, 2) for w in prompt_walls],
            "decode_step_ms_median": round(statistics.median(walls) * 1e3, 3),
            "graph_replay_ms_median": round(statistics.median(replays) * 1e3, 3),
