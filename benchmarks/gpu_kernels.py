@@ -33,7 +33,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from llamarun.attention.metadata import AttentionMetadata
-from llamarun.attention.paged_torch import PagedAttention, PagedKVCache, SeqSlice
+from llamarun.attention.paged_torch import PagedAttention, PagedKVCache
 from llamarun.config import ModelConfig
 
 HEADS, KV_HEADS, HEAD_DIM, PAGE, HIDDEN, INTER = 32, 8, 128, 16, 4096, 14336
@@ -186,12 +186,11 @@ def bench_decode(batch: int, context: int, skip_flex: bool) -> None:
         expected, units, layers)
 
     # Whole backends: the layer's K/V store plus attention, as the model calls them.
-    seqs = [SeqSlice(b, 1, context, None, ids) for b, ids in enumerate(blocks)]
-    torch_backend = PagedAttention(cache, slots, seqs)
-    try_impl("decode", case, "torch backend", lambda: lambda i: torch_backend.forward(i, q, new_kv, new_kv),
-             expected, units, layers)
     meta = AttentionMetadata(slots, torch.arange(batch + 1, dtype=torch.int32, device=DEVICE), lens, tables,
                              batch, 1, context)
+    torch_backend = PagedAttention(cache, meta)
+    try_impl("decode", case, "torch backend", lambda: lambda i: torch_backend.forward(i, q, new_kv, new_kv),
+             expected, units, layers)
     triton_backend = TritonPagedAttention(cache, max_batch=max(batch, 64), num_heads=HEADS)
     triton_backend.begin(meta)
     try_impl("decode", case, "triton backend", lambda: lambda i: triton_backend.forward(i, q, new_kv, new_kv),
@@ -256,13 +255,10 @@ def bench_prefill(num_seqs: int, chunk: int, prefix: int, skip_flex: bool) -> No
     slots = torch.cat(slot_list)  # [tokens]
     new_k = torch.stack([kc[:, s] for s in slot_list]).transpose(1, 2).reshape(tokens, KV_HEADS, HEAD_DIM)
     new_v = torch.stack([vc[:, s] for s in slot_list]).transpose(1, 2).reshape(tokens, KV_HEADS, HEAD_DIM)
-    all_pos = torch.arange(length, device=DEVICE)
-    seqs = [SeqSlice(b * chunk, chunk, length, ids.long()[all_pos // PAGE] * PAGE + all_pos % PAGE, ids)
-            for b, ids in enumerate(blocks)]
-    torch_backend = PagedAttention(cache, slots, seqs)
+    meta = AttentionMetadata(slots, starts, lens, tables, 0, chunk, length)
+    torch_backend = PagedAttention(cache, meta)
     try_impl("prefill", case, "torch backend", lambda: lambda i: torch_backend.forward(0, q, new_k, new_v),
              expected, units)
-    meta = AttentionMetadata(slots, starts, lens, tables, 0, chunk, length)
     triton_backend = TritonPagedAttention(cache, num_heads=HEADS)
     triton_backend.begin(meta)
     try_impl("prefill", case, "triton backend", lambda: lambda i: triton_backend.forward(0, q, new_k, new_v),

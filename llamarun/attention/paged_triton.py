@@ -77,13 +77,17 @@ class TritonPagedAttention(AttentionBackend):
         if meta is None:
             raise RuntimeError("TritonPagedAttention.forward before begin(meta)")
         kc, vc = self.cache.k[layer], self.cache.v[layer]  # [kv_heads, slots, head_dim]
-        store_kv(k, v, kc, vc, meta.slot_mapping)
+        nd = meta.num_decodes
+        # An all-decode step's keys and values are written by the decode kernel itself (one launch less).
+        fused_store = nd > 0 and meta.num_prefills == 0 and q.shape[0] == nd
+        if not fused_store:
+            store_kv(k, v, kc, vc, meta.slot_mapping)
         out = torch.empty_like(q)  # [tokens, heads, head_dim]
         block_size = self.cache.block_size
-        nd = meta.num_decodes
         if nd:
             decode_attention(q[:nd], kc, vc, meta.block_tables[:nd], meta.seq_lens[:nd], self.scale, block_size,
-                             out=out[:nd], num_splits=self._splits, workspace=self._workspace(q.shape[1], nd))
+                             out=out[:nd], num_splits=self._splits, workspace=self._workspace(q.shape[1], nd),
+                             new=(k, v, meta.slot_mapping) if fused_store else None)
         if meta.num_prefills:
             prefill_attention(q, kc, vc, meta.block_tables, meta.seq_lens, meta.query_start, self.scale, block_size,
                               meta.max_query_len, first_seq=nd, out=out)

@@ -11,12 +11,17 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
+
+from llamarun.kernels.pdl import pdl_launch
 
 BLOCK = 1024
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, width, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, width, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        gdc_wait()  # gate/up is written by the kernel before (pdl.py)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < width
@@ -48,8 +53,9 @@ def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
     width = double // 2
     out = torch.empty(tokens, width, dtype=x.dtype, device=x.device) if out is None else out
     if tokens:
+        pdl, launch = pdl_launch(x)
         _silu_and_mul_kernel[(tokens, triton.cdiv(width, BLOCK))](
-            x, out, x.stride(0), out.stride(0), width, BLOCK=BLOCK, num_warps=4)
+            x, out, x.stride(0), out.stride(0), width, BLOCK=BLOCK, PDL=pdl, num_warps=4, **launch)
     return out
 
 

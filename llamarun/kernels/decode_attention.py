@@ -8,6 +8,10 @@ this step's sequence lengths; each split finds its own token range from `seq_len
 kernel, so a split past the end writes a neutral partial (lse = -inf) and a seq_len-0 row writes
 zeros. With one split the first kernel writes the output itself and the merge is skipped. The split
 count is a run-time argument, so graphs captured for many batch sizes share one compiled kernel.
+
+Given the step's own keys and values (`new`), the program whose split holds a sequence's last position
+writes them into their cache slot before it attends (a barrier makes them visible to its other threads):
+an all-decode step needs no separate store kernel, one launch less per layer.
 """
 
 from __future__ import annotations
@@ -17,12 +21,16 @@ import functools
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
 
 from llamarun.kernels.attention_tile import attend_tile, dot_precision
+from llamarun.kernels.pdl import pdl_launch
 
 LOG2E = 1.4426950408889634
 BLOCK_N = 64  # tokens per K/V tile: four 16-token pages
-MIN_SPLIT_TOKENS = 128  # shorter splits cost more in merging than they win in parallelism
+# Shorter splits cost more in merging than they win in parallelism. At batch 1 on an H200 (70B's heads) 64 led:
+# 6.1 against 6.8 us at a 256-token context, 6.9 against 8.3 at 1024 (benchmarks/gpu_decode_splits.py).
+MIN_SPLIT_TOKENS = 64
 MAX_SPLITS = 64
 # Launch tuning, read at call time (benchmarks/gpu_kernels_sweep.py varies them). On an H200 at 8B shapes these
 # led or tied every case swept: 3.9 TB/s at 64 x 1024, 3.0 at 1 x 32768 (graph-replayed, L2 flushed).
@@ -32,11 +40,15 @@ NUM_WARPS, NUM_STAGES = 4, 3
 @triton.jit
 def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, seq_lens_ptr, out_ptr, part_ptr, lse_ptr, qk_scale,
                          num_splits, stride_qb, stride_qh, stride_kh, stride_vh, stride_tb, stride_ob, stride_oh,
+                         k_new_ptr, v_new_ptr, slots_ptr, stride_knb, stride_knh, stride_vnb, stride_vnh,
                          GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr,
-                         BLOCK_N: tl.constexpr, DIRECT: tl.constexpr, PRECISION: tl.constexpr):
+                         BLOCK_N: tl.constexpr, DIRECT: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
+                         STORE_NEW: tl.constexpr):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
+    if PDL:
+        gdc_wait()  # q, the cache and the step's tables are written by the kernels before (pdl.py)
     seq_len = tl.load(seq_lens_ptr + seq)
     # Whole tiles per split, so only a split's last tile needs masking.
     tiles_per_split = tl.cdiv(tl.cdiv(seq_len, BLOCK_N), num_splits)
@@ -46,6 +58,16 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, seq_lens_ptr, out_ptr,
 
     groups = tl.arange(0, BLOCK_G)
     dims = tl.arange(0, HEAD_DIM)
+    if STORE_NEW:  # this step's key and value, written by the split that reads their slot
+        slot = tl.load(slots_ptr + seq)
+        mine = (seq_len > 0) & (slot >= 0) & ((seq_len - 1) // tl.maximum(tiles_per_split * BLOCK_N, 1) == split)
+        mask = (dims * 0 + mine.to(tl.int32)) > 0  # [HEAD_DIM]: the interpreter rejects a scalar mask
+        key = tl.load(k_new_ptr + seq * stride_knb + kv_head * stride_knh + dims, mask=mask)
+        value = tl.load(v_new_ptr + seq * stride_vnb + kv_head * stride_vnh + dims, mask=mask)
+        row = slot.to(tl.int64) * HEAD_DIM + dims
+        tl.store(k_ptr + kv_head.to(tl.int64) * stride_kh + row, key.to(k_ptr.dtype.element_ty), mask=mask)
+        tl.store(v_ptr + kv_head.to(tl.int64) * stride_vh + row, value.to(v_ptr.dtype.element_ty), mask=mask)
+        tl.debug_barrier()  # the tile loads below, by any thread of this program, see them
     heads = kv_head * GROUP + groups  # [BLOCK_G] query heads of this KV head
     live = groups < GROUP
     q = tl.load(q_ptr + seq * stride_qb + heads[:, None] * stride_qh + dims[None, :], mask=live[:, None], other=0.0)
@@ -76,8 +98,10 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, seq_lens_ptr, out_ptr,
 
 @triton.jit
 def _decode_merge_kernel(part_ptr, lse_ptr, out_ptr, num_splits, stride_ob, stride_oh,
-                         HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
+                         HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
     seq = tl.program_id(0)
+    if PDL:
+        gdc_wait()
     head = tl.program_id(1)
     row = seq * tl.num_programs(1) + head
     splits = tl.arange(0, BLOCK_S)
@@ -123,14 +147,16 @@ def decode_workspace(batch: int, heads: int, num_splits: int, head_dim: int,
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                      seq_lens: torch.Tensor, scale: float, block_size: int, *, out: torch.Tensor | None = None,
-                     num_splits: int | None = None,
-                     workspace: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                     num_splits: int | None = None, workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     new: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Attention of one query per sequence over its paged K/V.
 
     q [B, heads, head_dim] (rows may be strided, head_dim contiguous); k_cache/v_cache one layer's slabs
     [kv_heads, num_blocks * block_size, head_dim]; block_tables [B, max_blocks] int32; seq_lens [B] int32
     (0 for padded rows, whose output is zeros). Returns out [B, heads, head_dim] in q's dtype.
     `workspace` (from `decode_workspace`, sized for B and num_splits) keeps the call allocation-free.
+    `new = (k, v, slots)`: this step's keys and values [B, kv_heads, head_dim] (head_dim contiguous) and their
+    cache slots [B] (below 0: none), written into the cache first (the position seq_len - 1 of each row).
     """
     batch, heads, head_dim = q.shape
     kv_heads = k_cache.shape[0]
@@ -149,17 +175,24 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         if parts.shape != (batch, heads, num_splits, head_dim) or lse.shape != (batch, heads, num_splits):
             raise ValueError(f"decode workspace {tuple(parts.shape)} does not fit {(batch, heads, num_splits)}")
     group = heads // kv_heads
+    pdl, launch = pdl_launch(q)
+    k_new, v_new, slots = new if new is not None else (q, q, seq_lens)  # (unread without STORE_NEW)
+    if new is not None and (k_new.shape != (batch, kv_heads, head_dim) or v_new.shape != k_new.shape
+                            or k_new.stride(2) != 1 or v_new.stride(2) != 1 or slots.shape[0] < batch):
+        raise ValueError(f"decode_attention: new keys {tuple(k_new.shape)} / values {tuple(v_new.shape)} / slots "
+                         f"{tuple(slots.shape)} do not fit {batch} rows of {kv_heads} x {head_dim}")
     _decode_split_kernel[(batch, kv_heads, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens, out, parts, lse, scale * LOG2E, num_splits,
         q.stride(0), q.stride(1), k_cache.stride(0), v_cache.stride(0), block_tables.stride(0),
-        out.stride(0), out.stride(1),
+        out.stride(0), out.stride(1), k_new, v_new, slots, k_new.stride(0), k_new.stride(1), v_new.stride(0),
+        v_new.stride(1), STORE_NEW=new is not None,
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, PAGE=block_size,
         BLOCK_N=BLOCK_N, DIRECT=direct, PRECISION=dot_precision(k_cache.dtype),
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+        PDL=pdl, num_warps=NUM_WARPS, num_stages=NUM_STAGES, **launch)
     if not direct:
         _decode_merge_kernel[(batch, heads)](
             parts, lse, out, num_splits, out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(num_splits), num_warps=4)
+            HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(num_splits), PDL=pdl, num_warps=4, **launch)
     return out
 
 

@@ -26,6 +26,7 @@ from triton.language.extra.cuda import gdc_wait
 
 from llamarun.kernels.activation import load_activation
 from llamarun.kernels.gemv import launch_override
+from llamarun.kernels.pdl import pdl_launch
 
 # (BLOCK_N, BLOCK_K, num_warps), read at call time so a benchmark can sweep them: "fp8w" for weights of more than
 # NARROW output rows, "fp8w_narrow" for the others (fewer programs to fill the GPU with).
@@ -126,10 +127,9 @@ def gemv_fp8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out: to
         block_k //= 2
     y = torch.empty(1, n, dtype=x.dtype, device=x.device) if out is None else out
     words = weight.view(torch.int32)  # [N, K / 4]: four weights a word, byte i = input 4c + i
-    capability = torch.cuda.get_device_capability(x.device) if x.is_cuda else (0, 0)
-    pdl = USE_PDL and capability[0] >= 9
-    asm = USE_ASM and capability >= (8, 9)  # the e4m3 pair conversion is an Ada/Hopper instruction
-    extra = {"launch_pdl": True} if pdl else {}
+    pdl, extra = pdl_launch(x) if USE_PDL else (False, {})
+    # the e4m3 pair conversion is an Ada/Hopper instruction
+    asm = USE_ASM and x.is_cuda and torch.cuda.get_device_capability(x.device) >= (8, 9)
     _gemv_fp8_words_kernel[(triton.cdiv(n, block_n),)](
         x, words, scale, y, n, k, words.stride(0), PER_CHANNEL=scale.numel() > 1, SILU_INPUT=silu_input,
         BLOCK_N=block_n, BLOCK_K=block_k, ASM=asm, PDL=pdl, num_warps=warps, **extra)

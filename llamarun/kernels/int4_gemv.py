@@ -32,6 +32,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from llamarun.kernels.activation import load_activation
 from llamarun.kernels.gemv import launch_override
+from llamarun.kernels.pdl import pdl_launch
 
 # (BLOCK_N, BLOCK_K, num_warps) of the GEMV, read at call time so a benchmark can sweep them: "int4" for weights
 # of many output rows, "int4_narrow" for those of at most NARROW rows (70B's q/k/v, o and down, 8B's but its
@@ -55,6 +56,7 @@ def _activation_planes_kernel(x_ptr, planes_ptr, scale_ptr, sum_ptr, K, stride_x
     """One weight group of one row -> its byte planes [G/8, 4] int32, a scale per 32 inputs, its float sum."""
     if PDL:
         gdc_launch_dependents()  # the GEMV may be scheduled now; it waits for this grid before reading
+        gdc_wait()  # this kernel is itself a programmatic dependent: x is written by the kernel before
     g = tl.program_id(0)
     row = tl.program_id(1)
     x_ptr += row * stride_xm
@@ -166,7 +168,8 @@ def activation_planes(x: torch.Tensor, group_size: int, silu_input: bool = False
     scales = torch.empty(rows, k // BLOCK, dtype=torch.float32, device=x.device)
     sums = torch.empty(rows, groups, dtype=torch.float32, device=x.device)
     _activation_planes_kernel[(groups, rows)](x, planes, scales, sums, k, x.stride(0), SILU_INPUT=silu_input,
-                                              GROUP=group_size, PDL=pdl, num_warps=1)
+                                              GROUP=group_size, PDL=pdl, num_warps=1,
+                                              **({"launch_pdl": True} if pdl else {}))
     return planes, scales, sums
 
 
@@ -190,7 +193,7 @@ def gemv_int4_planes(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     block_k = max(min(block_k, 1 << (k.bit_length() - 1)), group_size)
     while k % block_k:
         block_k //= 2
-    pdl = USE_PDL and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9
+    pdl = USE_PDL and pdl_launch(x)[0]
     planes, x_scales, x_sums = activation_planes(x, group_size, silu_input, pdl)
     y = torch.empty(rows, n, dtype=x.dtype, device=x.device) if out is None else out
     words = qweight.view(torch.int32)  # [N, K / 8]

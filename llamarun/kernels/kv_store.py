@@ -10,13 +10,18 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
+
+from llamarun.kernels.pdl import pdl_launch
 
 
 @triton.jit
 def _kv_store_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slots_ptr,
                      stride_kt, stride_kh, stride_vt, stride_vh, stride_ckh, stride_cvh,
-                     KV_HEADS: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr):
+                     KV_HEADS: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, PDL: tl.constexpr):
     token = tl.program_id(0)
+    if PDL:
+        gdc_wait()  # keys, values and slots are written by the kernels before (pdl.py)
     slot = tl.load(slots_ptr + token).to(tl.int64)
     heads = tl.arange(0, BLOCK_H)
     dims = tl.arange(0, HEAD_DIM)
@@ -43,10 +48,12 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
         raise ValueError(f"head_dim {head_dim} is not a power of two")
     if tokens == 0:
         return
+    pdl, launch = pdl_launch(k)
     _kv_store_kernel[(tokens,)](
         k, v, k_cache, v_cache, slot_mapping, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(0), v_cache.stride(0),
-        KV_HEADS=kv_heads, BLOCK_H=triton.next_power_of_2(kv_heads), HEAD_DIM=head_dim, num_warps=4)
+        KV_HEADS=kv_heads, BLOCK_H=triton.next_power_of_2(kv_heads), HEAD_DIM=head_dim, PDL=pdl, num_warps=4,
+        **launch)
 
 
 def store_kv_reference(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -11,14 +11,20 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
+
+from llamarun.kernels.pdl import pdl_launch
 
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, sum_ptr, stride_x, stride_r, stride_o, stride_s,
-                     n_cols, eps, BLOCK: tl.constexpr, ADD_RESIDUAL: tl.constexpr):
+                     n_cols, eps, BLOCK: tl.constexpr, ADD_RESIDUAL: tl.constexpr, PDL: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
+    weight = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)  # no kernel of a step writes it
+    if PDL:
+        gdc_wait()  # the rows are written by the kernels before (pdl.py)
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
     if ADD_RESIDUAL:
         residual = tl.load(residual_ptr + row * stride_r + cols, mask=mask, other=0.0)
@@ -27,7 +33,6 @@ def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, sum_ptr, stride_x
     x32 = x.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(x32 * x32, 0) / n_cols + eps)
     normed = (x32 * rstd).to(x_ptr.dtype.element_ty).to(tl.float32)
-    weight = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * stride_o + cols, (normed * weight).to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -40,12 +45,13 @@ def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor
     if rows == 0:
         return
     block = triton.next_power_of_2(n_cols)
+    pdl, launch = pdl_launch(x)
     views = [t.view(rows, n_cols) for t in (x, out)]  # raises if the leading dims are not one stride
     extra = [t.view(rows, n_cols) for t in (residual, summed)] if residual is not None else views
     _rms_norm_kernel[(rows,)](
         views[0], extra[0], weight, views[1], extra[1],
         views[0].stride(0), extra[0].stride(0), views[1].stride(0), extra[1].stride(0), n_cols, eps,
-        BLOCK=block, ADD_RESIDUAL=residual is not None, num_warps=min(max(block // 512, 1), 16))
+        BLOCK=block, ADD_RESIDUAL=residual is not None, PDL=pdl, num_warps=min(max(block // 512, 1), 16), **launch)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

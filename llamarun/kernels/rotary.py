@@ -12,6 +12,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
+
+from llamarun.kernels.pdl import pdl_launch
 
 
 @triton.jit
@@ -30,8 +33,10 @@ def _rotate_heads(base, stride_h, c1, c2, s1, s2, HEADS: tl.constexpr, BLOCK_H: 
 @triton.jit
 def _rotary_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, stride_qt, stride_qh, stride_kt, stride_kh, stride_ct, stride_st,
                    Q_HEADS: tl.constexpr, K_HEADS: tl.constexpr, BLOCK_QH: tl.constexpr, BLOCK_KH: tl.constexpr,
-                   HALF: tl.constexpr):
+                   HALF: tl.constexpr, PDL: tl.constexpr):
     token = tl.program_id(0).to(tl.int64)
+    if PDL:
+        gdc_wait()  # q, k and cos/sin are written by the kernels before (pdl.py)
     cols = tl.arange(0, HALF)[None, :]
     c1 = tl.load(cos_ptr + token * stride_ct + cols).to(tl.float32)  # [1, HALF]
     c2 = tl.load(cos_ptr + token * stride_ct + HALF + cols).to(tl.float32)
@@ -53,10 +58,11 @@ def apply_rotary_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torc
         raise ValueError("apply_rotary_ needs head_dim (and cos/sin rows) contiguous")
     if tokens == 0:
         return
+    pdl, launch = pdl_launch(q)
     _rotary_kernel[(tokens,)](
         q, k, cos, sin, q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), sin.stride(0),
         Q_HEADS=q_heads, K_HEADS=k_heads, BLOCK_QH=triton.next_power_of_2(q_heads),
-        BLOCK_KH=triton.next_power_of_2(k_heads), HALF=head_dim // 2, num_warps=4)
+        BLOCK_KH=triton.next_power_of_2(k_heads), HALF=head_dim // 2, PDL=pdl, num_warps=4, **launch)
 
 
 def apply_rotary_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

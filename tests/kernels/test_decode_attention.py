@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from llamarun.kernels.decode_attention import (
+    MIN_SPLIT_TOKENS,
     decode_attention,
     decode_attention_reference,
     decode_workspace,
@@ -71,7 +72,7 @@ def test_default_splits_fill_the_card_from_shapes_only():
     sms = 132
     assert default_num_splits(1, 8, 131072, sms) * 8 >= 2 * sms  # one long sequence: split to fill the card
     assert default_num_splits(64, 8, 131072, sms) == 1  # a big batch fills it alone: no merge pass
-    assert default_num_splits(1, 8, 256, sms) == 2  # never shorter than MIN_SPLIT_TOKENS of capacity
+    assert default_num_splits(1, 8, 256, sms) == 256 // MIN_SPLIT_TOKENS  # never shorter than that of capacity
     assert default_num_splits(1, 1, 10**7, sms) == 64  # capped
 
 
@@ -98,3 +99,34 @@ def test_decode_llama_8b_shapes_bf16(paged_cache, num_splits):
     out = decode_attention(q, c.k, c.v, c.block_tables, c.seq_lens, 128**-0.5, 16, num_splits=num_splits)
     expected = decode_attention_reference(q, c.k, c.v, c.block_tables, c.seq_lens, 128**-0.5, 16)
     torch.testing.assert_close(out.float(), expected.float(), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_the_step_s_keys_and_values_are_stored_by_the_kernel(paged_cache, assert_close, device, dtype, num_splits):
+    """`new`: each row's last position gets this step's key and value (a padded row, slot -1, writes nothing),
+    exactly what store_kv writes, and the attention already sees them."""
+    from llamarun.kernels.kv_store import store_kv
+
+    lengths = [1, 17, 0, 150, 64]
+    c = paged_cache(lengths, 2, 64, 16, dtype, device, seed=11)
+    kv_heads, head_dim, block = 2, 64, 16
+    slots = torch.tensor([int(c.block_tables[b, (n - 1) // block]) * block + (n - 1) % block if n else -1
+                          for b, n in enumerate(lengths)], device=device)
+    qkv = torch.randn(len(lengths), (4 + 2 * kv_heads) * head_dim, device=device).to(dtype)  # a merged projection
+    q = qkv[:, :4 * head_dim].view(-1, 4, head_dim)
+    k = qkv[:, 4 * head_dim:(4 + kv_heads) * head_dim].view(-1, kv_heads, head_dim)  # strided views
+    v = qkv[:, (4 + kv_heads) * head_dim:].view(-1, kv_heads, head_dim)
+    k_ref, v_ref = c.k.clone(), c.v.clone()
+    store_kv(k, v, k_ref, v_ref, slots)
+    out = decode_attention(q, c.k, c.v, c.block_tables, c.seq_lens, 0.125, block, num_splits=num_splits,
+                           new=(k, v, slots))
+    assert torch.equal(c.k, k_ref) and torch.equal(c.v, v_ref)
+    assert_close(out, decode_attention_reference(q, k_ref, v_ref, c.block_tables, c.seq_lens, 0.125, block))
+
+
+def test_new_keys_of_the_wrong_shape_are_refused(paged_cache, device, dtype):
+    c = paged_cache([5], 2, 64, 16, dtype, device, seed=1)
+    q = torch.randn(1, 4, 64, device=device).to(dtype)
+    k = torch.randn(1, 3, 64, device=device).to(dtype)  # three KV heads for a two-head cache
+    with pytest.raises(ValueError, match="new keys"):
+        decode_attention(q, c.k, c.v, c.block_tables, c.seq_lens, 0.125, 16, new=(k, k, torch.zeros(1, device=device)))
