@@ -13,6 +13,8 @@ import torch
 from int4_writers import awq_tensors, gptq_tensors, random_int4, reference_weight
 from tiny_checkpoints import TinySpec, gguf_name, make_weights, write_gguf, write_mlx
 
+from llamarun.cache.contiguous import ContiguousKVCache
+from llamarun.engine.forward import forward_tokens
 from llamarun.errors import ConfigMismatchError, LlamarunError, UnsupportedError
 from llamarun.loaders.checkpoint import is_linear_weight
 from llamarun.loaders.registry import open_checkpoint
@@ -190,9 +192,6 @@ def test_unknown_method_and_wrong_group_size_are_clear_errors(tmp_path: Path):
 
 
 def _logits(model: torch.nn.Module) -> torch.Tensor:
-    from llamarun.cache.contiguous import ContiguousKVCache
-    from llamarun.engine.forward import forward_tokens
-
     cache = ContiguousKVCache(model.config, 16, torch.float32, "cpu")
     return forward_tokens(model, cache, [1, 5, 9, 42, 7, 3], all_logits=True)  # [tokens, vocab]
 
@@ -239,3 +238,43 @@ def test_packed_mode_refuses_float_checkpoints(tmp_path: Path):
     with pytest.raises(LlamarunError, match="not quantized"):
         choose_weights("packed", ckpt, "cpu")
     assert choose_weights("packed", open_checkpoint(_awq_folder(tmp_path)), "cpu") == "packed"
+
+
+# `--weights packed` on a GPU: the linears stay packed on CUDA and run the GPU kernels (the skinny kernel for a
+# prompt, the integer GEMV for each decode token), agreeing with the expanded model on the CPU.
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+GPU_PROMPT = [1, 5, 9, 42, 7, 3, 11, 60]
+
+
+def _decode_rows(model: torch.nn.Module, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """Logits of the prompt's last token, then of three tokens fed one at a time (decode-sized matmuls)."""
+    cache = ContiguousKVCache(model.config, 32, dtype, device)
+    rows = [forward_tokens(model, cache, GPU_PROMPT)]
+    for token in (17, 4, 99):
+        rows.append(forward_tokens(model, cache, [token]))
+    return torch.stack(rows).float().cpu()  # [4, vocab]
+
+
+def _agree_on_gpu(path) -> None:
+    packed = build_model(open_checkpoint(path), dtype=torch.bfloat16, device="cuda", keep_packed=True)
+    layer = packed.model.layers[0]
+    assert isinstance(layer.self_attn.o_proj, PackedLinear) and isinstance(layer.mlp.down_proj, PackedLinear)
+    held = [*layer.mlp.down_proj.buffers(), *layer.mlp.down_proj.parameters()]
+    assert held and all(t.is_cuda for t in held)  # the packed tensors went to the GPU as they are
+    expanded = build_model(open_checkpoint(path))  # float32 on the CPU: the reference
+    got, want = _decode_rows(packed, "cuda", torch.bfloat16), _decode_rows(expanded, "cpu", torch.float32)
+    assert ((got - want).norm() / want.norm()).item() < 3e-2  # bf16 activations against float32
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+@needs_cuda
+def test_awq_runs_packed_on_the_gpu(tmp_path):
+    _agree_on_gpu(_awq_folder(tmp_path))
+
+
+@needs_cuda
+def test_gguf_q4_q8_runs_packed_on_the_gpu(tmp_path):
+    pytest.importorskip("gguf")
+    write_quantized_gguf(tmp_path / "m.gguf")
+    _agree_on_gpu(tmp_path / "m.gguf")
