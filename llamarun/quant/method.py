@@ -32,6 +32,12 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
 
+    def register_buffer(self, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None:
+        """Every packed tensor is held row-major: the kernels address it so, and a checkpoint's converter may
+        hand over a transposed view (AWQ's qweight, say), which the GPU kernels would refuse (found by
+        `--weights packed` on a GPU). `contiguous()` copies nothing that is already row-major."""
+        super().register_buffer(name, tensor.contiguous() if tensor is not None else None, persistent)
+
     def layout(self) -> Layout:
         """The packed weight in its shared layout (for references, bytes and checkpoint writers)."""
         raise NotImplementedError

@@ -94,3 +94,15 @@ def test_pack_linear_replaces_an_nn_linear():
 def test_create_refuses_another_methods_layout():
     with pytest.raises(TypeError, match="Fp8Weight"):
         Fp8Method().create(Int8Method().quantize(torch.randn(8, 16)))
+
+
+def test_packed_linears_hold_row_major_tensors_whatever_views_arrive():
+    """A converter may hand over a transposed view (AWQ's qweight); the GPU kernels read rows, so the module
+    keeps a row-major copy (found when `--weights packed` ran on a GPU)."""
+    from llamarun.quant.int8 import Int8Method
+    from llamarun.quant.layouts import Int8Weight
+
+    q = torch.randint(-127, 128, (64, 48), dtype=torch.int8).t()  # [48, 64] view, column-major
+    module = Int8Method().create(Int8Weight(q, torch.rand(48)))
+    assert not q.is_contiguous() and module.qweight.is_contiguous()
+    assert torch.equal(module.qweight, q)
