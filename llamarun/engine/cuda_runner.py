@@ -9,13 +9,18 @@ pass over 30-80 layers and a few hundred kernel launches per token. Here:
 - a step that is one prompt (or prompt chunk) of up to 512 tokens, the time to first token of a lone
   request, replays a prefill graph for the next token bucket; its padded tokens belong to no sequence;
 - other prefill and mixed steps run eagerly on the same buffers and kernels;
-- sampling stays on the GPU and the step syncs once, when the sampled tokens are read.
+- sampling stays on the GPU and the step syncs once, when the sampled tokens are read;
+- overlapped decoding (engine/llm_engine.py): `launch` queues a decode step and copies its tokens to pinned
+  memory without waiting, taking a planned-ahead step's PENDING tokens from the previous step's samples on
+  the GPU (one gather); `collect` waits for them. `LLAMARUN_OVERLAP=off` runs one step at a time.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,8 +41,21 @@ GRAPH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)  # decode batc
 PREFILL_SIZES = (16, 32, 64, 128, 256, 512)  # token buckets of a lone prompt step
 
 
+@dataclass
+class _Launched:
+    """A queued decode step: its sampled tokens on the GPU (what the next step reads) and on their way to the host."""
+
+    sample_ids: list[str]
+    rows: dict[str, int]  # request id -> row of `tokens`
+    tokens: torch.Tensor  # [S] int64 on the GPU
+    host: torch.Tensor  # [S] int64, pinned: filled when `done` has passed
+    done: torch.cuda.Event
+
+
 class CudaModelRunner(ModelRunner):
     """ModelRunner with persistent buffers, the Triton backend and CUDA-graph decode."""
+
+    overlap = os.environ.get("LLAMARUN_OVERLAP", "on").strip().lower() != "off"
 
     def __init__(self, model: LlamaForCausalLM, cache: PagedKVCache, *, max_tokens: int, max_seqs: int,
                  context_length: int, use_graphs: bool = True, grammar_vocab: GrammarVocab | None = None) -> None:
@@ -59,6 +77,10 @@ class CudaModelRunner(ModelRunner):
         self.tables = d32[2 * s + 1:].view(s, w)
         self._copied = torch.cuda.Event()  # the host buffers may be refilled once the last copy is done
         self._copied.record()
+        # Sampled tokens on their way to the host, two buffers taking turns: a step is collected before the
+        # step after the next one is launched, so its buffer is read before it is written again.
+        self._host_tokens = [torch.zeros(max(max_seqs, 1), dtype=torch.int64, pin_memory=True) for _ in range(2)]
+        self._turn = 0
         # ("decode", batch size) or ("prefill", tokens) -> (graph, its logits output)
         self.graphs: dict[tuple[str, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.steps = {"graph": 0, "eager": 0}  # how steps ran (tests and benchmarks read it)
@@ -108,11 +130,13 @@ class CudaModelRunner(ModelRunner):
             return ("prefill", size) if size else None
         return None
 
-    def _fill(self, batch: HostBatch, size: int, padded: int) -> None:
+    def _fill(self, batch: HostBatch, size: int, padded: int, gather: list[int] | None = None) -> None:
         """Copy the step into the device buffers, padded to `size` sequences and `padded` tokens.
 
         Padded sequences (decode graphs) have one query, length 0 and slot -1; padded tokens of a prompt
-        graph belong to no sequence and write no slot: whatever they compute is never read.
+        graph belong to no sequence and write no slot: whatever they compute is never read. `gather` (a
+        decode step planned ahead) goes where the logits rows would, which decode graphs do not read: the
+        previous step's row of each sequence's token.
         """
         n, t, m, s, w = batch.num_seqs, len(batch.token_ids), self.max_tokens, self.max_seqs, self.width
         if t > m or n > s:
@@ -122,6 +146,8 @@ class CudaModelRunner(ModelRunner):
         h64[:t], h64[m:m + t], h64[2 * m:2 * m + t] = batch.token_ids, batch.positions, batch.slot_mapping
         h64[t:padded], h64[m + t:m + padded], h64[2 * m + t:2 * m + padded] = 0, 0, -1
         h64[3 * m:3 * m + len(batch.logits_rows)] = batch.logits_rows
+        if gather is not None:
+            h64[3 * m:3 * m + len(gather)] = gather
         h32[:n + 1] = batch.query_start
         h32[n + 1:size + 1] = batch.query_start[-1] + np.arange(1, size - n + 1)  # one padded query per row
         h32[s + 1:s + 1 + n], h32[s + 1 + n:s + 1 + size] = batch.seq_lens, 0
@@ -142,6 +168,49 @@ class CudaModelRunner(ModelRunner):
         states = [self.states[rid] for rid in sample_ids]
         result = self.sampler.sample(logits, states)
         return self._answer(result, sample_ids, states)
+
+    # ----- overlapped decoding -----
+
+    def can_overlap(self, step: SchedulerOutput) -> bool:
+        return super().can_overlap(step) and any(kind == "decode" and size >= len(step.seqs)
+                                                 for kind, size in self.graphs)
+
+    @torch.inference_mode()
+    def launch(self, step: SchedulerOutput, prev: _Launched | None = None) -> _Launched:
+        """Queue a decode step (`can_overlap`) without waiting for it; PENDING tokens come from `prev` on the GPU."""
+        self._update_states(step)
+        batch = pack_step(step, self.cache.block_size)
+        key = self._graph_key(batch)
+        if key is None or key[0] != "decode":
+            raise RuntimeError(f"launch takes decode steps that fit a captured graph, not {batch.num_seqs} "
+                               f"sequences of {len(batch.token_ids)} tokens")
+        n, size = batch.num_seqs, key[1]
+        gather = [prev.rows[rid] for rid in batch.sample_ids] if prev is not None else None
+        self._fill(batch, size, size, gather)
+        if prev is not None:  # every sequence of a planned-ahead step decodes the token `prev` sampled for it
+            self.ids[:n].copy_(prev.tokens.index_select(0, self.rows[:n]))
+        self.steps["graph"] += 1
+        graph, logits = self.graphs[key]
+        graph.replay()
+        states = [self.states[rid] for rid in batch.sample_ids]
+        tokens = self.sampler.sample(logits[:n], states).token_ids  # [n] on the GPU
+        host = self._host_tokens[self._turn][:n]
+        self._turn ^= 1
+        host.copy_(tokens, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return _Launched(batch.sample_ids, {rid: i for i, rid in enumerate(batch.sample_ids)}, tokens, host, done)
+
+    def collect(self, launched: _Launched, skip: frozenset[str] | set[str] = frozenset()) -> dict[str, SampledToken]:
+        launched.done.synchronize()  # the step's one wait
+        sampled = {}
+        for rid, token in zip(launched.sample_ids, launched.host.tolist(), strict=True):
+            state = self.states.get(rid)
+            if rid in skip or state is None:  # ended (or dropped) since the step was planned
+                continue
+            state.append(token)
+            sampled[rid] = SampledToken(token)
+        return sampled
 
     # ----- CUDA graphs -----
 

@@ -2,6 +2,14 @@
 
 Synchronous and single-threaded; the async front (llm/async_llm.py) runs `step()` on a background
 thread. Text never enters here: templates, detokenization and stop strings live in llamarun/llm.
+
+Overlapped decoding: on a GPU, a step's host work (scheduling, packing inputs, reading the tokens, the
+callers' own work between steps) would leave the GPU idle for a few hundred microseconds a token. While
+requests decode steadily, the engine launches a step, then plans and launches the next one before it reads
+the first one's tokens (the scheduler's `schedule_ahead`; the runner takes the PENDING tokens on the
+device), so the GPU always has the next step queued. A request that a stop token ends runs one step too
+many; that step's token is dropped. Prompts, new arrivals, penalties, grammars and logprobs take the plain
+path, one step at a time.
 """
 
 from __future__ import annotations
@@ -54,6 +62,15 @@ class EngineOutput:
 
 
 @dataclass
+class _Inflight:
+    """A launched step whose tokens the host has not read, and the requests that are no longer its own."""
+
+    out: SchedulerOutput
+    launched: object
+    stale: set[str] = field(default_factory=set)
+
+
+@dataclass
 class EngineMetrics:
     running: int
     waiting: int
@@ -91,6 +108,7 @@ class LLMEngine:
         self._idle = True
         self._finished = 0
         self._generated = 0
+        self._inflight: _Inflight | None = None  # a launched step whose tokens are not read yet
 
     def add_request(self, prompt_ids: list[int], params: SamplingParams, stop_ids: tuple[int, ...] = (),
                     request_id: str | None = None, group: str | None = None) -> str:
@@ -119,15 +137,22 @@ class LLMEngine:
         req = self.scheduler.abort(request_id)
         if req is None:
             return None
+        if self._inflight is not None:
+            self._inflight.stale.add(request_id)  # its token in the launched step is nobody's now
         self._drop_states_when_idle()
         return EngineOutput(request_id, finished=True, finish_reason="abort", stats=req.stats)
 
     @property
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished
+        return self.scheduler.has_unfinished or self._inflight is not None
 
     def step(self) -> list[EngineOutput]:
-        """Run one batch; report new tokens and finished requests."""
+        """Run one batch; report new tokens and finished requests.
+
+        While decoding overlaps, a call launches the next step and reports the one before it.
+        """
+        if self._inflight is not None:
+            return self._step_overlapped()
         out = self.scheduler.schedule()
         if not out.seqs:
             if out.finished_ids:
@@ -136,7 +161,30 @@ class LLMEngine:
         if self.energy is not None and self._idle:
             self.energy.delta()  # energy used while idle is nobody's
         self._idle = False
+        if self.runner.can_overlap(out):
+            self._inflight = _Inflight(out, self.runner.launch(out))
+            return []
         sampled = self.runner.run(out)  # ends with the step's one sync, so its GPU work is done
+        return self._finish(out, sampled)
+
+    def _step_overlapped(self) -> list[EngineOutput]:
+        """Launch the step after the one in flight (when it can be planned now), then report the one in flight."""
+        current = self._inflight
+        ahead = self.scheduler.schedule_ahead(current.out)
+        self._inflight = None
+        if ahead is not None:
+            self._inflight = _Inflight(ahead, self.runner.launch(ahead, prev=current.launched))
+        sampled = self.runner.collect(current.launched, current.stale)
+        out = current.out
+        if current.stale:  # requests finished or aborted since this step was planned: not theirs any more
+            out = dataclasses.replace(out, seqs=[s for s in out.seqs if s.request_id not in current.stale])
+        outputs = self._finish(out, sampled)
+        if self._inflight is not None:
+            self._inflight.stale.update(o.request_id for o in outputs if o.finished)
+        return outputs
+
+    def _finish(self, out: SchedulerOutput, sampled: dict[str, SampledToken]) -> list[EngineOutput]:
+        """Charge the step's energy, hand its tokens to the scheduler, report them."""
         if self.energy is not None:
             self._charge(out, self.energy.delta())
         touched = self.scheduler.update(out, {rid: t.token_id for rid, t in sampled.items()})
@@ -154,6 +202,8 @@ class LLMEngine:
     def _charge(self, out: SchedulerOutput, joules: float) -> None:
         """Split a step's energy over its requests by the tokens each ran."""
         total = out.num_tokens
+        if not total:  # every request of an overlapped step ended before it was read
+            return
         for seq in out.seqs:
             req = self.scheduler.requests.get(seq.request_id)
             if req is not None:

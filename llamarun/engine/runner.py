@@ -13,7 +13,7 @@ import torch
 from llamarun.attention.backend import use_backend
 from llamarun.attention.paged_torch import PagedAttention, PagedKVCache
 from llamarun.engine.batch import model_inputs, pack_step
-from llamarun.engine.step import SampledToken, SchedulerOutput
+from llamarun.engine.step import PENDING, SampledToken, ScheduledSeq, SchedulerOutput
 from llamarun.errors import LlamarunError
 from llamarun.models.llama import LlamaForCausalLM
 from llamarun.sampling.params import SamplingParams
@@ -29,7 +29,13 @@ class ModelRunner:
 
     `grammar_vocab` (the model's token bytes and stop ids) lets requests carry a GrammarSpec; without it a
     grammar request is refused by the engine before it reaches the runner.
+
+    `launch`/`collect` split `run` for overlapped decoding (the engine plans the next step while this one
+    runs). Here `launch` runs the step whole, so the split only serves tests of the engine's pipeline;
+    `overlap` says whether the engine should use it (the CUDA runner, where it hides the host's work).
     """
+
+    overlap = False
 
     def __init__(self, model: LlamaForCausalLM, cache: PagedKVCache, grammar_vocab: GrammarVocab | None = None
                  ) -> None:
@@ -82,6 +88,34 @@ class ModelRunner:
         return sampled
 
 
+    # ----- overlapped decoding -----
+
+    def can_overlap(self, step: SchedulerOutput) -> bool:
+        """Whether `step` may run while the host plans the next: every sequence a decode that samples, under
+        params whose next sample does not depend on this one's token on the host (no penalties, grammar or
+        logprobs)."""
+        if not self.overlap or not step.seqs:
+            return False
+        params = {new.request_id: new.params for new in step.new_requests}
+        for seq in step.seqs:
+            state = self.states.get(seq.request_id)
+            p = state.params if state is not None else params.get(seq.request_id)
+            if (p is None or len(seq.token_ids) != 1 or not seq.samples or seq.start == 0 or p.uses_penalties
+                    or p.grammar is not None or p.logprobs is not None):
+                return False
+        return True
+
+    def launch(self, step: SchedulerOutput, prev: object | None = None) -> object:
+        """Start `step`; its PENDING tokens are `prev`'s samples. Returns what `collect` takes."""
+        if prev is not None:  # here a launched step is already done: its answer holds the tokens
+            step = SchedulerOutput([_resolved(seq, prev) for seq in step.seqs], step.new_requests,
+                                   step.finished_ids, step.preempted_ids)
+        return self.run(step)
+
+    def collect(self, launched: object, skip: frozenset[str] | set[str] = frozenset()) -> dict[str, SampledToken]:
+        """The tokens of a launched step, but for requests in `skip` (finished or aborted since)."""
+        return {rid: token for rid, token in launched.items() if rid not in skip}
+
 def _host_scores(result: SamplerOutput) -> tuple[list, list | None, list | None] | None:
     """The step's logprobs on the host as lists, one copy per tensor (a read per row would sync per row)."""
     if result.logprobs is None:
@@ -100,3 +134,10 @@ def _sampled_token(scores: tuple[list, list | None, list | None] | None, row: in
         if logprobs and top_ids is not None and top_logps is not None:
             token.top = list(zip(top_ids[row][:logprobs], top_logps[row][:logprobs], strict=True))
     return token
+
+
+def _resolved(seq: ScheduledSeq, sampled: dict[str, SampledToken]) -> ScheduledSeq:
+    """`seq` with its PENDING token replaced by the one `sampled` holds for it."""
+    if seq.token_ids != [PENDING]:
+        return seq
+    return ScheduledSeq(seq.request_id, [sampled[seq.request_id].token_id], seq.start, seq.block_table, seq.samples)

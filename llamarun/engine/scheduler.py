@@ -15,7 +15,7 @@ import time
 from llamarun.cache.block_pool import BlockPool, chain_hash
 from llamarun.engine.fair_queue import FairQueue
 from llamarun.engine.request import Request, Status
-from llamarun.engine.step import NewRequest, ScheduledSeq, SchedulerOutput
+from llamarun.engine.step import PENDING, NewRequest, ScheduledSeq, SchedulerOutput
 
 __all__ = ["ScheduledSeq", "Scheduler", "SchedulerOutput"]
 
@@ -102,6 +102,35 @@ class Scheduler:
             budget -= n
         dropped, self._to_drop = self._to_drop, []
         return SchedulerOutput(seqs, new, dropped, preempted)
+
+    def schedule_ahead(self, prev: SchedulerOutput) -> SchedulerOutput | None:
+        """The step after `prev`, planned while `prev`'s tokens are still on the device; None when it cannot be.
+
+        Only a steady decode qualifies: nobody waiting, and every running request sampled in `prev`, so each
+        will hold exactly one more token, whose value the runner takes on the device (PENDING). A request
+        that `prev`'s token will finish by length is left out. One that a stop token finishes runs this step
+        for nothing, and the engine drops its result. Nothing is preempted here: when blocks run short, the
+        engine reads `prev` first and schedules as usual.
+        """
+        if self.waiting or not self.running or len(self.running) > self.max_batch_tokens:
+            return None
+        in_prev = {seq.request_id: seq for seq in prev.seqs}
+        seqs = []
+        for req in self.running:
+            seq = in_prev.get(req.request_id)
+            if seq is None or not seq.samples:
+                return None
+            limit = req.params.max_tokens
+            if (limit is not None and len(req.output_ids) + 1 >= limit) or req.num_tokens + 1 >= req.max_total_tokens:
+                continue  # prev's token is its last
+            if not self._reserve(req, seq.end + 1):  # blocks reserved for earlier requests stay theirs
+                return None
+            blocks = req.block_table[: -(-(seq.end + 1) // self.pool.block_size)]
+            seqs.append(ScheduledSeq(req.request_id, [PENDING], seq.end, blocks, True))
+        if not seqs:
+            return None
+        dropped, self._to_drop = self._to_drop, []
+        return SchedulerOutput(seqs, [], dropped, [])
 
     def update(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[tuple[Request, bool]]:
         """Advance the scheduled requests, append sampled tokens, free finished ones.

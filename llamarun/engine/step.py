@@ -12,6 +12,10 @@ The protocol, one step at a time:
   4. answers `{request_id: SampledToken}`; the scheduler appends the tokens.
 Preempted requests are never in `finished_ids`: the runner keeps their seeded generator and penalty
 counts, so a request that is recomputed later samples exactly as if it had never been preempted.
+
+Overlapped decoding (engine/llm_engine.py): a step may be planned before the previous one's tokens reach
+the host. Its decode tokens are then PENDING, and the runner takes each one from the previous step's
+samples on its device.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llamarun.sampling.params import SamplingParams
+
+PENDING = -1  # a decode token the previous step sampled and the host has not read yet
 
 
 @dataclass(frozen=True)

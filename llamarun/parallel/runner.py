@@ -51,6 +51,11 @@ class BroadcastRunner:
             self.failure = err
             raise
 
+    def can_overlap(self, step: SchedulerOutput) -> bool:
+        """No overlapped decoding across ranks yet: each step is broadcast, then run whole (the inner runner's
+        launch would run on this rank only)."""
+        return False
+
     def stop_workers(self) -> None:
         """Tell the workers to leave their loop (a None step); nothing to tell after a failure."""
         if self.failure is None:

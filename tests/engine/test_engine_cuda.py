@@ -15,12 +15,14 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 PROMPTS = [[1, 17, 42, 99, 3], list(range(30, 90)), [200, 201], [9] * 40]
 
 
-def _run(path, device: str, dtype: torch.dtype, params: SamplingParams) -> list[list[int]]:
+def _run(path, device: str, dtype: torch.dtype, params: SamplingParams, overlap: bool = True,
+         stop_ids: tuple[int, ...] = ()) -> list[list[int]]:
     model = build_model(open_checkpoint(path, "hf"), dtype, device)
     engine = LLMEngine(model, EngineConfig(context_length=128, kv_tokens=256, max_batch_tokens=32),
                        dtype=dtype, device=device)
+    engine.runner.overlap = overlap
     for i, p in enumerate(PROMPTS):
-        engine.add_request(p, params, request_id=str(i))
+        engine.add_request(p, params, request_id=str(i), stop_ids=stop_ids if i % 2 else ())
     out: dict[str, list[int]] = {str(i): [] for i in range(len(PROMPTS))}
     while engine.has_unfinished:
         for o in engine.step():
@@ -46,6 +48,20 @@ def test_cuda_bf16_and_seeded_sampling_run(tiny):
     a = _run(tiny, "cuda", torch.bfloat16, params)
     b = _run(tiny, "cuda", torch.bfloat16, params)
     assert a == b and all(len(x) == 16 for x in a)
+
+
+def test_overlapped_decoding_equals_one_step_at_a_time(tiny):
+    """The GPU feeds each planned-ahead step the tokens the step before sampled (engine/llm_engine.py): the
+    same tokens as one step at a time, greedy and seeded, with requests ending on stop tokens mid-flight."""
+    greedy = SamplingParams.greedy(max_tokens=24)
+    plain = _run(tiny, "cuda", torch.float32, greedy, overlap=False)
+    stop = plain[1][5]
+    assert _run(tiny, "cuda", torch.float32, greedy) == plain
+    stopped = _run(tiny, "cuda", torch.float32, greedy, stop_ids=(stop,))
+    assert stopped == _run(tiny, "cuda", torch.float32, greedy, overlap=False, stop_ids=(stop,))
+    assert stopped[1] == plain[1][:plain[1].index(stop)]
+    seeded = SamplingParams(temperature=0.8, top_k=40, seed=9, max_tokens=24)
+    assert _run(tiny, "cuda", torch.bfloat16, seeded) == _run(tiny, "cuda", torch.bfloat16, seeded, overlap=False)
 
 
 def _run_int4(path, monkeypatch, graphs: bool) -> list[list[int]]:

@@ -7,6 +7,7 @@ import torch
 from tiny_checkpoints import TinySpec, make_weights, write_hf
 
 from llamarun.engine.llm_engine import EngineConfig, LLMEngine
+from llamarun.engine.step import PENDING
 from llamarun.errors import LlamarunError
 from llamarun.loaders.registry import open_checkpoint
 from llamarun.models.build import build_model
@@ -178,3 +179,107 @@ def test_request_id_reused_after_finishing_gets_fresh_sampler_state(model):
     while engine.has_unfinished:
         second += [t.token_id for o in engine.step() if o.request_id == "x" for t in o.new_tokens]
     assert first == second == expected
+
+# ----- overlapped decoding -----
+# The engine plans the next step before reading this one's tokens: exactly the tokens, finish reasons and
+# freed blocks of one step at a time, in every situation the pipeline must survive. The CPU runner's launch
+# runs the step whole, so this tests the pipeline's bookkeeping (PENDING tokens, requests that end while a
+# step is in flight, aborts, reused ids); the CUDA runner's device-side token feed is tested on a GPU
+# (test_engine_cuda.py).
+
+
+def _overlapped(model, **overrides):
+    engine = make_engine(model, **overrides)
+    engine.runner.overlap = True
+    launched = []
+    original = engine.runner.launch
+
+    def launch(step, prev=None):
+        launched.append([s.token_ids for s in step.seqs])
+        return original(step, prev)
+
+    engine.runner.launch = launch
+    return engine, launched
+
+
+def test_overlapped_greedy_equals_one_step_at_a_time(model):
+    plain = run_all(make_engine(model), PROMPTS, arrivals=[0, 0, 3, 9, 9])
+    engine, launched = _overlapped(model)
+    assert run_all(engine, PROMPTS, arrivals=[0, 0, 3, 9, 9]) == plain
+    assert any(tokens == [[PENDING]] * len(tokens) for tokens in launched)  # it did plan steps ahead
+    assert engine.pool.num_used == 0 and not engine.has_unfinished and engine.runner.states == {}
+
+
+def test_seeded_sampling_and_length_limits_survive_overlap(model):
+    params = SamplingParams(temperature=1.0, top_k=20, top_p=0.9, repetition_penalty=1.0, seed=5, max_tokens=7)
+    plain = run_all(make_engine(model), PROMPTS, params)
+    engine, _ = _overlapped(model)
+    got = run_all(engine, PROMPTS, params)
+    assert got == plain and all(len(t) == 7 for t in got.values())
+
+
+def test_a_stop_token_in_flight_drops_the_extra_step(model):
+    reference = run_all(make_engine(model), [PROMPTS[0]], SamplingParams.greedy(max_tokens=12))["r0"]
+    stop = reference[4]
+    engine, launched = _overlapped(model)
+    engine.add_request(PROMPTS[0], SamplingParams.greedy(max_tokens=12), stop_ids=(stop,), request_id="s")
+    engine.add_request(PROMPTS[1], SamplingParams.greedy(max_tokens=12), request_id="t")
+    tokens, reasons = {"s": [], "t": []}, {}
+    while engine.has_unfinished:
+        for o in engine.step():
+            tokens[o.request_id] += [t.token_id for t in o.new_tokens]
+            if o.finished:
+                reasons[o.request_id] = o.finish_reason
+    assert tokens["s"] == reference[:reference.index(stop)] and reasons == {"s": "stop", "t": "length"}
+    assert any(tokens == [[PENDING]] * len(tokens) for tokens in launched)
+    assert tokens["t"] == run_all(make_engine(model), [PROMPTS[1]])["r0"]
+    assert engine.pool.num_used == 0 and engine.runner.states == {}
+
+
+def test_abort_while_a_step_is_in_flight(model):
+    engine, _ = _overlapped(model)
+    engine.add_request(PROMPTS[2], SamplingParams.greedy(max_tokens=30), request_id="a")
+    engine.add_request(PROMPTS[0], SamplingParams.greedy(max_tokens=30), request_id="b")
+    b_tokens: list[int] = []
+    for _ in range(4):
+        b_tokens += [t.token_id for o in engine.step() if o.request_id == "b" for t in o.new_tokens]
+    assert engine._inflight is not None  # decoding overlaps by now
+    assert engine.abort("a").finish_reason == "abort"
+    engine.add_request(PROMPTS[4], SamplingParams.greedy(max_tokens=5), request_id="a")  # the id, reused at once
+    a_tokens: list[int] = []
+    while engine.has_unfinished:
+        for o in engine.step():
+            (a_tokens if o.request_id == "a" else b_tokens).extend(t.token_id for t in o.new_tokens)
+    assert a_tokens == run_all(make_engine(model), [PROMPTS[4]], SamplingParams.greedy(max_tokens=5))["r0"]
+    assert b_tokens == run_all(make_engine(model), [PROMPTS[0]], SamplingParams.greedy(max_tokens=30))["r0"]
+    assert engine.pool.num_used == 0 and engine.runner.states == {}
+
+
+def test_a_reused_id_never_gets_the_old_request_s_in_flight_token(model):
+    """"x" ends on a stop token while the step after is in flight; a new "x" added at once must start clean."""
+    params = SamplingParams.greedy(max_tokens=12)
+    reference = run_all(make_engine(model), [PROMPTS[0]], params)["r0"]
+    stop = reference[3]
+    expected = reference[:reference.index(stop)]
+    engine, _ = _overlapped(model)
+    engine.add_request(PROMPTS[3], SamplingParams.greedy(max_tokens=30), request_id="long")
+    engine.add_request(PROMPTS[0], params, stop_ids=(stop,), request_id="x")
+    first: list[int] = []
+    while "x" in engine.scheduler.requests:
+        first += [t.token_id for o in engine.step() if o.request_id == "x" for t in o.new_tokens]
+    assert engine._inflight is not None and "x" in engine._inflight.stale  # its extra step is still out
+    engine.add_request(PROMPTS[0], params, stop_ids=(stop,), request_id="x")
+    second: list[int] = []
+    while engine.has_unfinished:
+        second += [t.token_id for o in engine.step() if o.request_id == "x" for t in o.new_tokens]
+    assert first == second == expected
+
+
+def test_penalties_logprobs_and_preemption_take_the_plain_path(model):
+    penalised = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.3, seed=2, max_tokens=9)
+    plain = run_all(make_engine(model), PROMPTS, penalised)
+    engine, launched = _overlapped(model)
+    assert run_all(engine, PROMPTS, penalised) == plain and launched == []
+    tight, _ = _overlapped(model, kv_tokens=128, context_length=128)  # 8 blocks for 5 requests: preemption
+    assert run_all(tight, PROMPTS) == run_all(make_engine(model), PROMPTS)
+    assert tight.scheduler.num_preemptions > 0 and tight.pool.num_used == 0
