@@ -78,6 +78,12 @@ def load_small_ops() -> tuple[Callable, Callable, Callable] | None:
     return _load("small_ops", _wrap_small_ops)
 
 
+def load_decode_step() -> ctypes.CDLL | None:
+    """The library of `decode_step.c` (a whole all-decode step in one call), or None; kernels/cpu/decode_step.py
+    holds its plan and checks."""
+    return _load("decode_step", _wrap_decode_step)
+
+
 def _load(name: str, wrap: Callable[[ctypes.CDLL], Callable]) -> Callable | None:
     with _lock:
         if name not in _loaded:
@@ -174,6 +180,15 @@ def _wrap_attention(lib: ctypes.CDLL) -> Callable:
     return decode_attention
 
 
+def _wrap_decode_step(lib: ctypes.CDLL) -> ctypes.CDLL:
+    lib.decode_step_work.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.decode_step_work.restype = ctypes.c_long
+    lib.decode_step.argtypes = ([ctypes.c_void_p] * 3 + [ctypes.c_float] * 2 + [ctypes.c_void_p] * 6
+                                + [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_long])
+    lib.decode_step.restype = ctypes.c_int
+    return lib
+
+
 def _wrap_small_ops(lib: ctypes.CDLL) -> tuple[Callable, Callable, Callable]:
     norm_fn, rot_fn, silu_fn = lib.add_rms_norm, lib.rotary, lib.silu_mul
     norm_fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 2 + [ctypes.c_float]
@@ -210,7 +225,9 @@ def _compiled(compiler: str, source: Path) -> Path:
     """The shared library for this source and these flags, built into the llamarun home once."""
     from llamarun.store.home import llamarun_home
 
-    digest = hashlib.sha256(source.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    # The shared headers count too: a kernel that includes one must be rebuilt when it changes.
+    headers = b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))
+    digest = hashlib.sha256(source.read_bytes() + headers + " ".join(FLAGS).encode()).hexdigest()[:16]
     folder = llamarun_home() / "kernels"
     path = folder / f"{source.stem}-{digest}.so"
     if path.exists():

@@ -9,20 +9,7 @@
  * two index_copy_ dispatches a decode step would make per layer (a negative slot writes nothing).
  * Built by build.py; no Python headers.
  */
-#include <immintrin.h>
-#include <math.h>
-
-static inline float dot(const float *a, const float *b, int d) {
-    __m256 acc = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 8 <= d; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-    float s = _mm_cvtss_f32(lo);
-    for (; i < d; i++) s += a[i] * b[i];
-    return s;
-}
+#include "decode_attention.h"
 
 void decode_attention(const float *q, const float *kc, const float *vc, const int *tables, const int *seq_lens,
                       float *out, int batch, int heads, int kv_heads, int d, int block_size, int width,
@@ -45,34 +32,7 @@ void decode_attention(const float *q, const float *kc, const float *vc, const in
     #pragma omp parallel for schedule(dynamic, 1)
     for (int item = 0; item < batch * heads; item++) {
         int b = item / heads, h = item % heads, g = h / group;
-        int len = seq_lens[b];
-        const float *qh = q + (long)item * d;
-        const float *kg = kc + (long)g * slots * d, *vg = vc + (long)g * slots * d;
-        const int *table = tables + (long)b * width;
-        float *scores = work + (long)item * span;
-        float top = -INFINITY;
-        for (int t = 0; t < len; t++) {
-            long slot = (long)table[t / block_size] * block_size + t % block_size;
-            float s = dot(qh, kg + slot * d, d) * scale;
-            scores[t] = s;
-            top = s > top ? s : top;
-        }
-        float total = 0.0f;
-        for (int t = 0; t < len; t++) {
-            scores[t] = expf(scores[t] - top);
-            total += scores[t];
-        }
-        float *o = out + (long)item * d;
-        for (int i = 0; i < d; i++) o[i] = 0.0f;
-        float inv = total > 0.0f ? 1.0f / total : 0.0f;
-        for (int t = 0; t < len; t++) {
-            long slot = (long)table[t / block_size] * block_size + t % block_size;
-            const float *v = vg + slot * d;
-            __m256 p = _mm256_set1_ps(scores[t] * inv);
-            int i = 0;
-            for (; i + 8 <= d; i += 8)
-                _mm256_storeu_ps(o + i, _mm256_fmadd_ps(p, _mm256_loadu_ps(v + i), _mm256_loadu_ps(o + i)));
-            for (; i < d; i++) o[i] += scores[t] * inv * v[i];
-        }
+        attend_head(q + (long)item * d, kc + (long)g * slots * d, vc + (long)g * slots * d, tables + (long)b * width,
+                    seq_lens[b], block_size, d, scale, work + (long)item * span, out + (long)item * d);
     }
 }

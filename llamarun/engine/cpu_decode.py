@@ -1,0 +1,163 @@
+"""A whole all-decode CPU step in one native call (`kernels/cpu/decode_step.c`), beside the runner that uses it.
+
+The per-op path calls a native kernel per matmul, norm, rotary and attention of every layer, each through
+Python module calls, ctypes and fresh tensors; on the default model's 30 thin layers that work was a third of a
+decode step. `DecodeStep` instead holds a plan made once per model and cache (pointers to each layer's w4a8
+records, norm weights and K/V slabs) and per step passes the embeddings, cos/sin, slots, block tables and
+lengths; the final norm is native too, the head stays the model's own (`lm_head`).
+
+It is used only where it computes what the model file would: a `LlamaForCausalLM` whose every decoder linear is
+an `Int4Linear` holding native records, float32 embeddings, norms and cache on the CPU, shapes the C takes
+(head_dim a multiple of 32, up to 256), an all-decode step of 1..8 rows, the native kernels built and
+`LLAMARUN_CPU_KERNELS` not off. Anything else returns None and the runner keeps the per-op path; which path
+runs is logged once per model. `LLAMARUN_CPU_DECODE_STEP=off` turns it off (for A/B and safety).
+
+It lives in engine/, not kernels/, because it reads the model's modules and the runner's inputs (imports point
+down); models/llama.py stays free of it (DESIGN decision 2).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+
+import torch
+
+from llamarun.attention.paged_torch import PagedKVCache
+from llamarun.engine.batch import ModelInputs
+
+log = logging.getLogger("llamarun.kernels")
+
+ENV = "LLAMARUN_CPU_DECODE_STEP"  # auto (default) | off
+MAX_ROWS = 8  # decode_step.c's MAX_ROWS
+MAX_HEAD_DIM = 256
+BLOCK = 32
+LAYER_POINTERS = 8  # decode_step.c's L_COUNT: qkv, o, gate_up, down records, two norm weights, K and V slabs
+
+
+class DecodeStep:
+    """The native step for one model over one paged cache; call it with an all-decode step's inputs."""
+
+    def __init__(self, lib: ctypes.CDLL, model: torch.nn.Module, cache: PagedKVCache) -> None:
+        config = model.config
+        self.lib, self.model = lib, model
+        self.hidden = config.hidden_size
+        self.eps, self.scale = config.rms_norm_eps, config.head_dim ** -0.5
+        slots = cache.num_blocks * cache.block_size
+        self.dims = torch.tensor([config.num_layers, config.hidden_size, config.num_heads, config.num_kv_heads,
+                                  config.head_dim, config.intermediate_size, cache.block_size, slots],
+                                 dtype=torch.long)
+        pointers = []
+        for i, layer in enumerate(model.model.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            pointers += [attn.qkv_proj.records.data_ptr(), attn.o_proj.records.data_ptr(),
+                         mlp.gate_up_proj.records.data_ptr(), mlp.down_proj.records.data_ptr(),
+                         layer.input_layernorm.weight.data_ptr(), layer.post_attention_layernorm.weight.data_ptr(),
+                         cache.k[i].data_ptr(), cache.v[i].data_ptr()]
+        self.layers = torch.tensor(pointers, dtype=torch.long)  # [layers * 8]; the model and cache keep them alive
+        self.cache = cache
+        self.final_norm = model.model.norm.weight
+        self.out = torch.empty(MAX_ROWS, self.hidden, dtype=torch.float32)  # the final norm, read by the head
+        self.work = torch.empty(0, dtype=torch.float32)  # grown to the largest step seen, never shrunk
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, cache: PagedKVCache) -> DecodeStep | None:
+        """The native step for `model` and `cache`, or None (the reason logged) where it does not apply."""
+        reason = _unsupported(model, cache)
+        lib = None
+        if reason is None:
+            from llamarun.kernels.cpu.build import load_decode_step
+
+            lib = load_decode_step()
+            reason = None if lib is not None else "the native kernels did not build here"
+        if reason is not None:
+            log.info("CPU decode steps: the per-op path (%s)", reason)
+            return None
+        log.info("CPU decode steps: one native call per step (kernels/cpu/decode_step.c)")
+        return cls(lib, model, cache)
+
+    def takes(self, inputs: ModelInputs) -> bool:
+        """Whether this step is one the native call runs: 1..8 decodes, each sampling, nothing else."""
+        rows = inputs.input_ids.shape[0]
+        meta = inputs.attention
+        return (0 < rows <= MAX_ROWS and meta.num_decodes == rows == meta.num_seqs
+                and inputs.logits_rows is not None and inputs.logits_rows.shape[0] == rows)
+
+    def __call__(self, inputs: ModelInputs) -> torch.Tensor:
+        """Logits [rows, vocab] in float32 for an all-decode step that `takes` accepted."""
+        meta = inputs.attention
+        rows = inputs.input_ids.shape[0]
+        tables, seq_lens, slots = meta.block_tables, meta.seq_lens, meta.slot_mapping
+        if (tables.dtype != torch.int32 or tables.dim() != 2 or tables.shape[0] != rows or not tables.is_contiguous()
+                or seq_lens.dtype != torch.int32 or seq_lens.shape != (rows,) or not seq_lens.is_contiguous()
+                or slots.dtype != torch.int64 or slots.shape != (rows,) or not slots.is_contiguous()):
+            raise ValueError(f"decode step: block tables {tuple(tables.shape)} {tables.dtype}, lengths "
+                             f"{tuple(seq_lens.shape)} {seq_lens.dtype}, slots {tuple(slots.shape)} {slots.dtype} "
+                             f"do not fit {rows} decode rows")
+        width = tables.shape[1]
+        x = self.model.model.embed_tokens(inputs.input_ids)  # [rows, hidden]
+        cos, sin = self.model.model.rotary(inputs.positions, torch.float32)  # [rows, head_dim] each
+        if x.dtype != torch.float32 or not x.is_contiguous() or not cos.is_contiguous() or not sin.is_contiguous():
+            raise ValueError("decode step: embeddings and rotary tables must be contiguous float32")
+        need = self.lib.decode_step_work(self.dims.data_ptr(), rows, width)
+        if need < 0:
+            raise ValueError(f"decode step: {rows} rows over {width}-block tables is not a shape it takes")
+        if self.work.numel() < need:
+            self.work = torch.empty(need, dtype=torch.float32)
+        out = self.out[:rows]
+        code = self.lib.decode_step(
+            self.dims.data_ptr(), self.layers.data_ptr(), self.final_norm.data_ptr(), self.eps, self.scale,
+            x.data_ptr(), out.data_ptr(), cos.data_ptr(), sin.data_ptr(), slots.data_ptr(), tables.data_ptr(),
+            width, seq_lens.data_ptr(), rows, self.work.data_ptr(), self.work.numel())
+        if code != 0:
+            raise ValueError(f"decode step: the native call refused the step ({code}: "
+                             + ("a length, slot or block outside the cache)" if code == -2 else "its shape)"))
+        return self.model.lm_head(out).float()  # [rows, vocab]
+
+
+def _unsupported(model: torch.nn.Module, cache: PagedKVCache) -> str | None:
+    """Why the native step cannot run this model over this cache, or None when it can."""
+    from llamarun.layers.norm import RMSNorm
+    from llamarun.models.llama import LlamaDecoderLayer, LlamaForCausalLM
+    from llamarun.quant.int4 import Int4Linear
+
+    if os.environ.get(ENV, "auto").strip().lower() == "off":
+        return f"{ENV}=off"
+    if type(model) is not LlamaForCausalLM:
+        return f"the model is a {type(model).__name__}"
+    if cache.k.device.type != "cpu" or cache.k.dtype != torch.float32 or not cache.k.is_contiguous():
+        return "the KV cache is not float32 on the CPU"
+    c = model.config
+    if (c.head_dim % BLOCK or c.head_dim > MAX_HEAD_DIM or c.hidden_size % BLOCK or c.intermediate_size % BLOCK
+            or c.num_heads % c.num_kv_heads):
+        return f"shapes it does not take (head_dim {c.head_dim}, hidden {c.hidden_size})"
+    if cache.k.shape[:2] != (c.num_layers, c.num_kv_heads) or cache.k.shape[3] != c.head_dim:
+        return "the cache's shape is not the model's"
+    if model.model.embed_tokens.weight.dtype != torch.float32:
+        return f"the embeddings are {model.model.embed_tokens.weight.dtype}"
+    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    shapes = {"qkv_proj": (q + 2 * kv, c.hidden_size), "o_proj": (c.hidden_size, q),
+              "gate_up_proj": (2 * c.intermediate_size, c.hidden_size), "down_proj": (c.hidden_size, c.intermediate_size)}
+    norms = [model.model.norm]
+    if len(model.model.layers) != c.num_layers:
+        return "the model's layer count is not its config's"
+    for layer in model.model.layers:
+        if type(layer) is not LlamaDecoderLayer:
+            return f"a layer is a {type(layer).__name__}"
+        norms += [layer.input_layernorm, layer.post_attention_layernorm]
+        linears = {"qkv_proj": layer.self_attn.qkv_proj, "o_proj": layer.self_attn.o_proj,
+                   "gate_up_proj": layer.mlp.gate_up_proj, "down_proj": layer.mlp.down_proj}
+        for name, linear in linears.items():
+            if type(linear) is not Int4Linear or not linear._native:
+                return f"{name} is {getattr(linear, 'format', type(linear).__name__)}, not native int4 records"
+            n, k = shapes[name]
+            records = linear.records
+            if ((linear.out_features, linear.in_features) != (n, k) or records.dtype != torch.uint8
+                    or records.shape != (-(-n // 4), k // BLOCK, 4, 24) or not records.is_contiguous()):
+                return f"{name}'s records do not fit its shape"
+    for norm in norms:
+        if (type(norm) is not RMSNorm or norm.eps != c.rms_norm_eps or norm.weight.dtype != torch.float32
+                or norm.weight.shape != (c.hidden_size,) or not norm.weight.is_contiguous()):
+            return "a norm is not a float32 RMSNorm of the model's eps"
+    return None

@@ -1,0 +1,181 @@
+/* A whole all-decode step of a Llama decoder on CPUs in one call: every layer, 1..8 rows, float32, weights as
+ * w4a8 records (w4a8_layout.py), keys and values in the paged cache's float32 slabs.
+ *
+ * Called once per step instead of ~300 times: the per-op path pays a ctypes call, a few tensor allocations and
+ * an OpenMP fork/join for every matmul, norm and attention of every layer, and that Python and dispatch work
+ * was a third of the default model's step. Here one parallel region runs all layers; the phases of a layer are
+ * `omp for` loops whose implied barriers order them (two to a few threads: a barrier costs well under a
+ * microsecond while threads spin, and a team of one has none). Per layer:
+ *   A  resid += x; h = RMSNorm(resid); h quantized once as the qkv input        (rows)
+ *   B  qkv = h Wqkv                                                              (tiles of 4 output rows)
+ *   C  k rotated and k, v stored in the slot of each row's new token           (rows x kv heads)
+ *   D  q rotated, attention over the paged cache, each head's output quantized  (rows x heads)
+ *   E  x = attn Wo                                                               (tiles)
+ *   F  resid += x; h = RMSNorm(resid); quantized as the gate/up input            (rows)
+ *   G  gate_up = h Wgu                                                           (tiles)
+ *   H  silu(gate) * up per block of 32, quantized as the down input             (rows x blocks)
+ *   I  x = act Wd                                                                (tiles)
+ * and after the last layer the final norm. The arithmetic is the per-op kernels' own (w4a8.h, small_ops.h,
+ * decode_attention.h), so the two paths give the same logits. Nothing is allocated: the caller passes a
+ * workspace of decode_step_work() floats. Index values (lengths, slots, block ids) are checked before any is
+ * used, so a bad step is refused with an error code instead of writing outside the cache.
+ * Built by build.py; no Python headers, called through ctypes (kernels/cpu/decode_step.py).
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "decode_attention.h"
+#include "small_ops.h"
+#include "w4a8.h"
+
+/* dims[]: the model's shape and the cache's */
+enum { D_LAYERS, D_HIDDEN, D_HEADS, D_KV_HEADS, D_HEAD_DIM, D_INTER, D_BLOCK_SIZE, D_SLOTS, D_COUNT };
+/* per layer, pointers: the four matmuls' records, the two norm weights, the K and V slabs [kv_heads, slots, d] */
+enum { L_QKV, L_O, L_GATE_UP, L_DOWN, L_IN_NORM, L_POST_NORM, L_K, L_V, L_COUNT };
+
+#define MAX_ROWS 8
+#define MAX_HEAD_DIM 256
+
+typedef struct {
+    float *resid, *x, *h, *qkv, *attn, *gate_up, *act, *s, *sums, *scores;
+    int8_t *q;
+} workspace;
+
+static long max3(long a, long b, long c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
+
+/* Carve the workspace (or, with base NULL, count its floats). The quantized activations are sized for the
+ * widest matmul input: hidden (qkv, gate/up), heads * d (o) or the intermediate size (down). */
+static long carve(const long *dims, int rows, int width, float *base, workspace *w) {
+    long hidden = dims[D_HIDDEN], qd = dims[D_HEADS] * dims[D_HEAD_DIM], kd = dims[D_KV_HEADS] * dims[D_HEAD_DIM];
+    long inter = dims[D_INTER], widest = max3(hidden, qd, inter);
+    long sizes[11] = {rows * hidden, rows * hidden, rows * hidden, rows * (qd + 2 * kd), rows * qd, rows * 2 * inter,
+                      rows * inter, rows * widest / BLOCK, rows * widest / BLOCK,
+                      (long)rows * dims[D_HEADS] * width * dims[D_BLOCK_SIZE], (2 * rows * widest + 3) / 4};
+    float **slots[11] = {&w->resid, &w->x, &w->h, &w->qkv, &w->attn, &w->gate_up, &w->act, &w->s, &w->sums,
+                         &w->scores, (float **)&w->q};
+    long at = 0;
+    for (int i = 0; i < 11; i++) {
+        if (base) *slots[i] = base + at;
+        at += (sizes[i] + 15) & ~15L;  /* 64-byte steps keep every buffer's vectors aligned alike */
+    }
+    return at;
+}
+
+static int shape_ok(const long *dims, int rows) {
+    long d = dims[D_HEAD_DIM];
+    return rows >= 1 && rows <= MAX_ROWS && dims[D_LAYERS] >= 1 && d >= BLOCK && d <= MAX_HEAD_DIM && d % BLOCK == 0
+           && dims[D_HEADS] >= 1 && dims[D_KV_HEADS] >= 1 && dims[D_HEADS] % dims[D_KV_HEADS] == 0
+           && dims[D_HIDDEN] > 0 && dims[D_HIDDEN] % BLOCK == 0 && dims[D_INTER] > 0 && dims[D_INTER] % BLOCK == 0
+           && dims[D_BLOCK_SIZE] > 0 && dims[D_SLOTS] > 0 && dims[D_SLOTS] % dims[D_BLOCK_SIZE] == 0;
+}
+
+/* The workspace a step of `rows` rows with block tables `width` blocks wide needs, in floats; -1 for a shape
+ * the step does not take. */
+long decode_step_work(const long *dims, int rows, int width) {
+    if (!shape_ok(dims, rows) || width < 1) return -1;
+    workspace w;
+    return carve(dims, rows, width, 0, &w);
+}
+
+/* x_in [rows, hidden]: the tokens' embeddings; out [rows, hidden]: the final norm of the last residual stream.
+ * cos/sin [rows, head_dim]; slots [rows] int64 (the new token's cache slot; negative: not stored); tables
+ * [rows, width] int32; seq_lens [rows] int32 (the tokens each row attends over, its new one included).
+ * Returns 0, or -1 for a shape it does not take or too small a workspace, -2 for an index outside the cache. */
+int decode_step(const long *dims, const intptr_t *layers, const float *final_norm, float eps, float scale,
+                const float *x_in, float *out, const float *cos_, const float *sin_, const long *slots,
+                const int *tables, int width, const int *seq_lens, int rows, float *work, long work_floats) {
+    if (!shape_ok(dims, rows) || width < 1 || decode_step_work(dims, rows, width) > work_floats) return -1;
+    const long hidden = dims[D_HIDDEN], heads = dims[D_HEADS], kv_heads = dims[D_KV_HEADS], d = dims[D_HEAD_DIM];
+    const long inter = dims[D_INTER], bs = dims[D_BLOCK_SIZE], nslots = dims[D_SLOTS];
+    const long qd = heads * d, kd = kv_heads * d, nqkv = qd + 2 * kd, span = (long)width * bs;
+    const int group = (int)(heads / kv_heads);
+    for (int r = 0; r < rows; r++) {
+        if (seq_lens[r] < 1 || seq_lens[r] > span || slots[r] >= nslots) return -2;
+        for (long b = 0; b < (seq_lens[r] + bs - 1) / bs; b++)
+            if (tables[(long)r * width + b] < 0 || tables[(long)r * width + b] >= nslots / bs) return -2;
+    }
+    workspace w;
+    carve(dims, rows, width, work, &w);
+    const int tiles_qkv = (int)((nqkv + TILE - 1) / TILE), tiles_o = (int)((hidden + TILE - 1) / TILE);
+    const int tiles_gu = (int)((2 * inter + TILE - 1) / TILE), inter_blocks = (int)(inter / BLOCK);
+
+    #pragma omp parallel
+    {
+        for (long l = 0; l < dims[D_LAYERS]; l++) {
+            const intptr_t *p = layers + l * L_COUNT;
+            float *kc = (float *)p[L_K], *vc = (float *)p[L_V];
+            /* A: the layer's input norm (layer 0 starts the residual stream from the embeddings) */
+            #pragma omp for schedule(static)
+            for (int r = 0; r < rows; r++) {
+                const float *xr = (l == 0 ? x_in : w.x) + r * hidden;
+                add_rms_norm_row(xr, l == 0 ? 0 : w.resid + r * hidden, (const float *)p[L_IN_NORM],
+                                 w.resid + r * hidden, w.h + r * hidden, (int)hidden, eps);
+                quantize_row(w.h + r * hidden, (int)hidden, w.q + 2 * r * hidden, w.s + r * (hidden / BLOCK),
+                             w.sums + r * (hidden / BLOCK));
+            }
+            /* B */
+            #pragma omp for schedule(static)
+            for (int t = 0; t < tiles_qkv; t++)
+                w4a8_tile((const block_q4 *)p[L_QKV], t, w.q, w.s, w.sums, w.qkv, rows, (int)nqkv, (int)hidden);
+            /* C: before any head attends, so every head of the group sees its new key */
+            #pragma omp for schedule(static)
+            for (int item = 0; item < rows * kv_heads; item++) {
+                int r = item / (int)kv_heads, g = item % (int)kv_heads;
+                if (slots[r] < 0) continue;
+                const float *row = w.qkv + r * nqkv;
+                long at = ((long)g * nslots + slots[r]) * d;
+                rotary_head(row + qd + g * d, cos_ + r * d, sin_ + r * d, kc + at, (int)d);
+                memcpy(vc + at, row + qd + kd + g * d, d * sizeof(float));
+            }
+            /* D: each head's output is two or more whole blocks of o's input, so it is quantized here */
+            #pragma omp for schedule(dynamic, 1)
+            for (int item = 0; item < rows * heads; item++) {
+                int r = item / (int)heads, h = item % (int)heads, g = h / group;
+                float qh[MAX_HEAD_DIM];
+                rotary_head(w.qkv + r * nqkv + h * d, cos_ + r * d, sin_ + r * d, qh, (int)d);
+                float *o = w.attn + r * qd + h * d;
+                attend_head(qh, kc + g * nslots * d, vc + g * nslots * d, tables + (long)r * width, seq_lens[r],
+                            (int)bs, (int)d, scale, w.scores + (long)item * span, o);
+                quantize_row(o, (int)d, w.q + 2 * (r * qd + h * d), w.s + r * (qd / BLOCK) + h * d / BLOCK,
+                             w.sums + r * (qd / BLOCK) + h * d / BLOCK);
+            }
+            /* E */
+            #pragma omp for schedule(static)
+            for (int t = 0; t < tiles_o; t++)
+                w4a8_tile((const block_q4 *)p[L_O], t, w.q, w.s, w.sums, w.x, rows, (int)hidden, (int)qd);
+            /* F */
+            #pragma omp for schedule(static)
+            for (int r = 0; r < rows; r++) {
+                add_rms_norm_row(w.x + r * hidden, w.resid + r * hidden, (const float *)p[L_POST_NORM],
+                                 w.resid + r * hidden, w.h + r * hidden, (int)hidden, eps);
+                quantize_row(w.h + r * hidden, (int)hidden, w.q + 2 * r * hidden, w.s + r * (hidden / BLOCK),
+                             w.sums + r * (hidden / BLOCK));
+            }
+            /* G */
+            #pragma omp for schedule(static)
+            for (int t = 0; t < tiles_gu; t++)
+                w4a8_tile((const block_q4 *)p[L_GATE_UP], t, w.q, w.s, w.sums, w.gate_up, rows, (int)(2 * inter),
+                          (int)hidden);
+            /* H */
+            #pragma omp for schedule(static)
+            for (int item = 0; item < rows * inter_blocks; item++) {
+                int r = item / inter_blocks;
+                long at = (long)(item % inter_blocks) * BLOCK;
+                const float *g = w.gate_up + r * 2 * inter + at;
+                float *a = w.act + r * inter + at;
+                silu_mul_row(g, g + inter, a, BLOCK);
+                quantize_row(a, BLOCK, w.q + 2 * (r * inter + at), w.s + r * inter_blocks + at / BLOCK,
+                             w.sums + r * inter_blocks + at / BLOCK);
+            }
+            /* I */
+            #pragma omp for schedule(static)
+            for (int t = 0; t < tiles_o; t++)
+                w4a8_tile((const block_q4 *)p[L_DOWN], t, w.q, w.s, w.sums, w.x, rows, (int)hidden, (int)inter);
+        }
+        #pragma omp for schedule(static)
+        for (int r = 0; r < rows; r++)
+            add_rms_norm_row(w.x + r * hidden, w.resid + r * hidden, final_norm, w.resid + r * hidden,
+                             out + r * hidden, (int)hidden, eps);
+    }
+    return 0;
+}
