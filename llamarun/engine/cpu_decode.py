@@ -137,8 +137,8 @@ def _unsupported(model: torch.nn.Module, cache: PagedKVCache) -> str | None:
     if model.model.embed_tokens.weight.dtype != torch.float32:
         return f"the embeddings are {model.model.embed_tokens.weight.dtype}"
     q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    shapes = {"qkv_proj": (q + 2 * kv, c.hidden_size), "o_proj": (c.hidden_size, q),
-              "gate_up_proj": (2 * c.intermediate_size, c.hidden_size), "down_proj": (c.hidden_size, c.intermediate_size)}
+    h, i = c.hidden_size, c.intermediate_size
+    shapes = {"qkv_proj": (q + 2 * kv, h), "o_proj": (h, q), "gate_up_proj": (2 * i, h), "down_proj": (h, i)}
     norms = [model.model.norm]
     if len(model.model.layers) != c.num_layers:
         return "the model's layer count is not its config's"

@@ -41,7 +41,7 @@ class ModelRunner:
         self.device = cache.k.device
         self.sampler = Sampler()
         self.states: dict[str, SamplerState] = {}  # request id -> its sampler state
-        self.native_decode: DecodeStep | None | object = _UNSET  # chosen on the first step
+        self.native_decode: DecodeStep | object | None = _UNSET  # chosen on the first step
 
     @torch.inference_mode()  # penalty counts are made and updated in place here: keep them inference tensors
     def run(self, step: SchedulerOutput) -> dict[str, SampledToken]:

@@ -1,0 +1,172 @@
+"""The native all-decode CPU step (kernels/cpu/decode_step.c via engine/cpu_decode.py) against the per-op path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_checkpoints import TinySpec, make_weights, write_hf
+
+from llamarun.attention.backend import use_backend
+from llamarun.attention.paged_torch import PagedAttention, PagedKVCache
+from llamarun.engine import cpu_decode
+from llamarun.engine.batch import HostBatch, model_inputs
+from llamarun.engine.cpu_decode import DecodeStep
+from llamarun.engine.llm_engine import EngineConfig, LLMEngine
+from llamarun.kernels.cpu import build
+from llamarun.loaders.registry import open_checkpoint
+from llamarun.models.build import build_model
+from llamarun.quant.int4 import Int4Method
+from llamarun.sampling.params import SamplingParams
+
+needs_native = pytest.mark.skipif(build.load_decode_step() is None or build.load_w4a8() is None,
+                                  reason="no AVX2/FMA or no C compiler here")
+# head_dim 32: the smallest the native step takes (whole blocks of 32 per head)
+SPEC = TinySpec(hidden_size=128, intermediate_size=192, num_heads=4, num_kv_heads=2, num_layers=2, llama3_rope=True)
+BLOCK_SIZE = 4
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    weights, _ = make_weights(SPEC, seed=5)
+    ckpt = open_checkpoint(write_hf(SPEC, weights, tmp_path_factory.mktemp("step") / "hf"), "hf")
+    return build_model(ckpt, pack=Int4Method(32).pack_linear)
+
+
+def _batch(seqs: list[tuple[list[int], int, list[int]]]) -> HostBatch:
+    """(tokens, start, block table) per sequence, decodes first, every sequence sampling its last token."""
+    batch = HostBatch([], [], [], [0], [], [], sum(len(t) == 1 for t, _, _ in seqs), [], [])
+    for i, (tokens, start, table) in enumerate(seqs):
+        positions = list(range(start, start + len(tokens)))
+        batch.token_ids += tokens
+        batch.positions += positions
+        batch.slot_mapping += [table[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for p in positions]
+        batch.query_start.append(len(batch.token_ids))
+        batch.seq_lens.append(start + len(tokens))
+        batch.block_tables.append(table)
+        batch.logits_rows.append(len(batch.token_ids) - 1)
+        batch.sample_ids.append(f"s{i}")
+    return batch
+
+
+def _per_op(model, cache: PagedKVCache, batch: HostBatch) -> torch.Tensor:
+    inputs = model_inputs(batch, torch.device("cpu"))
+    with torch.inference_mode(), use_backend(PagedAttention(cache, inputs.attention)):
+        return model(inputs.input_ids, inputs.positions, inputs.logits_rows)
+
+
+def _prefilled(model, prompts: list[list[int]], tables: list[list[int]]) -> PagedKVCache:
+    cache = PagedKVCache(model.config, num_blocks=32, block_size=BLOCK_SIZE, dtype=torch.float32, device="cpu")
+    _per_op(model, cache, _batch([(p, 0, t) for p, t in zip(prompts, tables, strict=True)]))
+    return cache
+
+
+def _copy(cache: PagedKVCache) -> PagedKVCache:
+    other = object.__new__(PagedKVCache)  # the same blocks, its own slabs
+    other.k, other.v = cache.k.clone(), cache.v.clone()
+    other.num_blocks, other.block_size = cache.num_blocks, cache.block_size
+    return other
+
+
+# Prompts of 4 (the decode opens a new block), 7 (the last slot of a block) and 1 token; blocks out of order.
+PROMPTS = [[3, 14, 15, 92], [65, 35, 89, 79, 32, 38, 46], [7]]
+TABLES = [[5, 9, 2, 11], [0, 1, 17, 3], [30, 8, 4, 6]]
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [1, 3])
+def test_native_step_equals_the_per_op_path_step_after_step(model, rows):
+    prompts, tables = PROMPTS[:rows], TABLES[:rows]
+    ref_cache = _prefilled(model, prompts, tables)
+    cache = _copy(ref_cache)
+    step = DecodeStep.for_model(model, cache)
+    assert step is not None
+    last = [p[-1] for p in prompts]
+    lens = [len(p) for p in prompts]
+    for _ in range(6):  # across block boundaries: every row opens a new block within these steps
+        batch = _batch([([tok], n, t) for tok, n, t in zip(last, lens, tables, strict=True)])
+        want = _per_op(model, ref_cache, batch)  # [rows, vocab]
+        inputs = model_inputs(batch, torch.device("cpu"))
+        assert step.takes(inputs)
+        with torch.inference_mode():
+            got = step(inputs)
+        assert got.shape == want.shape and got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        assert got.argmax(-1).tolist() == want.argmax(-1).tolist()
+        torch.testing.assert_close(cache.k, ref_cache.k, rtol=1e-5, atol=1e-6)  # the same keys and values stored
+        torch.testing.assert_close(cache.v, ref_cache.v, rtol=1e-5, atol=1e-6)
+        last = want.argmax(-1).tolist()
+        lens = [n + 1 for n in lens]
+
+
+@needs_native
+def test_steps_it_does_not_take(model):
+    cache = _prefilled(model, PROMPTS, TABLES)
+    step = DecodeStep.for_model(model, cache)
+    prompt = model_inputs(_batch([([1, 2], 0, [12])]), torch.device("cpu"))
+    mixed = model_inputs(_batch([([5], 4, TABLES[0]), ([1, 2], 0, [12])]), torch.device("cpu"))
+    many = model_inputs(_batch([([5], 1, [20 + i]) for i in range(9)]), torch.device("cpu"))
+    assert not step.takes(prompt) and not step.takes(mixed) and not step.takes(many)
+    assert step.takes(model_inputs(_batch([([5], 1, [20 + i]) for i in range(8)]), torch.device("cpu")))
+
+
+@needs_native
+def test_bad_indices_are_refused_not_written(model):
+    cache = _prefilled(model, PROMPTS, TABLES)
+    step = DecodeStep.for_model(model, cache)
+    before = cache.k.clone()
+    for table, start in (([99], 1), ([1], 40)):  # a block past the cache; a length past the table
+        batch = _batch([([5], start, table + [1] * (start // BLOCK_SIZE))])
+        batch.slot_mapping = [3]
+        inputs = model_inputs(batch, torch.device("cpu"))
+        inputs.attention.block_tables = inputs.attention.block_tables[:, :1].contiguous()
+        with pytest.raises(ValueError, match="decode step"), torch.inference_mode():
+            step(inputs)
+    assert torch.equal(cache.k, before)
+
+
+def test_models_it_does_not_take_fall_back(model, monkeypatch, tmp_path):
+    cache = PagedKVCache(model.config, num_blocks=4, block_size=BLOCK_SIZE, dtype=torch.float32, device="cpu")
+    monkeypatch.setenv(cpu_decode.ENV, "off")
+    assert DecodeStep.for_model(model, cache) is None
+    monkeypatch.delenv(cpu_decode.ENV)
+    weights, _ = make_weights(SPEC, seed=5)
+    plain = build_model(open_checkpoint(write_hf(SPEC, weights, tmp_path / "hf"), "hf"))  # float32 linears
+    assert DecodeStep.for_model(plain, cache) is None
+    narrow = PagedKVCache(model.config, num_blocks=4, block_size=BLOCK_SIZE, dtype=torch.bfloat16, device="cpu")
+    assert DecodeStep.for_model(model, narrow) is None
+
+
+def _engine_tokens(model, prompts: list[list[int]]) -> dict[str, list[int]]:
+    """Greedy tokens per request from an engine, one arrival a step (decode batches of 1..4 rows)."""
+    config = EngineConfig(context_length=64, kv_tokens=512, block_size=BLOCK_SIZE)
+    engine = LLMEngine(model, config, dtype=torch.float32, device="cpu")
+    out: dict[str, list[int]] = {}
+    for step_no in range(200):
+        if step_no < len(prompts):
+            out[f"r{step_no}"] = []
+            engine.add_request(prompts[step_no], SamplingParams.greedy(max_tokens=9), request_id=f"r{step_no}")
+        elif not engine.has_unfinished:
+            break
+        for o in engine.step():
+            out[o.request_id].extend(t.token_id for t in o.new_tokens)
+    return out
+
+
+@needs_native
+def test_engine_tokens_equal_with_the_native_step_on_and_off(model, monkeypatch):
+    calls = {"n": 0}
+    original = DecodeStep.__call__
+
+    def counted(self, inputs):
+        calls["n"] += 1
+        return original(self, inputs)
+
+    monkeypatch.setattr(DecodeStep, "__call__", counted)
+    prompts = [PROMPTS[1], PROMPTS[0], list(range(40, 50)), PROMPTS[2]]
+    native = _engine_tokens(model, prompts)
+    assert calls["n"] > 0  # the lone and batched decode steps ran natively; prompt steps did not
+    used = calls["n"]
+    monkeypatch.setenv(cpu_decode.ENV, "off")
+    per_op = _engine_tokens(model, prompts)
+    assert calls["n"] == used  # off: never called
+    assert native == per_op and all(len(t) == 9 for t in native.values())
