@@ -154,7 +154,7 @@ def _unsupported(model: torch.nn.Module, cache: PagedKVCache) -> str | None:
             n, k = shapes[name]
             records = linear.records
             if ((linear.out_features, linear.in_features) != (n, k) or records.dtype != torch.uint8
-                    or records.shape != (-(-n // 4), k // BLOCK, 4, 24) or not records.is_contiguous()):
+                    or records.shape != (-(-n // 4), k // BLOCK, 96) or not records.is_contiguous()):
                 return f"{name}'s records do not fit its shape"
     for norm in norms:
         if (type(norm) is not RMSNorm or norm.eps != c.rms_norm_eps or norm.weight.dtype != torch.float32

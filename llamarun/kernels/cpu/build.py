@@ -59,7 +59,7 @@ def load() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def load_w4a8() -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None:
-    """`gemv_w4a8(x [M, K] float32, records [ceil(N / 4), K // 32, 4, 24] uint8, N) -> [M, N] float32` (records
+    """`gemv_w4a8(x [M, K] float32, records [ceil(N / 4), K // 32, 96] uint8, N) -> [M, N] float32` (records
     from `w4a8_layout.to_records`), or None."""
     return _load("gemv_w4a8", _wrap_w4a8)
 
@@ -133,8 +133,8 @@ def _wrap_w4a8(lib: ctypes.CDLL) -> Callable:
 
     def gemv_w4a8(x: torch.Tensor, records: torch.Tensor, n: int) -> torch.Tensor:
         m, k = x.shape
-        tiles, blocks, tile, record = records.shape
-        if (blocks * BLOCK != k or tile != 4 or record != 24 or not 0 < n <= 4 * tiles or n <= 4 * (tiles - 1)
+        tiles, blocks, tile_bytes = records.shape if records.dim() == 3 else (0, 0, 0)
+        if (blocks * BLOCK != k or tile_bytes != 96 or not 0 < n <= 4 * tiles or n <= 4 * (tiles - 1)
                 or records.dtype != torch.uint8 or not records.is_contiguous() or x.dtype != torch.float32):
             raise ValueError(f"gemv_w4a8: records {tuple(records.shape)} {records.dtype} for {n} rows do not fit x "
                              f"{tuple(x.shape)} {x.dtype}")

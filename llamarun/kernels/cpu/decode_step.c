@@ -116,7 +116,7 @@ int decode_step(const long *dims, const intptr_t *layers, const float *final_nor
             /* B */
             #pragma omp for schedule(static)
             for (int t = 0; t < tiles_qkv; t++)
-                w4a8_tile((const block_q4 *)p[L_QKV], t, w.q, w.s, w.sums, w.qkv, rows, (int)nqkv, (int)hidden);
+                w4a8_tile((const tile_q4 *)p[L_QKV], t, w.q, w.s, w.sums, w.qkv, rows, (int)nqkv, (int)hidden);
             /* C: before any head attends, so every head of the group sees its new key */
             #pragma omp for schedule(static)
             for (int item = 0; item < rows * kv_heads; item++) {
@@ -142,7 +142,7 @@ int decode_step(const long *dims, const intptr_t *layers, const float *final_nor
             /* E */
             #pragma omp for schedule(static)
             for (int t = 0; t < tiles_o; t++)
-                w4a8_tile((const block_q4 *)p[L_O], t, w.q, w.s, w.sums, w.x, rows, (int)hidden, (int)qd);
+                w4a8_tile((const tile_q4 *)p[L_O], t, w.q, w.s, w.sums, w.x, rows, (int)hidden, (int)qd);
             /* F */
             #pragma omp for schedule(static)
             for (int r = 0; r < rows; r++) {
@@ -154,7 +154,7 @@ int decode_step(const long *dims, const intptr_t *layers, const float *final_nor
             /* G */
             #pragma omp for schedule(static)
             for (int t = 0; t < tiles_gu; t++)
-                w4a8_tile((const block_q4 *)p[L_GATE_UP], t, w.q, w.s, w.sums, w.gate_up, rows, (int)(2 * inter),
+                w4a8_tile((const tile_q4 *)p[L_GATE_UP], t, w.q, w.s, w.sums, w.gate_up, rows, (int)(2 * inter),
                           (int)hidden);
             /* H */
             #pragma omp for schedule(static)
@@ -170,7 +170,7 @@ int decode_step(const long *dims, const intptr_t *layers, const float *final_nor
             /* I */
             #pragma omp for schedule(static)
             for (int t = 0; t < tiles_o; t++)
-                w4a8_tile((const block_q4 *)p[L_DOWN], t, w.q, w.s, w.sums, w.x, rows, (int)hidden, (int)inter);
+                w4a8_tile((const tile_q4 *)p[L_DOWN], t, w.q, w.s, w.sums, w.x, rows, (int)hidden, (int)inter);
         }
         #pragma omp for schedule(static)
         for (int r = 0; r < rows; r++)

@@ -10,6 +10,9 @@
 #include <stdint.h>
 
 #define BLOCK 32
+#ifndef PREFETCH_QUADS  /* -DPREFETCH_QUADS=... to tune */
+#define PREFETCH_QUADS 4  /* default model's head (49152 x 576): 0.75 ms against 1.96 ms without (38 / 14 GB/s) */
+#endif
 
 /* x [k] float -> q [k] int8 and s [k / 32] float (k a multiple of 32). */
 static void quantize_row(const float *x, int k, int8_t *q, float *s) {
@@ -61,6 +64,12 @@ static inline void dot_rows4(const int8_t *w, long stride, const int8_t *q, cons
         __m256i ax = _mm256_sign_epi8(xv, xv);
         __m256 xs = _mm256_set1_ps(s[b]);
         const int8_t *wb = w + b * BLOCK;
+        /* A thread's quads are one contiguous stream (4 rows of k bytes each), but four rows read side by side
+         * look like four streams to the hardware prefetcher, which then fetches too little: ask for the quad
+         * PREFETCH_QUADS ahead, two lines per block, which covers exactly its 4k bytes over the k / 32 blocks. */
+        const char *ahead = (const char *)(w + PREFETCH_QUADS * 4 * stride) + b * 128;
+        _mm_prefetch(ahead, _MM_HINT_T0);
+        _mm_prefetch(ahead + 64, _MM_HINT_T0);
 #define ROW(i, acc)                                                                                      \
         {                                                                                                \
             __m256i wv = _mm256_loadu_si256((const __m256i *)(wb + (i) * stride));                      \

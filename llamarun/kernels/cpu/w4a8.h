@@ -9,25 +9,22 @@
 #include <stdint.h>
 
 #define BLOCK 32
-#define TILE 4       /* weight rows interleaved block by block in the records */
-#ifndef PREFETCH    /* blocks ahead (of TILE records, 96 bytes each); -DPREFETCH=... to tune */
+#define TILE 4       /* weight rows a tile: their blocks are stored together */
+#ifndef PREFETCH    /* blocks ahead (of a tile, 96 bytes each); -DPREFETCH=... to tune */
 #define PREFETCH 32  /* over the default model's 120 int4 matmuls from memory: 10% faster than none, 8 or 16 */
 #endif
 /* The largest |x|: hi = (x + 128) >> 8 must fit a signed byte, and (32767 + 128) >> 8 = 128 would not;
  * 127 * 256 + 127 is the largest x with hi = 127 (and -x gives hi = -127, lo = -127). */
 #define LIMIT 32639
 
+/* One block of 32 inputs of a tile's four rows, as w4a8_layout.py writes it: row r's 16 bytes of nibbles at
+ * nibbles[r] (byte i: input i in the low nibble, input i + 16 in the high one), then the four rows' scales and
+ * minimums. Rows 0-1 and 2-3 are each one 32-byte load (a "pair"); the scales and minimums of all four are
+ * one 16-byte load each. */
 typedef struct {
-    uint8_t nibbles[16];
-    float scale, min;
-} block_q4;  /* 24 bytes, as w4a8_layout.py writes them */
-
-static inline float hsum(__m256 v) {
-    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-    return _mm_cvtss_f32(lo);
-}
+    uint8_t nibbles[TILE][16];
+    float scale[TILE], min[TILE];
+} tile_q4;  /* 96 bytes */
 
 /* 4 x 8 int32 that fit a byte -> 32 bytes in order: the packs interleave 128-bit lanes, the permute undoes it. */
 static inline __m256i pack_bytes(__m256i i0, __m256i i1, __m256i i2, __m256i i3) {
@@ -74,88 +71,94 @@ static inline void quantize_row(const float *x, int k, int8_t *q, float *s, floa
     }
 }
 
-/* The 32 weights of a block as unsigned bytes in input order: the 16 bytes go to both halves in one load,
- * the upper half shifted down by a nibble (a per-lane shift, no shuffle), then both masked. */
-static inline __m256i unpack(const block_q4 *blk, __m256i shifts, __m256i low_mask) {
-    __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)blk->nibbles));
-    return _mm256_and_si256(_mm256_srlv_epi64(both, shifts), low_mask);
+static inline float hsum4(__m128 v) {
+    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
 }
 
-/* R rows of a tile (from row `w`, records interleaved by four: row r's block b is w[4 * b + r]) against C
- * quantized activation rows (2k bytes each): out[c * R + r]. Each weight block is unpacked once for the C
- * activation rows and each activation block loaded once for the R weight rows. Always inlined with constant
- * R and C, so the loops unroll and the R * C accumulators stay in registers. */
+/* A tile's four rows, two pairs, against C quantized activation rows (2k bytes each, blocks of 32
+ * as a high-byte plane then a low-byte plane): out[c * 4 + r]. A pair is one 32-byte load: masking gives
+ * both rows' inputs 0-15 (row a in the low 128-bit lane, row b in the high one), shifting then masking their
+ * inputs 16-31. Each is multiplied by the matching half of the activation block broadcast to both lanes, and
+ * the two halves' 16-bit sums are added before widening (|sum| <= 2 * 2 * 15 * 128, no saturation), so one
+ * 8-lane integer vector carries both rows' dots: lanes 0-3 row a, 4-7 row b. One conversion and one FMA then
+ * serve two rows, with a scale vector (scale_a x4, scale_b x4) permuted from the tile's four scales times the
+ * activation block's scale; the minimums' term takes one 4-wide FMA for the four rows. This keeps the
+ * per-block work per row at about 8 instructions (16 with one row a vector), which bounds decode here: the
+ * default model's matmuls ran as fast from cache as from memory. Always inlined with a constant C, so the
+ * loops unroll and the accumulators stay in registers. */
 static inline __attribute__((always_inline)) void dot_tile(
-        const block_q4 *w, int blocks, int R, const int8_t *q, int k, const float *s, const float *sums, int C,
-        float *out) {
+        const tile_q4 *w, int blocks, const int8_t *q, int k, const float *s, const float *sums, int C, float *out) {
     const __m256i ones = _mm256_set1_epi16(1), high = _mm256_set1_epi16(256), low_mask = _mm256_set1_epi8(0x0F);
-    const __m256i shifts = _mm256_setr_epi64x(0, 0, 4, 4);
-    __m256 acc[4][4];
-    float mins[4][4];
-    for (int c = 0; c < C; c++)
-        for (int r = 0; r < R; r++) acc[c][r] = _mm256_setzero_ps(), mins[c][r] = 0.0f;
+    __m256i pick[2] = {_mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3)};
+    __m256 acc[2][2];
+    __m128 mins[2];
+    for (int c = 0; c < C; c++) {
+        mins[c] = _mm_setzero_ps();
+        for (int p = 0; p < 2; p++) acc[c][p] = _mm256_setzero_ps();
+    }
     for (int b = 0; b < blocks; b++) {
+        const tile_q4 *t = w + b;
         /* A thread's tiles are one sequential stream; asking for it PREFETCH blocks ahead keeps the memory
          * busy across the short matrices of a small model, where the hardware prefetcher ramps up late. */
-        const char *ahead = (const char *)(w + TILE * (b + PREFETCH));
+        const char *ahead = (const char *)(t + PREFETCH);
         _mm_prefetch(ahead, _MM_HINT_T0);
         _mm_prefetch(ahead + 64, _MM_HINT_T0);
-        __m256i hi[4], lo[4];
-        for (int c = 0; c < C; c++) {
-            const int8_t *at = q + 2 * ((long)c * k + b * BLOCK);
-            hi[c] = _mm256_loadu_si256((const __m256i *)at);
-            lo[c] = _mm256_loadu_si256((const __m256i *)(at + BLOCK));
+        __m256i first[2], second[2];  /* per pair: inputs 0-15 and 16-31 of both rows, unsigned bytes */
+        for (int p = 0; p < 2; p++) {
+            __m256i both = _mm256_loadu_si256((const __m256i *)t->nibbles[2 * p]);
+            first[p] = _mm256_and_si256(both, low_mask);
+            second[p] = _mm256_and_si256(_mm256_srli_epi16(both, 4), low_mask);
         }
-        for (int r = 0; r < R; r++) {
-            const block_q4 *blk = w + TILE * b + r;
-            __m256i wv = unpack(blk, shifts, low_mask);
-            for (int c = 0; c < C; c++) {
-                long at = (long)c * (k / BLOCK) + b;
+        __m128 scales = _mm_loadu_ps(t->scale), mins4 = _mm_loadu_ps(t->min);
+        for (int c = 0; c < C; c++) {
+            long at = (long)c * (k / BLOCK) + b;
+            const int8_t *a = q + 2 * ((long)c * k + b * BLOCK);
+            __m256i hi1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)a));
+            __m256i hi2 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(a + 16)));
+            __m256i lo1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(a + BLOCK)));
+            __m256i lo2 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(a + BLOCK + 16)));
+            __m128 f = _mm_mul_ps(scales, _mm_set1_ps(s[at]));
+            __m256 f2 = _mm256_set_m128(f, f);
+            mins[c] = _mm_fmadd_ps(mins4, _mm_set1_ps(sums[at]), mins[c]);
+            for (int p = 0; p < 2; p++) {
+                __m256i h = _mm256_add_epi16(_mm256_maddubs_epi16(first[p], hi1), _mm256_maddubs_epi16(second[p], hi2));
+                __m256i l = _mm256_add_epi16(_mm256_maddubs_epi16(first[p], lo1), _mm256_maddubs_epi16(second[p], lo2));
                 /* 256 dot(q, hi) + dot(q, lo): the x 256 rides on the pair-summing multiply; |dot| < 2^21 */
-                __m256i dots = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(wv, hi[c]), high),
-                                                _mm256_madd_epi16(_mm256_maddubs_epi16(wv, lo[c]), ones));
-                acc[c][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_set1_ps(blk->scale * s[at]), acc[c][r]);
-                mins[c][r] += blk->min * sums[at];
+                __m256i dots = _mm256_add_epi32(_mm256_madd_epi16(h, high), _mm256_madd_epi16(l, ones));
+                acc[c][p] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_permutevar8x32_ps(f2, pick[p]),
+                                            acc[c][p]);
             }
         }
     }
-    for (int c = 0; c < C; c++)
-        for (int r = 0; r < R; r++) out[c * R + r] = hsum(acc[c][r]) + mins[c][r];
+    for (int c = 0; c < C; c++) {
+        float m[4];
+        _mm_storeu_ps(m, mins[c]);
+        for (int p = 0; p < 2; p++) {
+            out[c * TILE + 2 * p] = hsum4(_mm256_castps256_ps128(acc[c][p])) + m[2 * p];
+            out[c * TILE + 2 * p + 1] = hsum4(_mm256_extractf128_ps(acc[c][p], 1)) + m[2 * p + 1];
+        }
+    }
 }
 
-typedef void (*tile_fn)(const block_q4 *, int, const int8_t *, int, const float *, const float *, float *);
-
-#define PART(R, C)                                                                                          \
-    static inline void part_##R##x##C(const block_q4 *w, int blocks, const int8_t *q, int k, const float *s,        \
-                               const float *sums, float *out) {                                              \
-        dot_tile(w, blocks, R, q, k, s, sums, C, out);                                                       \
-    }
-/* One activation row (decode of one sequence): a whole tile of four weight rows a pass. Several activation
- * rows (a decode batch): half a tile against up to four activation rows, eight accumulators. */
-PART(4, 1) PART(2, 1) PART(2, 2) PART(2, 3) PART(2, 4)
-#undef PART
-static const tile_fn halves[5] = {0, part_2x1, part_2x2, part_2x3, part_2x4};  /* by activation rows */
-
 /* Tile t of y = x w^T: four weight rows (fewer in the last tile: padding rows are computed, not stored) against
- * the m quantized activation rows q/s/sums. Called from inside a parallel loop over tiles. */
-static inline void w4a8_tile(const block_q4 *w, int t, const int8_t *q, const float *s, const float *sums,
+ * the m quantized activation rows q/s/sums, two activation rows a pass (eight accumulators would spill).
+ * Called from inside a parallel loop over tiles. */
+static inline void w4a8_tile(const tile_q4 *w, int t, const int8_t *q, const float *s, const float *sums,
                              float *y, int m, int n, int k) {
     int blocks = k / BLOCK;
-    const block_q4 *wt = w + (long)t * blocks * TILE;
+    const tile_q4 *wt = w + (long)t * blocks;
     int j = TILE * t, rows = n - j < TILE ? n - j : TILE;
-    float out[16];
-    if (m == 1) {
-        part_4x1(wt, blocks, q, k, s, sums, out);
-        for (int i = 0; i < rows; i++) y[j + i] = out[i];
-        return;
+    float out[8];
+    for (int c0 = 0; c0 < m; c0 += 2) {
+        int cols = m - c0 < 2 ? m - c0 : 2;
+        if (cols == 1)
+            dot_tile(wt, blocks, q + 2L * c0 * k, k, s + (long)c0 * blocks, sums + (long)c0 * blocks, 1, out);
+        else
+            dot_tile(wt, blocks, q + 2L * c0 * k, k, s + (long)c0 * blocks, sums + (long)c0 * blocks, 2, out);
+        for (int c = 0; c < cols; c++)
+            for (int i = 0; i < rows; i++) y[(long)(c0 + c) * n + j + i] = out[c * TILE + i];
     }
-    for (int half = 0; half < TILE; half += 2)
-        for (int c0 = 0; c0 < m; c0 += 4) {
-            int cols = m - c0 < 4 ? m - c0 : 4;
-            halves[cols](wt + half, blocks, q + 2L * c0 * k, k, s + (long)c0 * blocks, sums + (long)c0 * blocks, out);
-            for (int c = 0; c < cols; c++)
-                for (int i = 0; i < 2 && half + i < rows; i++) y[(long)(c0 + c) * n + j + half + i] = out[c * 2 + i];
-        }
 }
 
 #endif
