@@ -20,48 +20,57 @@ static inline float attention_dot(const float *a, const float *b, int d) {
     return s;
 }
 
-/* Four tokens' scores at once (d a multiple of 16): independent accumulators keep the FMA latency of one
- * token's chain off the critical path. */
-static inline void attention_dot4(const float *q, const float *k0, const float *k1, const float *k2, const float *k3,
-                                  int d, float *out) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+/* Eight keys' scores at once (d a multiple of 8): eight independent accumulators keep each FMA's latency off
+ * the critical path (one key's chain alone is d / 8 dependent FMAs); a transposing reduction puts key j's
+ * sum in lane j. */
+static inline __m256 attention_dot8(const float *q, const float *k, int d) {
+    __m256 a[8];
+    for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
     for (int i = 0; i < d; i += 8) {
         __m256 qv = _mm256_loadu_ps(q + i);
-        a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + i), a0);
-        a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + i), a1);
-        a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + i), a2);
-        a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + i), a3);
+        for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + (long)j * d + i), a[j]);
     }
-    /* transpose-and-add: lane j of the result is token j's sum */
-    __m256 s01 = _mm256_hadd_ps(a0, a1), s23 = _mm256_hadd_ps(a2, a3);
-    __m256 s = _mm256_hadd_ps(s01, s23);  /* per 128-bit half: (t0, t1, t2, t3) partial sums */
-    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
+    /* per 128-bit half: (key 0..3 partial sums), (key 4..7 partial sums); then the halves added */
+    __m256 s0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    __m256 s1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s0, s1, 0x31));
 }
 
-/* o [d] = softmax(scale * K qh) V over the `len` tokens of one sequence, found through its block table; kg/vg
- * are its KV head's slab [slots, d]; scores holds `len` floats.
- * Walked block by block (no division per token). With d a multiple of 16: four keys a pass, exp eight scores a
- * vector, and the output kept in registers 64 dims at a time; any other d takes the plain loops. */
-static inline void attend_head(const float *qh, const float *kg, const float *vg, const int *table, int len,
-                               int block_size, int d, float scale, float *scores, float *o) {
-    float top = -INFINITY;
-    int fast = d % 16 == 0;
-    for (int t0 = 0, b = 0; t0 < len; t0 += block_size, b++) {
-        const float *kb = kg + (long)table[b] * block_size * d;
-        int n = len - t0 < block_size ? len - t0 : block_size, j = 0;
+static inline float hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+/* One query head over the tokens [t0, t1) of a sequence (t0 a multiple of block_size), found through its block
+ * table; kg/vg are its KV head's slab [slots, d]; scores holds t1 - t0 floats. Returns in *m the largest
+ * scaled score and in *l the sum of exp(score - m), with o [d] = sum of exp(score - m) v, not yet divided by
+ * l: parts of one sequence combine by their maxima (attend_merge), and a whole sequence is o / l. An empty
+ * range gives m = -inf, l = 0, o = 0. Walked block by block (no division per token). With d a multiple of 16
+ * and blocks of a multiple of 8 tokens: eight keys a pass, the scale and running maximum in vectors, exp eight
+ * scores a vector, and the output kept in registers 64 dims at a time; any other shape takes plain loops. */
+static inline void attend_part(const float *qh, const float *kg, const float *vg, const int *table, int t0, int t1,
+                               int block_size, int d, float scale, float *scores, float *m, float *l, float *o) {
+    int fast = d % 16 == 0 && block_size % 8 == 0, len = t1 - t0;
+    __m256 top8 = _mm256_set1_ps(-INFINITY);
+    for (int at = t0; at < t1; at += block_size) {
+        const float *kb = kg + (long)table[at / block_size] * block_size * d;
+        int n = t1 - at < block_size ? t1 - at : block_size, j = 0;
+        float *sb = scores + (at - t0);
         if (fast)
-            for (; j + 4 <= n; j += 4)
-                attention_dot4(qh, kb + (long)j * d, kb + (long)(j + 1) * d, kb + (long)(j + 2) * d,
-                               kb + (long)(j + 3) * d, d, scores + t0 + j);
-        for (; j < n; j++) scores[t0 + j] = attention_dot(qh, kb + (long)j * d, d);
+            for (; j + 8 <= n; j += 8) {
+                __m256 sc = _mm256_mul_ps(attention_dot8(qh, kb + (long)j * d, d), _mm256_set1_ps(scale));
+                _mm256_storeu_ps(sb + j, sc);
+                top8 = _mm256_max_ps(top8, sc);
+            }
+        for (; j < n; j++) {  /* a block's tail, or every key when the shape is not the vector one */
+            sb[j] = attention_dot(qh, kb + (long)j * d, d) * scale;
+            top8 = _mm256_max_ps(top8, _mm256_set1_ps(sb[j]));
+        }
     }
-    for (int t = 0; t < len; t++) {
-        scores[t] *= scale;
-        top = scores[t] > top ? scores[t] : top;
-    }
-    float total = 0.0f;
+    float top = hmax8(top8), total = 0.0f;
     int t = 0;
-    if (fast) {
+    if (len > 0) {
         __m256 sum = _mm256_setzero_ps(), topv = _mm256_set1_ps(top);
         for (; t + 8 <= len; t += 8) {
             __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(scores + t), topv));
@@ -71,41 +80,60 @@ static inline void attend_head(const float *qh, const float *kg, const float *vg
         __m128 h = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
         h = _mm_add_ps(h, _mm_movehl_ps(h, h));
         total = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+        for (; t < len; t++) {
+            scores[t] = expf(scores[t] - top);
+            total += scores[t];
+        }
     }
-    for (; t < len; t++) {
-        scores[t] = expf(scores[t] - top);
-        total += scores[t];
-    }
-    float inv = total > 0.0f ? 1.0f / total : 0.0f;
-    if (fast) {
-        for (int i0 = 0; i0 < d;) {
-            int lanes = d - i0 >= 64 ? 8 : 2;  /* 64 dims (8 vectors) a pass, else 16 */
-            __m256 acc[8];
-            for (int i = 0; i < lanes; i++) acc[i] = _mm256_setzero_ps();
-            for (int t0 = 0, b = 0; t0 < len; t0 += block_size, b++) {
-                const float *vb = vg + (long)table[b] * block_size * d + i0;
-                int n = len - t0 < block_size ? len - t0 : block_size;
-                for (int j = 0; j < n; j++) {
-                    __m256 p = _mm256_set1_ps(scores[t0 + j] * inv);
-                    const float *v = vb + (long)j * d;
-                    if (lanes == 8)
-                        for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * i), acc[i]);
-                    else
-                        for (int i = 0; i < 2; i++) acc[i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * i), acc[i]);
-                }
-            }
-            for (int i = 0; i < lanes; i++) _mm256_storeu_ps(o + i0 + 8 * i, acc[i]);
-            i0 += 8 * lanes;
+    *m = top, *l = total;
+    if (!fast) {
+        for (int i = 0; i < d; i++) o[i] = 0.0f;
+        for (int at = t0; at < t1; at += block_size) {
+            const float *vb = vg + (long)table[at / block_size] * block_size * d;
+            int n = t1 - at < block_size ? t1 - at : block_size;
+            for (int j = 0; j < n; j++)
+                for (int i = 0; i < d; i++) o[i] += scores[at - t0 + j] * vb[(long)j * d + i];
         }
         return;
     }
-    for (int i = 0; i < d; i++) o[i] = 0.0f;
-    for (int t0 = 0, b = 0; t0 < len; t0 += block_size, b++) {
-        const float *vb = vg + (long)table[b] * block_size * d;
-        int n = len - t0 < block_size ? len - t0 : block_size;
-        for (int j = 0; j < n; j++)
-            for (int i = 0; i < d; i++) o[i] += scores[t0 + j] * inv * vb[(long)j * d + i];
+    for (int i0 = 0; i0 < d;) {
+        int lanes = d - i0 >= 64 ? 8 : 2;  /* 64 dims (8 vectors) a pass, else 16 */
+        __m256 acc[8];
+        for (int i = 0; i < lanes; i++) acc[i] = _mm256_setzero_ps();
+        for (int at = t0; at < t1; at += block_size) {
+            const float *vb = vg + (long)table[at / block_size] * block_size * d + i0;
+            int n = t1 - at < block_size ? t1 - at : block_size;
+            for (int j = 0; j < n; j++) {
+                __m256 p = _mm256_broadcast_ss(scores + (at - t0) + j);
+                const float *v = vb + (long)j * d;
+                if (lanes == 8)
+                    for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * i), acc[i]);
+                else
+                    for (int i = 0; i < 2; i++) acc[i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * i), acc[i]);
+            }
+        }
+        for (int i = 0; i < lanes; i++) _mm256_storeu_ps(o + i0 + 8 * i, acc[i]);
+        i0 += 8 * lanes;
     }
+}
+
+/* out [d] = the softmax-weighted sum of two parts from attend_part (m, l, o each), rescaled to the larger
+ * maximum: the split-sequence form of attention, exact up to rounding. At least one part is not empty. */
+static inline void attend_merge(float m0, float l0, const float *o0, float m1, float l1, const float *o1, int d,
+                                float *out) {
+    float top = m0 > m1 ? m0 : m1;
+    float w0 = l0 > 0.0f ? expf(m0 - top) : 0.0f, w1 = l1 > 0.0f ? expf(m1 - top) : 0.0f;
+    float total = l0 * w0 + l1 * w1, inv = total > 0.0f ? 1.0f / total : 0.0f;
+    for (int i = 0; i < d; i++) out[i] = (o0[i] * w0 + o1[i] * w1) * inv;
+}
+
+/* o [d] = softmax(scale * K qh) V over the `len` tokens of one sequence (see attend_part). */
+static inline void attend_head(const float *qh, const float *kg, const float *vg, const int *table, int len,
+                               int block_size, int d, float scale, float *scores, float *o) {
+    float m, l;
+    attend_part(qh, kg, vg, table, 0, len, block_size, d, scale, scores, &m, &l, o);
+    float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    for (int i = 0; i < d; i++) o[i] *= inv;
 }
 
 #endif

@@ -9,7 +9,8 @@
  *   A  resid += x; h = RMSNorm(resid); h quantized once as the qkv input        (rows)
  *   B  qkv = h Wqkv                                                              (tiles of 4 output rows)
  *   C  k rotated and k, v stored in the slot of each row's new token           (rows x kv heads)
- *   D  q rotated, attention over the paged cache, each head's output quantized  (rows x heads)
+ *   D  q rotated, attention over each half of the paged cache's blocks          (rows x KV heads x 2)
+ *   D' the halves merged, each head's output quantized                          (rows x heads)
  *   E  x = attn Wo                                                               (tiles)
  *   F  resid += x; h = RMSNorm(resid); quantized as the gate/up input            (rows)
  *   G  gate_up = h Wgu, then silu(gate) * up quantized as the down input      (blocks of 32 of the
@@ -37,7 +38,7 @@ enum { L_QKV, L_O, L_GATE_UP, L_DOWN, L_IN_NORM, L_POST_NORM, L_K, L_V, L_COUNT 
 #define MAX_HEAD_DIM 256
 
 typedef struct {
-    float *resid, *x, *h, *qkv, *attn, *gate_up, *act, *s, *sums, *scores, *s2, *sums2;
+    float *resid, *x, *h, *qkv, *attn, *gate_up, *act, *s, *sums, *scores, *s2, *sums2, *part_ml, *part_o;
     int8_t *q, *q2;  /* quantized matmul inputs; q2 for down's, written while other items still read q */
 } workspace;
 
@@ -48,14 +49,15 @@ static long max3(long a, long b, long c) { return a > b ? (a > c ? a : c) : (b >
 static long carve(const long *dims, int rows, int width, float *base, workspace *w) {
     long hidden = dims[D_HIDDEN], qd = dims[D_HEADS] * dims[D_HEAD_DIM], kd = dims[D_KV_HEADS] * dims[D_HEAD_DIM];
     long inter = dims[D_INTER], widest = max3(hidden, qd, inter);
-    long sizes[14] = {rows * hidden, rows * hidden, rows * hidden, rows * (qd + 2 * kd), rows * qd, rows * 2 * inter,
+    long sizes[16] = {rows * hidden, rows * hidden, rows * hidden, rows * (qd + 2 * kd), rows * qd, rows * 2 * inter,
                       rows * inter, rows * widest / BLOCK, rows * widest / BLOCK,
-                      (long)rows * dims[D_HEADS] * width * dims[D_BLOCK_SIZE], rows * inter / BLOCK,
-                      rows * inter / BLOCK, (2 * rows * widest + 3) / 4, (2 * rows * inter + 3) / 4};
-    float **slots[14] = {&w->resid, &w->x, &w->h, &w->qkv, &w->attn, &w->gate_up, &w->act, &w->s, &w->sums,
-                         &w->scores, &w->s2, &w->sums2, (float **)&w->q, (float **)&w->q2};
+                      (long)rows * dims[D_KV_HEADS] * 2 * width * dims[D_BLOCK_SIZE], rows * inter / BLOCK,
+                      rows * inter / BLOCK, rows * dims[D_HEADS] * 4, rows * qd * 2,
+                      (2 * rows * widest + 3) / 4, (2 * rows * inter + 3) / 4};
+    float **slots[16] = {&w->resid, &w->x, &w->h, &w->qkv, &w->attn, &w->gate_up, &w->act, &w->s, &w->sums,
+                         &w->scores, &w->s2, &w->sums2, &w->part_ml, &w->part_o, (float **)&w->q, (float **)&w->q2};
     long at = 0;
-    for (int i = 0; i < 14; i++) {
+    for (int i = 0; i < 16; i++) {
         if (base) *slots[i] = base + at;
         at += (sizes[i] + 15) & ~15L;  /* 64-byte steps keep every buffer's vectors aligned alike */
     }
@@ -128,15 +130,31 @@ int decode_step(const long *dims, const intptr_t *layers, const float *final_nor
                 rotary_head(row + qd + g * d, cos_ + r * d, sin_ + r * d, kc + at, (int)d);
                 memcpy(vc + at, row + qd + kd + g * d, d * sizeof(float));
             }
-            /* D: each head's output is two or more whole blocks of o's input, so it is quantized here */
+            /* D: attention split in two halves of each sequence's blocks, an item per (row, KV head, half) that
+             * runs the group's query heads one after another: the group's keys and values come from memory once
+             * (the other heads find them in this core's cache; an item per query head read them on both cores),
+             * and two threads get equal shares of a batch-1 step's three KV heads. */
             #pragma omp for schedule(dynamic, 1)
+            for (int item = 0; item < rows * kv_heads * 2; item++) {
+                int r = item / (int)(kv_heads * 2), g = item / 2 % (int)kv_heads, half = item % 2;
+                int len = seq_lens[r], mid = (int)(((len + bs - 1) / bs + 1) / 2 * bs);
+                mid = mid < len ? mid : len;
+                for (int h = g * group; h < (g + 1) * group; h++) {
+                    float qh[MAX_HEAD_DIM];
+                    long part = ((long)r * heads + h) * 2 + half;
+                    rotary_head(w.qkv + r * nqkv + h * d, cos_ + r * d, sin_ + r * d, qh, (int)d);
+                    attend_part(qh, kc + g * nslots * d, vc + g * nslots * d, tables + (long)r * width,
+                                half ? mid : 0, half ? len : mid, (int)bs, (int)d, scale, w.scores + (long)item * span,
+                                w.part_ml + 2 * part, w.part_ml + 2 * part + 1, w.part_o + part * d);
+                }
+            }
+            /* D': the halves merged; each head's output is two or more whole blocks of o's input, quantized here */
+            #pragma omp for schedule(static)
             for (int item = 0; item < rows * heads; item++) {
-                int r = item / (int)heads, h = item % (int)heads, g = h / group;
-                float qh[MAX_HEAD_DIM];
-                rotary_head(w.qkv + r * nqkv + h * d, cos_ + r * d, sin_ + r * d, qh, (int)d);
+                int r = item / (int)heads, h = item % (int)heads;
+                const float *ml = w.part_ml + 4L * item, *po = w.part_o + 2L * item * d;
                 float *o = w.attn + r * qd + h * d;
-                attend_head(qh, kc + g * nslots * d, vc + g * nslots * d, tables + (long)r * width, seq_lens[r],
-                            (int)bs, (int)d, scale, w.scores + (long)item * span, o);
+                attend_merge(ml[0], ml[1], po, ml[2], ml[3], po + d, (int)d, o);
                 quantize_row(o, (int)d, w.q + 2 * (r * qd + h * d), w.s + r * (qd / BLOCK) + h * d / BLOCK,
                              w.sums + r * (qd / BLOCK) + h * d / BLOCK);
             }
