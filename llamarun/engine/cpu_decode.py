@@ -4,7 +4,8 @@ The per-op path calls a native kernel per matmul, norm, rotary and attention of 
 Python module calls, ctypes and fresh tensors; on the default model's 30 thin layers that work was a third of a
 decode step. `DecodeStep` instead holds a plan made once per model and cache (pointers to each layer's w4a8
 records, norm weights and K/V slabs) and per step passes the embeddings, cos/sin, slots, block tables and
-lengths; the final norm is native too, the head stays the model's own (`lm_head`).
+lengths; the embeddings, rotary tables and final norm are native too, the head stays the model's own
+(`lm_head`).
 
 It is used only where it computes what the model file would: a `LlamaForCausalLM` whose every decoder linear is
 an `Int4Linear` holding native records, float32 embeddings, norms and cache on the CPU, shapes the C takes
@@ -25,7 +26,7 @@ import os
 import torch
 
 from llamarun.attention.paged_torch import PagedKVCache
-from llamarun.engine.batch import ModelInputs
+from llamarun.engine.batch import HostBatch
 
 log = logging.getLogger("llamarun.kernels")
 
@@ -58,6 +59,8 @@ class DecodeStep:
         self.layers = torch.tensor(pointers, dtype=torch.long)  # [layers * 8]; the model and cache keep them alive
         self.cache = cache
         self.final_norm = model.model.norm.weight
+        self.embed = model.model.embed_tokens.weight  # [vocab, hidden] float32, rows copied by the C
+        self.inv_freq = model.model.rotary.inv_freq  # [head_dim / 2] float32: the C makes cos/sin as rotary.py does
         self.out = torch.empty(MAX_ROWS, self.hidden, dtype=torch.float32)  # the final norm, read by the head
         self.work = torch.empty(0, dtype=torch.float32)  # grown to the largest step seen, never shrunk
 
@@ -77,42 +80,40 @@ class DecodeStep:
         log.info("CPU decode steps: one native call per step (kernels/cpu/decode_step.c)")
         return cls(lib, model, cache)
 
-    def takes(self, inputs: ModelInputs) -> bool:
+    def takes(self, batch: HostBatch) -> bool:
         """Whether this step is one the native call runs: 1..8 decodes, each sampling, nothing else."""
-        rows = inputs.input_ids.shape[0]
-        meta = inputs.attention
-        return (0 < rows <= MAX_ROWS and meta.num_decodes == rows == meta.num_seqs
-                and inputs.logits_rows is not None and inputs.logits_rows.shape[0] == rows)
+        rows = len(batch.token_ids)
+        return 0 < rows <= MAX_ROWS and batch.num_decodes == rows == batch.num_seqs and len(batch.logits_rows) == rows
 
-    def __call__(self, inputs: ModelInputs) -> torch.Tensor:
-        """Logits [rows, vocab] in float32 for an all-decode step that `takes` accepted."""
-        meta = inputs.attention
-        rows = inputs.input_ids.shape[0]
-        tables, seq_lens, slots = meta.block_tables, meta.seq_lens, meta.slot_mapping
-        if (tables.dtype != torch.int32 or tables.dim() != 2 or tables.shape[0] != rows or not tables.is_contiguous()
-                or seq_lens.dtype != torch.int32 or seq_lens.shape != (rows,) or not seq_lens.is_contiguous()
-                or slots.dtype != torch.int64 or slots.shape != (rows,) or not slots.is_contiguous()):
-            raise ValueError(f"decode step: block tables {tuple(tables.shape)} {tables.dtype}, lengths "
-                             f"{tuple(seq_lens.shape)} {seq_lens.dtype}, slots {tuple(slots.shape)} {slots.dtype} "
-                             f"do not fit {rows} decode rows")
-        width = tables.shape[1]
-        x = self.model.model.embed_tokens(inputs.input_ids)  # [rows, hidden]
-        cos, sin = self.model.model.rotary(inputs.positions, torch.float32)  # [rows, head_dim] each
-        if x.dtype != torch.float32 or not x.is_contiguous() or not cos.is_contiguous() or not sin.is_contiguous():
-            raise ValueError("decode step: embeddings and rotary tables must be contiguous float32")
+    def __call__(self, batch: HostBatch) -> torch.Tensor:
+        """Logits [rows, vocab] in float32 for an all-decode step that `takes` accepted.
+
+        The host arrays go to C as they are (ctypes arrays: no tensors to build); the C checks every token id,
+        length, slot and block against the table and the cache before it reads or writes.
+        """
+        rows = len(batch.token_ids)
+        width = max(len(t) for t in batch.block_tables)
+        if len(batch.positions) != rows or len(batch.slot_mapping) != rows or len(batch.seq_lens) != rows:
+            raise ValueError(f"decode step: positions, slots and lengths do not fit {rows} decode rows")
+        tables = (ctypes.c_int * (rows * width))()
+        for r, table in enumerate(batch.block_tables):
+            tables[r * width: r * width + len(table)] = table  # the rest stays 0, never read (seq_lens)
         need = self.lib.decode_step_work(self.dims.data_ptr(), rows, width)
         if need < 0:
             raise ValueError(f"decode step: {rows} rows over {width}-block tables is not a shape it takes")
         if self.work.numel() < need:
             self.work = torch.empty(need, dtype=torch.float32)
         out = self.out[:rows]
+        longs, ints = ctypes.c_long * rows, ctypes.c_int * rows
         code = self.lib.decode_step(
             self.dims.data_ptr(), self.layers.data_ptr(), self.final_norm.data_ptr(), self.eps, self.scale,
-            x.data_ptr(), out.data_ptr(), cos.data_ptr(), sin.data_ptr(), slots.data_ptr(), tables.data_ptr(),
-            width, seq_lens.data_ptr(), rows, self.work.data_ptr(), self.work.numel())
+            longs(*batch.token_ids), self.embed.data_ptr(), self.embed.shape[0], longs(*batch.positions),
+            self.inv_freq.data_ptr(), out.data_ptr(), longs(*batch.slot_mapping), tables, width,
+            ints(*batch.seq_lens), rows, self.work.data_ptr(), self.work.numel())
         if code != 0:
             raise ValueError(f"decode step: the native call refused the step ({code}: "
-                             + ("a length, slot or block outside the cache)" if code == -2 else "its shape)"))
+                             + ("a token, length, slot or block outside the table or cache)" if code == -2
+                                else "its shape)"))
         return self.model.lm_head(out).float()  # [rows, vocab]
 
 
@@ -134,8 +135,12 @@ def _unsupported(model: torch.nn.Module, cache: PagedKVCache) -> str | None:
         return f"shapes it does not take (head_dim {c.head_dim}, hidden {c.hidden_size})"
     if cache.k.shape[:2] != (c.num_layers, c.num_kv_heads) or cache.k.shape[3] != c.head_dim:
         return "the cache's shape is not the model's"
-    if model.model.embed_tokens.weight.dtype != torch.float32:
-        return f"the embeddings are {model.model.embed_tokens.weight.dtype}"
+    embed, inv_freq = model.model.embed_tokens.weight, getattr(model.model.rotary, "inv_freq", None)
+    if embed.dtype != torch.float32 or embed.dim() != 2 or embed.shape[1] != c.hidden_size or not embed.is_contiguous():
+        return f"the embeddings are not a contiguous float32 [vocab, {c.hidden_size}] table"
+    if (inv_freq is None or inv_freq.dtype != torch.float32 or inv_freq.shape != (c.head_dim // 2,)
+            or not inv_freq.is_contiguous()):
+        return "the rotary frequencies are not float32 [head_dim / 2]"
     q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
     h, i = c.hidden_size, c.intermediate_size
     shapes = {"qkv_proj": (q + 2 * kv, h), "o_proj": (h, q), "gate_up_proj": (2 * i, h), "down_proj": (h, i)}

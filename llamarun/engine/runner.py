@@ -50,11 +50,11 @@ class ModelRunner:
         if not step.seqs:
             return {}
         batch = pack_step(step, self.cache.block_size)
-        inputs = model_inputs(batch, self.device)
         fused = self._native_decode()
-        if fused is not None and fused.takes(inputs):
-            logits = fused(inputs)  # [S, vocab]: a CPU all-decode step in one native call (engine/cpu_decode.py)
+        if fused is not None and fused.takes(batch):
+            logits = fused(batch)  # [S, vocab]: a CPU all-decode step in one native call (engine/cpu_decode.py)
         else:
+            inputs = model_inputs(batch, self.device)
             with use_backend(PagedAttention(self.cache, inputs.attention)):
                 if inputs.logits_rows is None:
                     self.model.model(inputs.input_ids, inputs.positions)  # prefill chunks only: fill the cache

@@ -85,10 +85,9 @@ def test_native_step_equals_the_per_op_path_step_after_step(model, rows):
     for _ in range(6):  # across block boundaries: every row opens a new block within these steps
         batch = _batch([([tok], n, t) for tok, n, t in zip(last, lens, tables, strict=True)])
         want = _per_op(model, ref_cache, batch)  # [rows, vocab]
-        inputs = model_inputs(batch, torch.device("cpu"))
-        assert step.takes(inputs)
+        assert step.takes(batch)
         with torch.inference_mode():
-            got = step(inputs)
+            got = step(batch)
         assert got.shape == want.shape and got.dtype == torch.float32
         # Float rounding only: the native step splits each sequence's attention in two halves and merges them, and
         # a rounding difference can move one 16-bit activation step at a later matmul (1e-4 seen).
@@ -104,26 +103,29 @@ def test_native_step_equals_the_per_op_path_step_after_step(model, rows):
 def test_steps_it_does_not_take(model):
     cache = _prefilled(model, PROMPTS, TABLES)
     step = DecodeStep.for_model(model, cache)
-    prompt = model_inputs(_batch([([1, 2], 0, [12])]), torch.device("cpu"))
-    mixed = model_inputs(_batch([([5], 4, TABLES[0]), ([1, 2], 0, [12])]), torch.device("cpu"))
-    many = model_inputs(_batch([([5], 1, [20 + i]) for i in range(9)]), torch.device("cpu"))
+    prompt = _batch([([1, 2], 0, [12])])
+    mixed = _batch([([5], 4, TABLES[0]), ([1, 2], 0, [12])])
+    many = _batch([([5], 1, [20 + i]) for i in range(9)])
     assert not step.takes(prompt) and not step.takes(mixed) and not step.takes(many)
-    assert step.takes(model_inputs(_batch([([5], 1, [20 + i]) for i in range(8)]), torch.device("cpu")))
+    assert step.takes(_batch([([5], 1, [20 + i]) for i in range(8)]))
 
 
 @needs_native
-def test_bad_indices_are_refused_not_written(model):
+@pytest.mark.parametrize("what", ["block", "length", "token", "slot"])
+def test_bad_indices_are_refused_not_written(model, what):
     cache = _prefilled(model, PROMPTS, TABLES)
     step = DecodeStep.for_model(model, cache)
-    before = cache.k.clone()
-    for table, start in (([99], 1), ([1], 40)):  # a block past the cache; a length past the table
-        batch = _batch([([5], start, table + [1] * (start // BLOCK_SIZE))])
-        batch.slot_mapping = [3]
-        inputs = model_inputs(batch, torch.device("cpu"))
-        inputs.attention.block_tables = inputs.attention.block_tables[:, :1].contiguous()
-        with pytest.raises(ValueError, match="decode step"), torch.inference_mode():
-            step(inputs)
-    assert torch.equal(cache.k, before)
+    before = (cache.k.clone(), cache.v.clone())
+    batch = _batch([([5], 4, [1, 99] if what == "block" else [1, 2])])  # block 99: past the cache's 32
+    if what == "length":
+        batch.seq_lens = [9]  # past the 2 blocks of 4 its table holds
+    elif what == "token":
+        batch.token_ids = [SPEC.vocab_size]
+    elif what == "slot":
+        batch.slot_mapping = [32 * BLOCK_SIZE]
+    with pytest.raises(ValueError, match="outside the table or cache"), torch.inference_mode():
+        step(batch)
+    assert torch.equal(cache.k, before[0]) and torch.equal(cache.v, before[1])
 
 
 def test_models_it_does_not_take_fall_back(model, monkeypatch, tmp_path):

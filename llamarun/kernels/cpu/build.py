@@ -183,7 +183,8 @@ def _wrap_attention(lib: ctypes.CDLL) -> Callable:
 def _wrap_decode_step(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.decode_step_work.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     lib.decode_step_work.restype = ctypes.c_long
-    lib.decode_step.argtypes = ([ctypes.c_void_p] * 3 + [ctypes.c_float] * 2 + [ctypes.c_void_p] * 6
+    lib.decode_step.argtypes = ([ctypes.c_void_p] * 3 + [ctypes.c_float] * 2 + [ctypes.c_void_p] * 2
+                                + [ctypes.c_long] + [ctypes.c_void_p] * 5
                                 + [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_long])
     lib.decode_step.restype = ctypes.c_int
     return lib

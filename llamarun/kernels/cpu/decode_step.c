@@ -16,12 +16,14 @@
  *   G  gate_up = h Wgu, then silu(gate) * up quantized as the down input      (blocks of 32 of the
  *      intermediate: each thread finishes the activations of the rows it computed)
  *   I  x = act Wd                                                                (tiles)
- * and after the last layer the final norm. The arithmetic is the per-op kernels' own (w4a8.h, small_ops.h,
- * decode_attention.h), so the two paths give the same logits. Nothing is allocated: the caller passes a
+ * and after the last layer the final norm. The embeddings and rotary tables are made here too, from the token ids
+ * and positions, so a step's Python is this call, the head and the sampler. The arithmetic is the per-op
+ * kernels' own (w4a8.h, small_ops.h, decode_attention.h), so the two paths agree to float rounding. Nothing is allocated: the caller passes a
  * workspace of decode_step_work() floats. Index values (lengths, slots, block ids) are checked before any is
  * used, so a bad step is refused with an error code instead of writing outside the cache.
  * Built by build.py; no Python headers, called through ctypes (kernels/cpu/decode_step.py).
  */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -39,6 +41,7 @@ enum { L_QKV, L_O, L_GATE_UP, L_DOWN, L_IN_NORM, L_POST_NORM, L_K, L_V, L_COUNT 
 
 typedef struct {
     float *resid, *x, *h, *qkv, *attn, *gate_up, *act, *s, *sums, *scores, *s2, *sums2, *part_ml, *part_o;
+    float *embedded, *cos, *sin;  /* the step's inputs: embeddings [rows, hidden], rotary [rows, head_dim] */
     int8_t *q, *q2;  /* quantized matmul inputs; q2 for down's, written while other items still read q */
 } workspace;
 
@@ -49,15 +52,17 @@ static long max3(long a, long b, long c) { return a > b ? (a > c ? a : c) : (b >
 static long carve(const long *dims, int rows, int width, float *base, workspace *w) {
     long hidden = dims[D_HIDDEN], qd = dims[D_HEADS] * dims[D_HEAD_DIM], kd = dims[D_KV_HEADS] * dims[D_HEAD_DIM];
     long inter = dims[D_INTER], widest = max3(hidden, qd, inter);
-    long sizes[16] = {rows * hidden, rows * hidden, rows * hidden, rows * (qd + 2 * kd), rows * qd, rows * 2 * inter,
+    long sizes[19] = {rows * hidden, rows * hidden, rows * hidden, rows * (qd + 2 * kd), rows * qd, rows * 2 * inter,
                       rows * inter, rows * widest / BLOCK, rows * widest / BLOCK,
                       (long)rows * dims[D_KV_HEADS] * 2 * width * dims[D_BLOCK_SIZE], rows * inter / BLOCK,
-                      rows * inter / BLOCK, rows * dims[D_HEADS] * 4, rows * qd * 2,
-                      (2 * rows * widest + 3) / 4, (2 * rows * inter + 3) / 4};
-    float **slots[16] = {&w->resid, &w->x, &w->h, &w->qkv, &w->attn, &w->gate_up, &w->act, &w->s, &w->sums,
-                         &w->scores, &w->s2, &w->sums2, &w->part_ml, &w->part_o, (float **)&w->q, (float **)&w->q2};
+                      rows * inter / BLOCK, rows * dims[D_HEADS] * 4, rows * qd * 2, rows * hidden,
+                      rows * dims[D_HEAD_DIM], rows * dims[D_HEAD_DIM], (2 * rows * widest + 3) / 4,
+                      (2 * rows * inter + 3) / 4};
+    float **slots[19] = {&w->resid, &w->x, &w->h, &w->qkv, &w->attn, &w->gate_up, &w->act, &w->s, &w->sums,
+                         &w->scores, &w->s2, &w->sums2, &w->part_ml, &w->part_o, &w->embedded, &w->cos, &w->sin,
+                         (float **)&w->q, (float **)&w->q2};
     long at = 0;
-    for (int i = 0; i < 16; i++) {
+    for (int i = 0; i < 19; i++) {
         if (base) *slots[i] = base + at;
         at += (sizes[i] + 15) & ~15L;  /* 64-byte steps keep every buffer's vectors aligned alike */
     }
@@ -80,25 +85,39 @@ long decode_step_work(const long *dims, int rows, int width) {
     return carve(dims, rows, width, 0, &w);
 }
 
-/* x_in [rows, hidden]: the tokens' embeddings; out [rows, hidden]: the final norm of the last residual stream.
- * cos/sin [rows, head_dim]; slots [rows] int64 (the new token's cache slot; negative: not stored); tables
+/* tokens [rows] int64 and the embedding table [vocab, hidden] float32: the step's inputs; positions [rows] int64
+ * and inv_freq [head_dim / 2] float32 (the rotary frequencies, scaling applied): cos/sin are computed here as
+ * layers/rotary.py does (pos * inv_freq in float32, the halves repeated); out [rows, hidden]: the final norm of
+ * the last residual stream. slots [rows] int64 (the new token's cache slot; negative: not stored); tables
  * [rows, width] int32; seq_lens [rows] int32 (the tokens each row attends over, its new one included).
- * Returns 0, or -1 for a shape it does not take or too small a workspace, -2 for an index outside the cache. */
+ * Returns 0, or -1 for a shape it does not take or too small a workspace, -2 for a token or an index outside
+ * the table or the cache. */
 int decode_step(const long *dims, const intptr_t *layers, const float *final_norm, float eps, float scale,
-                const float *x_in, float *out, const float *cos_, const float *sin_, const long *slots,
-                const int *tables, int width, const int *seq_lens, int rows, float *work, long work_floats) {
+                const long *tokens, const float *embed, long vocab, const long *positions, const float *inv_freq,
+                float *out, const long *slots, const int *tables, int width, const int *seq_lens, int rows,
+                float *work, long work_floats) {
     if (!shape_ok(dims, rows) || width < 1 || decode_step_work(dims, rows, width) > work_floats) return -1;
     const long hidden = dims[D_HIDDEN], heads = dims[D_HEADS], kv_heads = dims[D_KV_HEADS], d = dims[D_HEAD_DIM];
     const long inter = dims[D_INTER], bs = dims[D_BLOCK_SIZE], nslots = dims[D_SLOTS];
     const long qd = heads * d, kd = kv_heads * d, nqkv = qd + 2 * kd, span = (long)width * bs;
     const int group = (int)(heads / kv_heads);
     for (int r = 0; r < rows; r++) {
+        if (tokens[r] < 0 || tokens[r] >= vocab || positions[r] < 0) return -2;
         if (seq_lens[r] < 1 || seq_lens[r] > span || slots[r] >= nslots) return -2;
         for (long b = 0; b < (seq_lens[r] + bs - 1) / bs; b++)
             if (tables[(long)r * width + b] < 0 || tables[(long)r * width + b] >= nslots / bs) return -2;
     }
     workspace w;
     carve(dims, rows, width, work, &w);
+    float *x_in = w.embedded, *cos_ = w.cos, *sin_ = w.sin;
+    for (int r = 0; r < rows; r++) {
+        memcpy(x_in + r * hidden, embed + tokens[r] * hidden, hidden * sizeof(float));
+        for (long i = 0; i < d / 2; i++) {
+            float f = (float)positions[r] * inv_freq[i];
+            cos_[r * d + i] = cos_[r * d + d / 2 + i] = cosf(f);
+            sin_[r * d + i] = sin_[r * d + d / 2 + i] = sinf(f);
+        }
+    }
     const int tiles_qkv = (int)((nqkv + TILE - 1) / TILE), tiles_o = (int)((hidden + TILE - 1) / TILE);
     const int inter_blocks = (int)(inter / BLOCK);
 
