@@ -4,8 +4,8 @@ The per-op path calls a native kernel per matmul, norm, rotary and attention of 
 Python module calls, ctypes and fresh tensors; on the default model's 30 thin layers that work was a third of a
 decode step. `DecodeStep` instead holds a plan made once per model and cache (pointers to each layer's w4a8
 records, norm weights and K/V slabs) and per step passes the embeddings, cos/sin, slots, block tables and
-lengths; the embeddings, rotary tables and final norm are native too, the head stays the model's own
-(`lm_head`).
+lengths; the embedding and rotary lookups and the final norm are native too (the rotary table made once by the
+model's RotaryEmbedding), the head stays the model's own (`lm_head`).
 
 It is used only where it computes what the model file would: a `LlamaForCausalLM` whose every decoder linear is
 an `Int4Linear` holding native records, float32 embeddings, norms and cache on the CPU, shapes the C takes
@@ -60,7 +60,7 @@ class DecodeStep:
         self.cache = cache
         self.final_norm = model.model.norm.weight
         self.embed = model.model.embed_tokens.weight  # [vocab, hidden] float32, rows copied by the C
-        self.inv_freq = model.model.rotary.inv_freq  # [head_dim / 2] float32: the C makes cos/sin as rotary.py does
+        self.rope_cos = self.rope_sin = torch.empty(0, config.head_dim)  # [positions, head_dim], grown on demand
         self.out = torch.empty(MAX_ROWS, self.hidden, dtype=torch.float32)  # the final norm, read by the head
         self.work = torch.empty(0, dtype=torch.float32)  # grown to the largest step seen, never shrunk
 
@@ -104,17 +104,29 @@ class DecodeStep:
         if self.work.numel() < need:
             self.work = torch.empty(need, dtype=torch.float32)
         out = self.out[:rows]
+        if max(batch.positions) >= self.rope_cos.shape[0]:
+            self._grow_rope(max(batch.positions) + 1)
         longs, ints = ctypes.c_long * rows, ctypes.c_int * rows
         code = self.lib.decode_step(
             self.dims.data_ptr(), self.layers.data_ptr(), self.final_norm.data_ptr(), self.eps, self.scale,
             longs(*batch.token_ids), self.embed.data_ptr(), self.embed.shape[0], longs(*batch.positions),
-            self.inv_freq.data_ptr(), out.data_ptr(), longs(*batch.slot_mapping), tables, width,
-            ints(*batch.seq_lens), rows, self.work.data_ptr(), self.work.numel())
+            self.rope_cos.data_ptr(), self.rope_sin.data_ptr(), self.rope_cos.shape[0], out.data_ptr(),
+            longs(*batch.slot_mapping), tables, width, ints(*batch.seq_lens), rows, self.work.data_ptr(),
+            self.work.numel())
         if code != 0:
             raise ValueError(f"decode step: the native call refused the step ({code}: "
                              + ("a token, length, slot or block outside the table or cache)" if code == -2
                                 else "its shape)"))
         return self.model.lm_head(out).float()  # [rows, vocab]
+
+
+    def _grow_rope(self, positions: int) -> None:
+        """cos/sin for positions [0, n) with n >= `positions`, doubling: made by the model's own RotaryEmbedding,
+        so the native step rotates by exactly the per-op path's values (a libm cos differs from PyTorch's by an
+        ulp at times, and that alone moved the default model's greedy text after ten tokens)."""
+        n = max(positions, 2 * self.rope_cos.shape[0], 256)
+        cos, sin = self.model.model.rotary(torch.arange(n), torch.float32)  # [n, head_dim] each
+        self.rope_cos, self.rope_sin = cos.contiguous(), sin.contiguous()
 
 
 def _unsupported(model: torch.nn.Module, cache: PagedKVCache) -> str | None:
@@ -135,12 +147,9 @@ def _unsupported(model: torch.nn.Module, cache: PagedKVCache) -> str | None:
         return f"shapes it does not take (head_dim {c.head_dim}, hidden {c.hidden_size})"
     if cache.k.shape[:2] != (c.num_layers, c.num_kv_heads) or cache.k.shape[3] != c.head_dim:
         return "the cache's shape is not the model's"
-    embed, inv_freq = model.model.embed_tokens.weight, getattr(model.model.rotary, "inv_freq", None)
+    embed = model.model.embed_tokens.weight
     if embed.dtype != torch.float32 or embed.dim() != 2 or embed.shape[1] != c.hidden_size or not embed.is_contiguous():
         return f"the embeddings are not a contiguous float32 [vocab, {c.hidden_size}] table"
-    if (inv_freq is None or inv_freq.dtype != torch.float32 or inv_freq.shape != (c.head_dim // 2,)
-            or not inv_freq.is_contiguous()):
-        return "the rotary frequencies are not float32 [head_dim / 2]"
     q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
     h, i = c.hidden_size, c.intermediate_size
     shapes = {"qkv_proj": (q + 2 * kv, h), "o_proj": (h, q), "gate_up_proj": (2 * i, h), "down_proj": (h, i)}

@@ -161,7 +161,9 @@ def _wrap_attention(lib: ctypes.CDLL) -> Callable:
         width = tables.shape[1]
         q = q.contiguous()
         out = torch.empty_like(q)
-        work = torch.empty(batch * heads * width * block_size, dtype=torch.float32)  # every item's scores
+        # every split item's scores, then each half's (max, sum) and output (decode_attention.h)
+        work = torch.empty(batch * kv_heads * 2 * width * block_size + batch * heads * (4 + 2 * d),
+                           dtype=torch.float32)
         k_new = v_new = new_slots = None
         if new is not None:
             k_new, v_new, new_slots = new
@@ -184,7 +186,7 @@ def _wrap_decode_step(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.decode_step_work.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     lib.decode_step_work.restype = ctypes.c_long
     lib.decode_step.argtypes = ([ctypes.c_void_p] * 3 + [ctypes.c_float] * 2 + [ctypes.c_void_p] * 2
-                                + [ctypes.c_long] + [ctypes.c_void_p] * 5
+                                + [ctypes.c_long] + [ctypes.c_void_p] * 3 + [ctypes.c_long] + [ctypes.c_void_p] * 3
                                 + [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_long])
     lib.decode_step.restype = ctypes.c_int
     return lib

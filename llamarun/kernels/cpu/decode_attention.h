@@ -127,13 +127,34 @@ static inline void attend_merge(float m0, float l0, const float *o0, float m1, f
     for (int i = 0; i < d; i++) out[i] = (o0[i] * w0 + o1[i] * w1) * inv;
 }
 
-/* o [d] = softmax(scale * K qh) V over the `len` tokens of one sequence (see attend_part). */
-static inline void attend_head(const float *qh, const float *kg, const float *vg, const int *table, int len,
-                               int block_size, int d, float scale, float *scores, float *o) {
-    float m, l;
-    attend_part(qh, kg, vg, table, 0, len, block_size, d, scale, scores, &m, &l, o);
-    float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    for (int i = 0; i < d; i++) o[i] *= inv;
+/* Decode attention as both CPU paths run it (decode_attention.c per layer, decode_step.c per step), so they
+ * round alike: each sequence's blocks split in two halves, an item per (sequence, KV head, half) that runs the
+ * group's query heads one after another (the group's keys and values come from memory once; the other heads
+ * find them in this core's cache), then an item per (sequence, query head) merging the halves. Two threads
+ * thus get equal shares of a batch-1 step's few KV heads.
+ *
+ * Item `item` of the first loop (0 <= item < batch * kv_heads * 2): q [batch, heads, d] rotated queries; kc/vc
+ * one layer's slabs [kv_heads, slots, d]; tables [batch, width]; scores: span = width * block_size floats per
+ * item; part_ml [batch * heads * 4] and part_o [batch * heads * 2 * d] receive each half's (m, l) and output. */
+static inline void attend_split_item(int item, const float *q, const float *kc, const float *vc, const int *tables,
+                                     const int *seq_lens, int heads, int kv_heads, int d, int block_size, int width,
+                                     long slots, float scale, float *scores, float *part_ml, float *part_o) {
+    int b = item / (kv_heads * 2), g = item / 2 % kv_heads, half = item % 2, group = heads / kv_heads;
+    int len = seq_lens[b], mid = ((len + block_size - 1) / block_size + 1) / 2 * block_size;
+    mid = mid < len ? mid : len;
+    for (int h = g * group; h < (g + 1) * group; h++) {
+        long part = ((long)b * heads + h) * 2 + half;
+        attend_part(q + ((long)b * heads + h) * d, kc + (long)g * slots * d, vc + (long)g * slots * d,
+                    tables + (long)b * width, half ? mid : 0, half ? len : mid, block_size, d, scale,
+                    scores + (long)item * width * block_size, part_ml + 2 * part, part_ml + 2 * part + 1,
+                    part_o + part * d);
+    }
+}
+
+/* Item `item` of the second loop (0 <= item < batch * heads): out [d] for that (sequence, head). */
+static inline void attend_merge_item(int item, const float *part_ml, const float *part_o, int d, float *out) {
+    const float *ml = part_ml + 4L * item, *po = part_o + 2L * item * d;
+    attend_merge(ml[0], ml[1], po, ml[2], ml[3], po + d, d, out);
 }
 
 #endif

@@ -16,14 +16,14 @@
  *   G  gate_up = h Wgu, then silu(gate) * up quantized as the down input      (blocks of 32 of the
  *      intermediate: each thread finishes the activations of the rows it computed)
  *   I  x = act Wd                                                                (tiles)
- * and after the last layer the final norm. The embeddings and rotary tables are made here too, from the token ids
- * and positions, so a step's Python is this call, the head and the sampler. The arithmetic is the per-op
- * kernels' own (w4a8.h, small_ops.h, decode_attention.h), so the two paths agree to float rounding. Nothing is allocated: the caller passes a
- * workspace of decode_step_work() floats. Index values (lengths, slots, block ids) are checked before any is
- * used, so a bad step is refused with an error code instead of writing outside the cache.
+ * and after the last layer the final norm. The embeddings and rotary rows are looked up here too, from the token
+ * ids and positions, so a step's Python is this call, the head and the sampler. The arithmetic is the per-op
+ * kernels' own (w4a8.h, small_ops.h, decode_attention.h), so the two paths agree bit for bit given the same
+ * cos/sin. Nothing is allocated: the caller passes a workspace of decode_step_work() floats. Index values
+ * (token ids, lengths, slots, block ids) are checked before any is used, so a bad step is refused with an error
+ * code instead of reading or writing outside the table or the cache.
  * Built by build.py; no Python headers, called through ctypes (kernels/cpu/decode_step.py).
  */
-#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -42,6 +42,7 @@ enum { L_QKV, L_O, L_GATE_UP, L_DOWN, L_IN_NORM, L_POST_NORM, L_K, L_V, L_COUNT 
 typedef struct {
     float *resid, *x, *h, *qkv, *attn, *gate_up, *act, *s, *sums, *scores, *s2, *sums2, *part_ml, *part_o;
     float *embedded, *cos, *sin;  /* the step's inputs: embeddings [rows, hidden], rotary [rows, head_dim] */
+    float *q_rot;                 /* rotated queries [rows, heads, head_dim] */
     int8_t *q, *q2;  /* quantized matmul inputs; q2 for down's, written while other items still read q */
 } workspace;
 
@@ -52,17 +53,18 @@ static long max3(long a, long b, long c) { return a > b ? (a > c ? a : c) : (b >
 static long carve(const long *dims, int rows, int width, float *base, workspace *w) {
     long hidden = dims[D_HIDDEN], qd = dims[D_HEADS] * dims[D_HEAD_DIM], kd = dims[D_KV_HEADS] * dims[D_HEAD_DIM];
     long inter = dims[D_INTER], widest = max3(hidden, qd, inter);
-    long sizes[19] = {rows * hidden, rows * hidden, rows * hidden, rows * (qd + 2 * kd), rows * qd, rows * 2 * inter,
+    long sizes[20] = {rows * qd, rows * hidden, rows * hidden, rows * hidden, rows * (qd + 2 * kd), rows * qd,
+                      rows * 2 * inter,
                       rows * inter, rows * widest / BLOCK, rows * widest / BLOCK,
                       (long)rows * dims[D_KV_HEADS] * 2 * width * dims[D_BLOCK_SIZE], rows * inter / BLOCK,
                       rows * inter / BLOCK, rows * dims[D_HEADS] * 4, rows * qd * 2, rows * hidden,
                       rows * dims[D_HEAD_DIM], rows * dims[D_HEAD_DIM], (2 * rows * widest + 3) / 4,
                       (2 * rows * inter + 3) / 4};
-    float **slots[19] = {&w->resid, &w->x, &w->h, &w->qkv, &w->attn, &w->gate_up, &w->act, &w->s, &w->sums,
+    float **slots[20] = {&w->q_rot, &w->resid, &w->x, &w->h, &w->qkv, &w->attn, &w->gate_up, &w->act, &w->s, &w->sums,
                          &w->scores, &w->s2, &w->sums2, &w->part_ml, &w->part_o, &w->embedded, &w->cos, &w->sin,
                          (float **)&w->q, (float **)&w->q2};
     long at = 0;
-    for (int i = 0; i < 19; i++) {
+    for (int i = 0; i < 20; i++) {
         if (base) *slots[i] = base + at;
         at += (sizes[i] + 15) & ~15L;  /* 64-byte steps keep every buffer's vectors aligned alike */
     }
@@ -86,15 +88,15 @@ long decode_step_work(const long *dims, int rows, int width) {
 }
 
 /* tokens [rows] int64 and the embedding table [vocab, hidden] float32: the step's inputs; positions [rows] int64
- * and inv_freq [head_dim / 2] float32 (the rotary frequencies, scaling applied): cos/sin are computed here as
- * layers/rotary.py does (pos * inv_freq in float32, the halves repeated); out [rows, hidden]: the final norm of
- * the last residual stream. slots [rows] int64 (the new token's cache slot; negative: not stored); tables
+ * and the rotary tables cos/sin [rope_len, head_dim] float32 (made by layers/rotary.py for positions
+ * 0..rope_len - 1, so these are the per-op path's values to the bit); out [rows, hidden]: the final norm of the
+ * last residual stream. slots [rows] int64 (the new token's cache slot; negative: not stored); tables
  * [rows, width] int32; seq_lens [rows] int32 (the tokens each row attends over, its new one included).
  * Returns 0, or -1 for a shape it does not take or too small a workspace, -2 for a token or an index outside
  * the table or the cache. */
 int decode_step(const long *dims, const intptr_t *layers, const float *final_norm, float eps, float scale,
-                const long *tokens, const float *embed, long vocab, const long *positions, const float *inv_freq,
-                float *out, const long *slots, const int *tables, int width, const int *seq_lens, int rows,
+                const long *tokens, const float *embed, long vocab, const long *positions, const float *rope_cos,
+                const float *rope_sin, long rope_len, float *out, const long *slots, const int *tables, int width, const int *seq_lens, int rows,
                 float *work, long work_floats) {
     if (!shape_ok(dims, rows) || width < 1 || decode_step_work(dims, rows, width) > work_floats) return -1;
     const long hidden = dims[D_HIDDEN], heads = dims[D_HEADS], kv_heads = dims[D_KV_HEADS], d = dims[D_HEAD_DIM];
@@ -102,7 +104,7 @@ int decode_step(const long *dims, const intptr_t *layers, const float *final_nor
     const long qd = heads * d, kd = kv_heads * d, nqkv = qd + 2 * kd, span = (long)width * bs;
     const int group = (int)(heads / kv_heads);
     for (int r = 0; r < rows; r++) {
-        if (tokens[r] < 0 || tokens[r] >= vocab || positions[r] < 0) return -2;
+        if (tokens[r] < 0 || tokens[r] >= vocab || positions[r] < 0 || positions[r] >= rope_len) return -2;
         if (seq_lens[r] < 1 || seq_lens[r] > span || slots[r] >= nslots) return -2;
         for (long b = 0; b < (seq_lens[r] + bs - 1) / bs; b++)
             if (tables[(long)r * width + b] < 0 || tables[(long)r * width + b] >= nslots / bs) return -2;
@@ -112,11 +114,8 @@ int decode_step(const long *dims, const intptr_t *layers, const float *final_nor
     float *x_in = w.embedded, *cos_ = w.cos, *sin_ = w.sin;
     for (int r = 0; r < rows; r++) {
         memcpy(x_in + r * hidden, embed + tokens[r] * hidden, hidden * sizeof(float));
-        for (long i = 0; i < d / 2; i++) {
-            float f = (float)positions[r] * inv_freq[i];
-            cos_[r * d + i] = cos_[r * d + d / 2 + i] = cosf(f);
-            sin_[r * d + i] = sin_[r * d + d / 2 + i] = sinf(f);
-        }
+        memcpy(cos_ + r * d, rope_cos + positions[r] * d, d * sizeof(float));
+        memcpy(sin_ + r * d, rope_sin + positions[r] * d, d * sizeof(float));
     }
     const int tiles_qkv = (int)((nqkv + TILE - 1) / TILE), tiles_o = (int)((hidden + TILE - 1) / TILE);
     const int inter_blocks = (int)(inter / BLOCK);
@@ -139,41 +138,30 @@ int decode_step(const long *dims, const intptr_t *layers, const float *final_nor
             #pragma omp for schedule(static)
             for (int t = 0; t < tiles_qkv; t++)
                 w4a8_tile((const tile_q4 *)p[L_QKV], t, w.q, w.s, w.sums, w.qkv, rows, (int)nqkv, (int)hidden);
-            /* C: before any head attends, so every head of the group sees its new key */
+            /* C: k rotated and stored before any head attends, so every head of the group sees its new key; the
+             * group's queries rotated beside it */
             #pragma omp for schedule(static)
             for (int item = 0; item < rows * kv_heads; item++) {
                 int r = item / (int)kv_heads, g = item % (int)kv_heads;
-                if (slots[r] < 0) continue;
                 const float *row = w.qkv + r * nqkv;
+                for (int h = g * group; h < (g + 1) * group; h++)
+                    rotary_head(row + h * d, cos_ + r * d, sin_ + r * d, w.q_rot + (r * heads + h) * d, (int)d);
+                if (slots[r] < 0) continue;
                 long at = ((long)g * nslots + slots[r]) * d;
                 rotary_head(row + qd + g * d, cos_ + r * d, sin_ + r * d, kc + at, (int)d);
                 memcpy(vc + at, row + qd + kd + g * d, d * sizeof(float));
             }
-            /* D: attention split in two halves of each sequence's blocks, an item per (row, KV head, half) that
-             * runs the group's query heads one after another: the group's keys and values come from memory once
-             * (the other heads find them in this core's cache; an item per query head read them on both cores),
-             * and two threads get equal shares of a batch-1 step's three KV heads. */
+            /* D: attention in halves (decode_attention.h says why), exactly as the per-op kernel runs it */
             #pragma omp for schedule(dynamic, 1)
-            for (int item = 0; item < rows * kv_heads * 2; item++) {
-                int r = item / (int)(kv_heads * 2), g = item / 2 % (int)kv_heads, half = item % 2;
-                int len = seq_lens[r], mid = (int)(((len + bs - 1) / bs + 1) / 2 * bs);
-                mid = mid < len ? mid : len;
-                for (int h = g * group; h < (g + 1) * group; h++) {
-                    float qh[MAX_HEAD_DIM];
-                    long part = ((long)r * heads + h) * 2 + half;
-                    rotary_head(w.qkv + r * nqkv + h * d, cos_ + r * d, sin_ + r * d, qh, (int)d);
-                    attend_part(qh, kc + g * nslots * d, vc + g * nslots * d, tables + (long)r * width,
-                                half ? mid : 0, half ? len : mid, (int)bs, (int)d, scale, w.scores + (long)item * span,
-                                w.part_ml + 2 * part, w.part_ml + 2 * part + 1, w.part_o + part * d);
-                }
-            }
+            for (int item = 0; item < rows * kv_heads * 2; item++)
+                attend_split_item(item, w.q_rot, kc, vc, tables, seq_lens, (int)heads, (int)kv_heads, (int)d, (int)bs,
+                                  width, nslots, scale, w.scores, w.part_ml, w.part_o);
             /* D': the halves merged; each head's output is two or more whole blocks of o's input, quantized here */
             #pragma omp for schedule(static)
             for (int item = 0; item < rows * heads; item++) {
                 int r = item / (int)heads, h = item % (int)heads;
-                const float *ml = w.part_ml + 4L * item, *po = w.part_o + 2L * item * d;
                 float *o = w.attn + r * qd + h * d;
-                attend_merge(ml[0], ml[1], po, ml[2], ml[3], po + d, (int)d, o);
+                attend_merge_item(item, w.part_ml, w.part_o, (int)d, o);
                 quantize_row(o, (int)d, w.q + 2 * (r * qd + h * d), w.s + r * (qd / BLOCK) + h * d / BLOCK,
                              w.sums + r * (qd / BLOCK) + h * d / BLOCK);
             }
