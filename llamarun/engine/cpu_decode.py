@@ -34,7 +34,6 @@ ENV = "LLAMARUN_CPU_DECODE_STEP"  # auto (default) | off
 MAX_ROWS = 8  # decode_step.c's MAX_ROWS
 MAX_HEAD_DIM = 256
 BLOCK = 32
-LAYER_POINTERS = 8  # decode_step.c's L_COUNT: qkv, o, gate_up, down records, two norm weights, K and V slabs
 
 
 class DecodeStep:
@@ -49,7 +48,7 @@ class DecodeStep:
         self.dims = torch.tensor([config.num_layers, config.hidden_size, config.num_heads, config.num_kv_heads,
                                   config.head_dim, config.intermediate_size, cache.block_size, slots],
                                  dtype=torch.long)
-        pointers = []
+        pointers = []  # per layer, decode_step.c's L_*: four matmuls' records, two norm weights, K and V slabs
         for i, layer in enumerate(model.model.layers):
             attn, mlp = layer.self_attn, layer.mlp
             pointers += [attn.qkv_proj.records.data_ptr(), attn.o_proj.records.data_ptr(),
@@ -57,7 +56,7 @@ class DecodeStep:
                          layer.input_layernorm.weight.data_ptr(), layer.post_attention_layernorm.weight.data_ptr(),
                          cache.k[i].data_ptr(), cache.v[i].data_ptr()]
         self.layers = torch.tensor(pointers, dtype=torch.long)  # [layers * 8]; the model and cache keep them alive
-        self.cache = cache
+        self.cache, self.slots = cache, slots
         self.final_norm = model.model.norm.weight
         self.embed = model.model.embed_tokens.weight  # [vocab, hidden] float32, rows copied by the C
         self.rope_cos = self.rope_sin = torch.empty(0, config.head_dim)  # [positions, head_dim], grown on demand
@@ -104,8 +103,11 @@ class DecodeStep:
         if self.work.numel() < need:
             self.work = torch.empty(need, dtype=torch.float32)
         out = self.out[:rows]
-        if max(batch.positions) >= self.rope_cos.shape[0]:
-            self._grow_rope(max(batch.positions) + 1)
+        last = max(batch.positions)
+        if last >= self.rope_cos.shape[0]:
+            if last >= self.slots:  # every position of a sequence has a slot, so this is no real step
+                raise ValueError(f"decode step: position {last} is outside the table or cache of {self.slots}")
+            self._grow_rope(last + 1)
         longs, ints = ctypes.c_long * rows, ctypes.c_int * rows
         code = self.lib.decode_step(
             self.dims.data_ptr(), self.layers.data_ptr(), self.final_norm.data_ptr(), self.eps, self.scale,
@@ -119,12 +121,11 @@ class DecodeStep:
                                 else "its shape)"))
         return self.model.lm_head(out).float()  # [rows, vocab]
 
-
     def _grow_rope(self, positions: int) -> None:
         """cos/sin for positions [0, n) with n >= `positions`, doubling: made by the model's own RotaryEmbedding,
         so the native step rotates by exactly the per-op path's values (a libm cos differs from PyTorch's by an
         ulp at times, and that alone moved the default model's greedy text after ten tokens)."""
-        n = max(positions, 2 * self.rope_cos.shape[0], 256)
+        n = min(max(positions, 2 * self.rope_cos.shape[0], 256), self.slots)
         cos, sin = self.model.model.rotary(torch.arange(n), torch.float32)  # [n, head_dim] each
         self.rope_cos, self.rope_sin = cos.contiguous(), sin.contiguous()
 

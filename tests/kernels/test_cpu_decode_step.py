@@ -111,7 +111,7 @@ def test_steps_it_does_not_take(model):
 
 
 @needs_native
-@pytest.mark.parametrize("what", ["block", "length", "token", "slot"])
+@pytest.mark.parametrize("what", ["block", "length", "token", "slot", "position"])
 def test_bad_indices_are_refused_not_written(model, what):
     cache = _prefilled(model, PROMPTS, TABLES)
     step = DecodeStep.for_model(model, cache)
@@ -123,6 +123,8 @@ def test_bad_indices_are_refused_not_written(model, what):
         batch.token_ids = [SPEC.vocab_size]
     elif what == "slot":
         batch.slot_mapping = [32 * BLOCK_SIZE]
+    elif what == "position":
+        batch.positions = [10**9]  # no table that large is made
     with pytest.raises(ValueError, match="outside the table or cache"), torch.inference_mode():
         step(batch)
     assert torch.equal(cache.k, before[0]) and torch.equal(cache.v, before[1])

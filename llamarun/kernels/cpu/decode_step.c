@@ -96,8 +96,8 @@ long decode_step_work(const long *dims, int rows, int width) {
  * the table or the cache. */
 int decode_step(const long *dims, const intptr_t *layers, const float *final_norm, float eps, float scale,
                 const long *tokens, const float *embed, long vocab, const long *positions, const float *rope_cos,
-                const float *rope_sin, long rope_len, float *out, const long *slots, const int *tables, int width, const int *seq_lens, int rows,
-                float *work, long work_floats) {
+                const float *rope_sin, long rope_len, float *out, const long *slots, const int *tables, int width,
+                const int *seq_lens, int rows, float *work, long work_floats) {
     if (!shape_ok(dims, rows) || width < 1 || decode_step_work(dims, rows, width) > work_floats) return -1;
     const long hidden = dims[D_HIDDEN], heads = dims[D_HEADS], kv_heads = dims[D_KV_HEADS], d = dims[D_HEAD_DIM];
     const long inter = dims[D_INTER], bs = dims[D_BLOCK_SIZE], nslots = dims[D_SLOTS];
