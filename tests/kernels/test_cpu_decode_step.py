@@ -142,16 +142,22 @@ def test_models_it_does_not_take_fall_back(model, monkeypatch, tmp_path):
     assert DecodeStep.for_model(model, narrow) is None
 
 
-def _engine_tokens(model, prompts: list[list[int]]) -> dict[str, list[int]]:
-    """Greedy tokens per request from an engine, one arrival a step (decode batches of 1..4 rows)."""
-    config = EngineConfig(context_length=64, kv_tokens=512, block_size=BLOCK_SIZE)
+def _engine_tokens(model, prompts: list[list[int]], at_once: bool = False) -> dict[str, list[int]]:
+    """Greedy tokens per request from an engine: one arrival a step (decode batches of 1..4 rows), or all at once
+    with different lengths (batches shrinking from len(prompts) rows as requests finish)."""
+    config = EngineConfig(context_length=64, kv_tokens=1024, block_size=BLOCK_SIZE)
     engine = LLMEngine(model, config, dtype=torch.float32, device="cpu")
     out: dict[str, list[int]] = {}
     for step_no in range(200):
-        if step_no < len(prompts):
-            out[f"r{step_no}"] = []
-            engine.add_request(prompts[step_no], SamplingParams.greedy(max_tokens=9), request_id=f"r{step_no}")
-        elif not engine.has_unfinished:
+        if at_once:
+            arrivals = list(range(len(prompts))) if step_no == 0 else []
+        else:
+            arrivals = [step_no] if step_no < len(prompts) else []
+        for i in arrivals:
+            out[f"r{i}"] = []
+            engine.add_request(prompts[i], SamplingParams.greedy(max_tokens=4 + i if at_once else 9),
+                               request_id=f"r{i}")
+        if not arrivals and not engine.has_unfinished:
             break
         for o in engine.step():
             out[o.request_id].extend(t.token_id for t in o.new_tokens)
@@ -176,3 +182,21 @@ def test_engine_tokens_equal_with_the_native_step_on_and_off(model, monkeypatch)
     per_op = _engine_tokens(model, prompts)
     assert calls["n"] == used  # off: never called
     assert native == per_op and all(len(t) == 9 for t in native.values())
+
+
+@needs_native
+def test_batches_over_eight_rows_take_the_per_op_path_with_the_same_tokens(model, monkeypatch):
+    rows_run = []
+    original = DecodeStep.__call__
+
+    def counted(self, batch):
+        rows_run.append(len(batch.token_ids))
+        return original(self, batch)
+
+    monkeypatch.setattr(DecodeStep, "__call__", counted)
+    prompts = [[3 + i, 14, 15 + i] for i in range(11)]  # 11 decodes a step at first, then 10, 9, ... as they end
+    native = _engine_tokens(model, prompts, at_once=True)
+    assert rows_run and max(rows_run) == 8 and 1 in rows_run  # 11..9 rows ran per op, 8..1 natively
+    monkeypatch.setenv(cpu_decode.ENV, "off")
+    assert native == _engine_tokens(model, prompts, at_once=True)
+
