@@ -1,5 +1,7 @@
-/* One (sequence, query head) of decode attention over the paged cache, shared by decode_attention.c (a call
- * per layer) and decode_step.c (a whole step a call). Static inline; build.py's digest covers the header.
+/* Decode attention over the paged cache (float32, one query per sequence), shared by decode_attention.c (a call
+ * per layer) and decode_step.c (a whole step a call) so both round alike: a query head over a range of tokens
+ * (attend_part), two ranges merged (attend_merge), and the split work items both paths run
+ * (attend_split_item, attend_merge_item). Static inline; build.py's digest covers the header.
  */
 #ifndef LLAMARUN_DECODE_ATTENTION_H
 #define LLAMARUN_DECODE_ATTENTION_H
