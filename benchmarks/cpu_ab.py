@@ -5,9 +5,10 @@ machine's load falls on every variant alike. Records the load average beside eac
     python benchmarks/cpu_ab.py --variant threads=1 --variant threads=2 --busy 1
 
 A variant is `weights=MODE`, `threads=N|default`, `kernels=auto|off` (the native CPU kernels,
-LLAMARUN_CPU_KERNELS), `step=auto|off` (the one-call native decode step, LLAMARUN_CPU_DECODE_STEP) or several joined by `,` (threads are chosen before torch loads, as the CLI chooses
-them: `default` samples the free cores). `--busy N` keeps N processes spinning
-(one per core at most) for the whole run: the "other program on the machine" condition.
+LLAMARUN_CPU_KERNELS), `step=auto|off` (the one-call native decode step, LLAMARUN_CPU_DECODE_STEP) or several
+joined by `,` (threads are chosen before torch loads, as the CLI chooses them: `default` samples the free cores).
+`--busy N` keeps N processes spinning (one per core at most) for the whole run: the "other program on the machine"
+condition.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Python module calls, ctypes and fresh tensors; on the default model's 30 thin la
 decode step. `DecodeStep` instead holds a plan made once per model and cache (pointers to each layer's w4a8
 records, norm weights and K/V slabs) and per step passes the embeddings, cos/sin, slots, block tables and
 lengths; the embedding and rotary lookups and the final norm are native too (the rotary table made once by the
-model's RotaryEmbedding), the head stays the model's own (`lm_head`).
+model's RotaryEmbedding), and so is an int8 head (the tied head of a 4-bit model); any other head stays the
+model's own call.
 
 It is used only where it computes what the model file would: a `LlamaForCausalLM` whose every decoder linear is
 an `Int4Linear` holding native records, float32 embeddings, norms and cache on the CPU, shapes the C takes
@@ -61,6 +62,10 @@ class DecodeStep:
         self.embed = model.model.embed_tokens.weight  # [vocab, hidden] float32, rows copied by the C
         self.rope_cos = self.rope_sin = torch.empty(0, config.head_dim)  # [positions, head_dim], grown on demand
         self.out = torch.empty(MAX_ROWS, self.hidden, dtype=torch.float32)  # the final norm, read by the head
+        # An int8 head (a 4-bit model's tied head) runs inside the call, into logits kept from step to step: the
+        # separate call cost a fork and a fresh 196 KB output whose pages faulted in every step (150 us).
+        self.logits = (torch.empty(MAX_ROWS, model.lm_head.qweight.shape[0], dtype=torch.float32)
+                       if _native_int8_head(model) else None)
         self.work = torch.empty(0, dtype=torch.float32)  # grown to the largest step seen, never shrunk
 
     @classmethod
@@ -113,13 +118,22 @@ class DecodeStep:
             self.dims.data_ptr(), self.layers.data_ptr(), self.final_norm.data_ptr(), self.eps, self.scale,
             longs(*batch.token_ids), self.embed.data_ptr(), self.embed.shape[0], longs(*batch.positions),
             self.rope_cos.data_ptr(), self.rope_sin.data_ptr(), self.rope_cos.shape[0], out.data_ptr(),
-            longs(*batch.slot_mapping), tables, width, ints(*batch.seq_lens), rows, self.work.data_ptr(),
-            self.work.numel())
+            *self._head_args(rows), longs(*batch.slot_mapping), tables, width, ints(*batch.seq_lens), rows,
+            self.work.data_ptr(), self.work.numel())
         if code != 0:
             raise ValueError(f"decode step: the native call refused the step ({code}: "
                              + ("a token, length, slot or block outside the table or cache)" if code == -2
                                 else "its shape)"))
+        if self.logits is not None:
+            return self.logits[:rows]  # [rows, vocab], made by the call; reused by the next step
         return self.model.lm_head(out).float()  # [rows, vocab]
+
+    def _head_args(self, rows: int) -> tuple:
+        """(weights, scales, rows of the head, logits) for the C, or NULLs where the head stays the model's."""
+        if self.logits is None:
+            return None, None, 0, None
+        head = self.model.lm_head
+        return head.qweight.data_ptr(), head.scale.data_ptr(), head.qweight.shape[0], self.logits.data_ptr()
 
     def _grow_rope(self, positions: int) -> None:
         """cos/sin for positions [0, n) with n >= `positions`, doubling: made by the model's own RotaryEmbedding,
@@ -128,6 +142,17 @@ class DecodeStep:
         n = min(max(positions, 2 * self.rope_cos.shape[0], 256), self.slots)
         cos, sin = self.model.model.rotary(torch.arange(n), torch.float32)  # [n, head_dim] each
         self.rope_cos, self.rope_sin = cos.contiguous(), sin.contiguous()
+
+
+def _native_int8_head(model: torch.nn.Module) -> bool:
+    """Whether the head is an Int8Linear the C takes as gemv_w8a8.c would: [vocab, hidden] int8, float32 scales."""
+    from llamarun.quant.int8 import Int8Linear
+
+    head, hidden = model.lm_head, model.config.hidden_size
+    return (type(head) is Int8Linear and head.qweight.dtype == torch.int8 and head.qweight.dim() == 2
+            and head.qweight.shape[1] == hidden and head.qweight.is_contiguous() and hidden % BLOCK == 0
+            and head.scale.dtype == torch.float32 and head.scale.shape == head.qweight.shape[:1]
+            and head.scale.is_contiguous())
 
 
 def _unsupported(model: torch.nn.Module, cache: PagedKVCache) -> str | None:

@@ -16,6 +16,7 @@ from llamarun.kernels.cpu import build
 from llamarun.loaders.registry import open_checkpoint
 from llamarun.models.build import build_model
 from llamarun.quant.int4 import Int4Method
+from llamarun.quant.int8 import Int8Linear, Int8Method
 from llamarun.sampling.params import SamplingParams
 
 needs_native = pytest.mark.skipif(build.load_decode_step() is None or build.load_w4a8() is None,
@@ -25,15 +26,26 @@ SPEC = TinySpec(hidden_size=128, intermediate_size=192, num_heads=4, num_kv_head
 BLOCK_SIZE = 4
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def _int8_head(linear: torch.nn.Linear) -> torch.nn.Module:
+    """Int4 decoder linears and an int8 head, as the default model runs (its tied head packed as int8)."""
+    method = Int8Method() if linear.out_features == SPEC.vocab_size else Int4Method(32)
+    return method.pack_linear(linear)
+
+
+@pytest.fixture(scope="module", params=["int4-head", "int8-head"])
+def model(request, tmp_path_factory):
+    """The tiny model with int4 linears; its head int4 (run by the model after the native call) or int8 (run
+    inside the call)."""
     weights, _ = make_weights(SPEC, seed=5)
     ckpt = open_checkpoint(write_hf(SPEC, weights, tmp_path_factory.mktemp("step") / "hf"), "hf")
-    return build_model(ckpt, pack=Int4Method(32).pack_linear)
+    return build_model(ckpt, pack=Int4Method(32).pack_linear if request.param == "int4-head" else _int8_head)
 
 
 def _batch(seqs: list[tuple[list[int], int, list[int]]]) -> HostBatch:
-    """(tokens, start, block table) per sequence, decodes first, every sequence sampling its last token."""
+    """(tokens, start, block table) per sequence, every sequence sampling its last token, packed decodes first as
+    engine/batch.py packs them (a one-token prompt is a decode: attention takes rows [0, num_decodes) as one query
+    each, and a longer sequence among them would leave its other rows unwritten)."""
+    seqs = sorted(seqs, key=lambda seq: len(seq[0]) != 1)  # stable: decodes first, each group in order
     batch = HostBatch([], [], [], [0], [], [], sum(len(t) == 1 for t, _, _ in seqs), [], [])
     for i, (tokens, start, table) in enumerate(seqs):
         positions = list(range(start, start + len(tokens)))
@@ -79,7 +91,7 @@ def test_native_step_equals_the_per_op_path_step_after_step(model, rows):
     ref_cache = _prefilled(model, prompts, tables)
     cache = _copy(ref_cache)
     step = DecodeStep.for_model(model, cache)
-    assert step is not None
+    assert step is not None and (step.logits is not None) == (type(model.lm_head) is Int8Linear)
     last = [p[-1] for p in prompts]
     lens = [len(p) for p in prompts]
     for _ in range(6):  # across block boundaries: every row opens a new block within these steps

@@ -188,6 +188,7 @@ def _wrap_decode_step(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.decode_step_work.restype = ctypes.c_long
     lib.decode_step.argtypes = ([ctypes.c_void_p] * 3 + [ctypes.c_float] * 2 + [ctypes.c_void_p] * 2
                                 + [ctypes.c_long] + [ctypes.c_void_p] * 3 + [ctypes.c_long] + [ctypes.c_void_p] * 3
+                                + [ctypes.c_int] + [ctypes.c_void_p] * 3
                                 + [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_long])
     lib.decode_step.restype = ctypes.c_int
     return lib

@@ -16,13 +16,13 @@
  *   G  gate_up = h Wgu, then silu(gate) * up quantized as the down input      (blocks of 32 of the
  *      intermediate: each thread finishes the activations of the rows it computed)
  *   I  x = act Wd                                                                (tiles)
- * and after the last layer the final norm. The embeddings and rotary rows are looked up here too, from the token
- * ids and positions, so a step's Python is this call, the head and the sampler. The arithmetic is the per-op
- * kernels' own (w4a8.h, small_ops.h, decode_attention.h), so the two paths agree bit for bit given the same
- * cos/sin. Nothing is allocated: the caller passes a workspace of decode_step_work() floats. Index values
- * (token ids, lengths, slots, block ids) are checked before any is used, so a bad step is refused with an error
- * code instead of reading or writing outside the table or the cache.
- * Built by build.py; no Python headers, called through ctypes (kernels/cpu/decode_step.py).
+ * and after the last layer the final norm and, for an int8 head, the logits. The embeddings and rotary rows
+ * are looked up here too, from the token ids and positions, so a step's Python is this call and the sampler. The
+ * arithmetic is the per-op kernels' own (w4a8.h, w8a8.h, small_ops.h, decode_attention.h), so the two paths
+ * agree bit for bit given the same cos/sin. Nothing is allocated: the caller passes a workspace of
+ * decode_step_work() floats. Index values (token ids, lengths, slots, block ids) are checked before any is used,
+ * so a bad step is refused with an error code instead of reading or writing outside the table or the cache.
+ * Built by build.py; no Python headers, called through ctypes (engine/cpu_decode.py).
  */
 #include <stdint.h>
 #include <string.h>
@@ -30,6 +30,7 @@
 #include "decode_attention.h"
 #include "small_ops.h"
 #include "w4a8.h"
+#include "w8a8.h"
 
 /* dims[]: the model's shape and the cache's */
 enum { D_LAYERS, D_HIDDEN, D_HEADS, D_KV_HEADS, D_HEAD_DIM, D_INTER, D_BLOCK_SIZE, D_SLOTS, D_COUNT };
@@ -43,6 +44,8 @@ typedef struct {
     float *resid, *x, *h, *qkv, *attn, *gate_up, *act, *s, *sums, *scores, *s2, *sums2, *part_ml, *part_o;
     float *embedded, *cos, *sin;  /* the step's inputs: embeddings [rows, hidden], rotary [rows, head_dim] */
     float *q_rot;                 /* rotated queries [rows, heads, head_dim] */
+    float *head_s;                /* the int8 head's activation scales [rows, hidden / 32] */
+    int8_t *head_q;               /* and its quantized activations [rows, hidden] */
     int8_t *q, *q2;  /* quantized matmul inputs; q2 for down's, written while other items still read q */
 } workspace;
 
@@ -52,22 +55,25 @@ static long max3(long a, long b, long c) { return a > b ? (a > c ? a : c) : (b >
  * widest matmul input: hidden (qkv, gate/up), heads * d (o) or the intermediate size (down). */
 static long carve(const long *dims, int rows, int width, float *base, workspace *w) {
     long hidden = dims[D_HIDDEN], qd = dims[D_HEADS] * dims[D_HEAD_DIM], kd = dims[D_KV_HEADS] * dims[D_HEAD_DIM];
-    long inter = dims[D_INTER], widest = max3(hidden, qd, inter);
-    long sizes[20] = {rows * qd, rows * hidden, rows * hidden, rows * hidden, rows * (qd + 2 * kd), rows * qd,
-                      rows * 2 * inter,
-                      rows * inter, rows * widest / BLOCK, rows * widest / BLOCK,
-                      (long)rows * dims[D_KV_HEADS] * 2 * width * dims[D_BLOCK_SIZE], rows * inter / BLOCK,
-                      rows * inter / BLOCK, rows * dims[D_HEADS] * 4, rows * qd * 2, rows * hidden,
-                      rows * dims[D_HEAD_DIM], rows * dims[D_HEAD_DIM], (2 * rows * widest + 3) / 4,
-                      (2 * rows * inter + 3) / 4};
-    float **slots[20] = {&w->q_rot, &w->resid, &w->x, &w->h, &w->qkv, &w->attn, &w->gate_up, &w->act, &w->s, &w->sums,
-                         &w->scores, &w->s2, &w->sums2, &w->part_ml, &w->part_o, &w->embedded, &w->cos, &w->sin,
-                         (float **)&w->q, (float **)&w->q2};
+    long inter = dims[D_INTER], widest = max3(hidden, qd, inter), d = dims[D_HEAD_DIM];
+    float *q = 0, *q2 = 0, *head_q = 0;  /* the int8 buffers, carved as floats */
+    struct { float **at; long floats; } parts[] = {
+        {&w->embedded, rows * hidden}, {&w->cos, rows * d}, {&w->sin, rows * d},
+        {&w->resid, rows * hidden}, {&w->x, rows * hidden}, {&w->h, rows * hidden},
+        {&w->qkv, rows * (qd + 2 * kd)}, {&w->q_rot, rows * qd}, {&w->attn, rows * qd},
+        {&w->scores, (long)rows * dims[D_KV_HEADS] * 2 * width * dims[D_BLOCK_SIZE]},
+        {&w->part_ml, rows * dims[D_HEADS] * 4}, {&w->part_o, rows * qd * 2},
+        {&w->gate_up, rows * 2 * inter}, {&w->act, rows * inter},
+        {&q, (2 * rows * widest + 3) / 4}, {&w->s, rows * widest / BLOCK}, {&w->sums, rows * widest / BLOCK},
+        {&q2, (2 * rows * inter + 3) / 4}, {&w->s2, rows * inter / BLOCK}, {&w->sums2, rows * inter / BLOCK},
+        {&head_q, (rows * hidden + 3) / 4}, {&w->head_s, rows * hidden / BLOCK},
+    };
     long at = 0;
-    for (int i = 0; i < 20; i++) {
-        if (base) *slots[i] = base + at;
-        at += (sizes[i] + 15) & ~15L;  /* 64-byte steps keep every buffer's vectors aligned alike */
+    for (unsigned i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        if (base) *parts[i].at = base + at;
+        at += (parts[i].floats + 15) & ~15L;  /* 64-byte steps keep every buffer's vectors aligned alike */
     }
+    w->q = (int8_t *)q, w->q2 = (int8_t *)q2, w->head_q = (int8_t *)head_q;
     return at;
 }
 
@@ -90,14 +96,18 @@ long decode_step_work(const long *dims, int rows, int width) {
 /* tokens [rows] int64 and the embedding table [vocab, hidden] float32: the step's inputs; positions [rows] int64
  * and the rotary tables cos/sin [rope_len, head_dim] float32 (made by layers/rotary.py for positions
  * 0..rope_len - 1, so these are the per-op path's values to the bit); out [rows, hidden]: the final norm of the
- * last residual stream. slots [rows] int64 (the new token's cache slot; negative: not stored); tables
+ * last residual stream; with head_w (int8 [head_n, hidden]) and head_scale [head_n], also logits [rows, head_n] =
+ * the head of out, as gemv_w8a8.c computes it (the tied head of a 4-bit model is int8: a separate call cost a
+ * fork and, through the Python wrapper, a fresh 196 KB output whose pages faulted in every step: 150 us).
+ * slots [rows] int64 (the new token's cache slot; negative: not stored); tables
  * [rows, width] int32; seq_lens [rows] int32 (the tokens each row attends over, its new one included).
  * Returns 0, or -1 for a shape it does not take or too small a workspace, -2 for a token or an index outside
  * the table or the cache. */
 int decode_step(const long *dims, const intptr_t *layers, const float *final_norm, float eps, float scale,
                 const long *tokens, const float *embed, long vocab, const long *positions, const float *rope_cos,
-                const float *rope_sin, long rope_len, float *out, const long *slots, const int *tables, int width,
-                const int *seq_lens, int rows, float *work, long work_floats) {
+                const float *rope_sin, long rope_len, float *out, const int8_t *head_w, const float *head_scale,
+                int head_n, float *logits, const long *slots, const int *tables, int width, const int *seq_lens,
+                int rows, float *work, long work_floats) {
     if (!shape_ok(dims, rows) || width < 1 || decode_step_work(dims, rows, width) > work_floats) return -1;
     const long hidden = dims[D_HIDDEN], heads = dims[D_HEADS], kv_heads = dims[D_KV_HEADS], d = dims[D_HEAD_DIM];
     const long inter = dims[D_INTER], bs = dims[D_BLOCK_SIZE], nslots = dims[D_SLOTS];
@@ -205,9 +215,19 @@ int decode_step(const long *dims, const intptr_t *layers, const float *final_nor
                 w4a8_tile((const tile_q4 *)p[L_DOWN], t, w.q2, w.s2, w.sums2, w.x, rows, (int)hidden, (int)inter);
         }
         #pragma omp for schedule(static)
-        for (int r = 0; r < rows; r++)
+        for (int r = 0; r < rows; r++) {
             add_rms_norm_row(w.x + r * hidden, w.resid + r * hidden, final_norm, w.resid + r * hidden,
                              out + r * hidden, (int)hidden, eps);
+            if (head_w)
+                q8_quantize_row(out + r * hidden, (int)hidden, w.head_q + r * hidden, w.head_s + r * (hidden / BLOCK));
+        }
+        if (head_w) {
+            #pragma omp for schedule(static)
+            for (int t = 0; t < head_n / 4; t++)
+                q8_quad(head_w, head_scale, w.head_q, w.head_s, logits, rows, head_n, (int)hidden, t);
+            #pragma omp single
+            q8_tail(head_w, head_scale, w.head_q, w.head_s, logits, rows, head_n, (int)hidden);
+        }
     }
     return 0;
 }
