@@ -5,9 +5,10 @@ machine's load falls on every variant alike. Records the load average beside eac
     python benchmarks/cpu_ab.py --variant threads=1 --variant threads=2 --busy 1
 
 A variant is `weights=MODE`, `threads=N|default`, `kernels=auto|off` (the native CPU kernels,
-LLAMARUN_CPU_KERNELS) or several joined by `,` (threads are chosen before torch loads, as the CLI chooses
-them: `default` samples the free cores). `--busy N` keeps N processes spinning
-(one per core at most) for the whole run: the "other program on the machine" condition.
+LLAMARUN_CPU_KERNELS), `step=auto|off` (the one-call native decode step, LLAMARUN_CPU_DECODE_STEP) or several
+joined by `,` (threads are chosen before torch loads, as the CLI chooses them: `default` samples the free cores).
+`--busy N` keeps N processes spinning (one per core at most) for the whole run: the "other program on the machine"
+condition.
 """
 
 from __future__ import annotations
@@ -25,17 +26,18 @@ HERE = Path(__file__).parent
 
 
 def parse_variant(text: str) -> dict[str, str]:
-    """`weights=int4,threads=1` -> {"weights": "int4", "threads": "1"} (keys: weights, threads, kernels)."""
+    """`weights=int4,threads=1` -> {"weights": "int4", "threads": "1"} (keys: weights, threads, kernels, step)."""
     out = dict(part.split("=", 1) for part in text.split(",") if part)
-    unknown = set(out) - {"weights", "threads", "kernels"}
+    unknown = set(out) - {"weights", "threads", "kernels", "step"}
     if unknown:
-        raise SystemExit(f"unknown variant key(s) {sorted(unknown)}: use weights=, threads= and kernels=")
+        raise SystemExit(f"unknown variant key(s) {sorted(unknown)}: use weights=, threads=, kernels= and step=")
     return out
 
 
 def _one(gguf: str, variant: dict[str, str], new_tokens: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("LLAMARUN_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     env["LLAMARUN_CPU_KERNELS"] = variant.get("kernels", "auto")
+    env["LLAMARUN_CPU_DECODE_STEP"] = variant.get("step", "auto")
     threads = variant.get("threads", "default")
     count = "None" if threads == "default" else int(threads)
     # as the CLI does: threads (and the wait policy) chosen before torch loads

@@ -13,6 +13,7 @@ import torch
 from llamarun.attention.backend import use_backend
 from llamarun.attention.paged_torch import PagedAttention, PagedKVCache
 from llamarun.engine.batch import model_inputs, pack_step
+from llamarun.engine.cpu_decode import DecodeStep
 from llamarun.engine.step import PENDING, SampledToken, ScheduledSeq, SchedulerOutput
 from llamarun.errors import LlamarunError
 from llamarun.models.llama import LlamaForCausalLM
@@ -22,6 +23,8 @@ from llamarun.structured.engine import GrammarMatcher, compile_grammar
 from llamarun.structured.vocab import GrammarVocab
 
 __all__ = ["ModelRunner", "SampledToken"]
+
+_UNSET = object()
 
 
 class ModelRunner:
@@ -44,6 +47,7 @@ class ModelRunner:
         self.device = cache.k.device
         self.sampler = Sampler()
         self.states: dict[str, SamplerState] = {}  # request id -> its sampler state
+        self.native_decode: DecodeStep | object | None = _UNSET  # chosen on the first step
 
     @torch.inference_mode()  # penalty counts are made and updated in place here: keep them inference tensors
     def run(self, step: SchedulerOutput) -> dict[str, SampledToken]:
@@ -52,14 +56,24 @@ class ModelRunner:
         if not step.seqs:
             return {}
         batch = pack_step(step, self.cache.block_size)
-        inputs = model_inputs(batch, self.device)
-        with use_backend(PagedAttention(self.cache, inputs.attention)):
-            if inputs.logits_rows is None:
-                self.model.model(inputs.input_ids, inputs.positions)  # prefill chunks only: fill the cache
-                return {}
-            logits = self.model(inputs.input_ids, inputs.positions, inputs.logits_rows)  # [S, vocab]
+        fused = self._native_decode()
+        if fused is not None and fused.takes(batch):
+            logits = fused(batch)  # [S, vocab]: a CPU all-decode step in one native call (engine/cpu_decode.py)
+        else:
+            inputs = model_inputs(batch, self.device)
+            with use_backend(PagedAttention(self.cache, inputs.attention)):
+                if inputs.logits_rows is None:
+                    self.model.model(inputs.input_ids, inputs.positions)  # prefill chunks only: fill the cache
+                    return {}
+                logits = self.model(inputs.input_ids, inputs.positions, inputs.logits_rows)  # [S, vocab]
         states = [self.states[rid] for rid in batch.sample_ids]
         return self._answer(self.sampler.sample(logits, states), batch.sample_ids, states)
+
+    def _native_decode(self) -> DecodeStep | None:
+        """The native decode step for this model and cache, made on the first step (None where it does not apply)."""
+        if self.native_decode is _UNSET:
+            self.native_decode = DecodeStep.for_model(self.model, self.cache) if self.device.type == "cpu" else None
+        return self.native_decode  # type: ignore[return-value]
 
     def _update_states(self, step: SchedulerOutput) -> None:
         """Drop the sampler state of finished requests, then make it for new ones (in that order)."""

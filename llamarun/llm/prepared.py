@@ -47,10 +47,11 @@ def folder() -> Path:
 
 @functools.cache
 def source_digest() -> str:
-    """A digest of llamarun's Python and C sources: a changed loader, layout or kernel means a different model."""
+    """A digest of llamarun's Python and C sources (headers too): a changed loader, layout or kernel means a different
+    model."""
     h = hashlib.sha256()
     for path in sorted(PACKAGE.rglob("*")):
-        if path.suffix in (".py", ".c") and path.is_file():
+        if path.suffix in (".py", ".c", ".h") and path.is_file():
             h.update(str(path.relative_to(PACKAGE)).encode())
             h.update(path.read_bytes())
     return h.hexdigest()

@@ -78,7 +78,7 @@ class Int4Linear(PackedLinear):
         if self._native:
             from llamarun.kernels.cpu.w4a8_layout import to_records
 
-            self.register_buffer("records", to_records(w), persistent=False)  # [N / 4, K / 32, 4, 24] uint8
+            self.register_buffer("records", to_records(w), persistent=False)  # [N / 4, K / 32, 96] uint8
         if self._cpu_kernel:
             from llamarun.quant.layouts import unpack_nibbles
 

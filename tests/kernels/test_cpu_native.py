@@ -58,7 +58,8 @@ attention = build.load_decode_attention()
 
 
 @pytest.mark.skipif(attention is None, reason="no AVX2/FMA or no C compiler here")
-@pytest.mark.parametrize("heads, kv_heads, d", [(4, 4, 64), (8, 2, 128), (16, 2, 20)])  # GQA 1/4/8, a scalar tail
+@pytest.mark.parametrize("heads, kv_heads, d", [(4, 4, 64), (8, 2, 128), (16, 2, 20), (4, 2, 32), (6, 3, 96)])
+# GQA 1/4/8, a scalar tail; 32 and 96 take the 16-dims passes of the vector path
 def test_decode_attention_equals_the_torch_path_over_random_block_tables(heads, kv_heads, d):
     from llamarun.attention.paged_torch import _decode
 

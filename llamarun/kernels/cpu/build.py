@@ -5,7 +5,8 @@ memory bandwidth, and a decode step's attention is a dozen small dispatches per 
 llamarun trails llama.cpp most. Each kernel is a plain C file (`gemv_w8a8.c`: AVX2 integer dot products
 against int8 weights; `gemv_w4a8.c`: the same against 4-bit affine weights, the activations 16-bit integers
 as two int8 planes; `decode_attention.c`: one query per sequence over the paged cache, the step's own keys and
-values written first; `small_ops.c`: add + RMSNorm, rotary and silu(gate) * up for decode rows), OpenMP inside
+values written first; `small_ops.c`: add + RMSNorm, rotary and silu(gate) * up for decode rows; `decode_step.c`:
+all layers of an all-decode step in one call, from the same inline pieces in the shared headers), OpenMP inside
 where the work is large enough, built in well under a second with the system's C compiler into the llamarun
 home, keyed by a hash of the source and flags, and called through ctypes with tensor pointers: no Python
 headers, no PyTorch extension.
@@ -59,7 +60,7 @@ def load() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def load_w4a8() -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None:
-    """`gemv_w4a8(x [M, K] float32, records [ceil(N / 4), K // 32, 4, 24] uint8, N) -> [M, N] float32` (records
+    """`gemv_w4a8(x [M, K] float32, records [ceil(N / 4), K // 32, 96] uint8, N) -> [M, N] float32` (records
     from `w4a8_layout.to_records`), or None."""
     return _load("gemv_w4a8", _wrap_w4a8)
 
@@ -76,6 +77,12 @@ def load_small_ops() -> tuple[Callable, Callable, Callable] | None:
     `silu_mul(gate_up) -> silu(gate) * up`) for float32 CPU tensors, x [tokens, hidden] contiguous / [tokens, heads,
     d] with a contiguous last dim / gate_up [tokens, 2 * inter] contiguous; or None."""
     return _load("small_ops", _wrap_small_ops)
+
+
+def load_decode_step() -> ctypes.CDLL | None:
+    """The library of `decode_step.c` (a whole all-decode step in one call), or None; kernels/cpu/decode_step.py
+    holds its plan and checks."""
+    return _load("decode_step", _wrap_decode_step)
 
 
 def _load(name: str, wrap: Callable[[ctypes.CDLL], Callable]) -> Callable | None:
@@ -127,8 +134,8 @@ def _wrap_w4a8(lib: ctypes.CDLL) -> Callable:
 
     def gemv_w4a8(x: torch.Tensor, records: torch.Tensor, n: int) -> torch.Tensor:
         m, k = x.shape
-        tiles, blocks, tile, record = records.shape
-        if (blocks * BLOCK != k or tile != 4 or record != 24 or not 0 < n <= 4 * tiles or n <= 4 * (tiles - 1)
+        tiles, blocks, tile_bytes = records.shape if records.dim() == 3 else (0, 0, 0)
+        if (blocks * BLOCK != k or tile_bytes != 96 or not 0 < n <= 4 * tiles or n <= 4 * (tiles - 1)
                 or records.dtype != torch.uint8 or not records.is_contiguous() or x.dtype != torch.float32):
             raise ValueError(f"gemv_w4a8: records {tuple(records.shape)} {records.dtype} for {n} rows do not fit x "
                              f"{tuple(x.shape)} {x.dtype}")
@@ -155,7 +162,9 @@ def _wrap_attention(lib: ctypes.CDLL) -> Callable:
         width = tables.shape[1]
         q = q.contiguous()
         out = torch.empty_like(q)
-        work = torch.empty(batch * heads * width * block_size, dtype=torch.float32)  # every item's scores
+        # every split item's scores, then each half's (max, sum) and output (decode_attention.h)
+        work = torch.empty(batch * kv_heads * 2 * width * block_size + batch * heads * (4 + 2 * d),
+                           dtype=torch.float32)
         k_new = v_new = new_slots = None
         if new is not None:
             k_new, v_new, new_slots = new
@@ -172,6 +181,17 @@ def _wrap_attention(lib: ctypes.CDLL) -> Callable:
         return out
 
     return decode_attention
+
+
+def _wrap_decode_step(lib: ctypes.CDLL) -> ctypes.CDLL:
+    lib.decode_step_work.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.decode_step_work.restype = ctypes.c_long
+    lib.decode_step.argtypes = ([ctypes.c_void_p] * 3 + [ctypes.c_float] * 2 + [ctypes.c_void_p] * 2
+                                + [ctypes.c_long] + [ctypes.c_void_p] * 3 + [ctypes.c_long] + [ctypes.c_void_p] * 3
+                                + [ctypes.c_int] + [ctypes.c_void_p] * 3
+                                + [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_long])
+    lib.decode_step.restype = ctypes.c_int
+    return lib
 
 
 def _wrap_small_ops(lib: ctypes.CDLL) -> tuple[Callable, Callable, Callable]:
@@ -210,7 +230,9 @@ def _compiled(compiler: str, source: Path) -> Path:
     """The shared library for this source and these flags, built into the llamarun home once."""
     from llamarun.store.home import llamarun_home
 
-    digest = hashlib.sha256(source.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    # The shared headers count too: a kernel that includes one must be rebuilt when it changes.
+    headers = b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))
+    digest = hashlib.sha256(source.read_bytes() + headers + " ".join(FLAGS).encode()).hexdigest()[:16]
     folder = llamarun_home() / "kernels"
     path = folder / f"{source.stem}-{digest}.so"
     if path.exists():
