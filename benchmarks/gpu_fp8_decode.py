@@ -28,10 +28,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_int4_decode import sweep
+from gpu_int4_decode import start_record, sweep
 from gpu_quant_kernels import SHAPES, TP2_SHAPES, copies, graph_ms, make_fp8
 
-from llamarun.bench.bandwidth import measure_copy_bandwidth
 from llamarun.kernels import fp8_gemv
 from llamarun.kernels.gemv import gemv_scaled
 
@@ -78,24 +77,15 @@ def main() -> None:
     args = parser.parse_args()
     t0 = time.time()
     torch.manual_seed(0)
-    import triton
-
-    results: dict = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-                     "date": time.strftime("%Y-%m-%d"), "rows": []}
-    copy = measure_copy_bandwidth("cuda")
-    results["copy_GBps"] = copy / 1e9
-    results["check_failures"] = check()
-    print("copy GB/s", round(copy / 1e9), "check failures:", results["check_failures"], flush=True)
+    results, copy = start_record(check)
     if not args.no_sweep:
-        import gpu_int4_decode
-
-        gpu_int4_decode.calls_for = calls_for  # the shared sweep builds its calls through this module's kernels
-        SHAPES.update(TP2_SHAPES)
+        SHAPES.update(TP2_SHAPES)  # the shared sweep looks shapes up there
         wide = [s for s in ALL_SHAPES if ALL_SHAPES[s][0] > fp8_gemv.NARROW]
         narrow = [s for s in ALL_SHAPES if ALL_SHAPES[s][0] <= fp8_gemv.NARROW]
-        sweep(results, t0 + args.budget * 0.3, "fp8w_wide", "fp8.words", fp8_gemv.CONFIG, "fp8w", GRID, 1, wide)
+        sweep(results, t0 + args.budget * 0.3, "fp8w_wide", "fp8.words", fp8_gemv.CONFIG, "fp8w", GRID, 1, wide,
+              calls_for)
         sweep(results, t0 + args.budget * 0.6, "fp8w_narrow", "fp8.words", fp8_gemv.CONFIG, "fp8w_narrow", GRID, 1,
-              narrow)
+              narrow, calls_for)
     results["words_config"] = dict(fp8_gemv.CONFIG)
     for shape in args.shapes.split(","):
         if time.time() - t0 > args.budget:

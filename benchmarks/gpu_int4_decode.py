@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -95,15 +96,30 @@ def check() -> list[str]:
     return bad
 
 
+def start_record(check: Callable[[], list[str]]) -> tuple[dict, float]:
+    """The record's header (card, versions, date), the copy bandwidth measured now, and `check()`'s failures."""
+    import triton
+
+    results: dict = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+                     "date": time.strftime("%Y-%m-%d"), "rows": []}
+    copy = measure_copy_bandwidth("cuda")
+    results["copy_GBps"] = copy / 1e9
+    results["check_failures"] = check()
+    print("copy GB/s", round(copy / 1e9), "check failures:", results["check_failures"], flush=True)
+    return results, copy
+
+
 def sweep(results: dict, budget_end: float, name: str, kernel: str, table: dict, key: str, grid: list, rows: int,
-          shapes: list[str]) -> None:
-    """Sum each launch configuration's time over `shapes`; leave the best in `table[key]`."""
+          shapes: list[str], make_calls: Callable | None = None) -> None:
+    """Sum each launch configuration's time over `shapes` (calls made by `make_calls`, by default this module's
+    `calls_for`); leave the best in `table[key]`."""
+    make_calls = make_calls or calls_for
     scores = {cfg: 0.0 for cfg in grid}
     runs = {cfg: 0 for cfg in grid}
     for shape in shapes:
         n, k = SHAPES[shape]
         x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
-        calls, _ = calls_for(kernel, n, k, x)
+        calls, _ = make_calls(kernel, n, k, x)
         for cfg in list(scores):
             if time.time() > budget_end:
                 break
@@ -135,14 +151,7 @@ def main() -> None:
     args = parser.parse_args()
     t0 = time.time()
     torch.manual_seed(0)
-    import triton
-
-    results: dict = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-                     "date": time.strftime("%Y-%m-%d"), "rows": []}
-    copy = measure_copy_bandwidth("cuda")
-    results["copy_GBps"] = copy / 1e9
-    results["check_failures"] = check()
-    print("copy GB/s", round(copy / 1e9), "check failures:", results["check_failures"], flush=True)
+    results, copy = start_record(check)
     if not args.no_sweep:
         wide = [s for s in SHAPES if SHAPES[s][0] > int4_gemv.NARROW]
         narrow = [s for s in SHAPES if SHAPES[s][0] <= int4_gemv.NARROW]

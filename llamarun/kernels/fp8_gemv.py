@@ -25,7 +25,7 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_wait
 
 from llamarun.kernels.activation import load_activation
-from llamarun.kernels.gemv import launch_override
+from llamarun.kernels.gemv import fit_block_k, launch_override, store_scaled
 from llamarun.kernels.pdl import pdl_launch
 
 # (BLOCK_N, BLOCK_K, num_warps), read at call time so a benchmark can sweep them: "fp8w" for weights of more than
@@ -100,12 +100,7 @@ def _gemv_fp8_words_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_wn, PER_CHAN
     for k0 in range(BLOCK_K, K, BLOCK_K):  # K is a multiple of BLOCK_K (checked by the caller)
         words = tl.load(w_rows + (k0 // 4 + cs)[None, :], mask=n_mask[:, None], other=0)
         acc = _tile(words, x_ptr, k0, K, cs, acc, SILU_INPUT, WORDS, ASM)
-    out = tl.sum(acc, axis=1)  # [BN]
-    if PER_CHANNEL:
-        out *= tl.load(s_ptr + rows, mask=n_mask, other=0.0)
-    else:
-        out *= tl.load(s_ptr)
-    tl.store(y_ptr + rows, out.to(y_ptr.dtype.element_ty), mask=n_mask)
+    store_scaled(tl.sum(acc, axis=1), s_ptr, y_ptr, rows, n_mask, PER_CHANNEL)
 
 
 def gemv_fp8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out: torch.Tensor | None = None,
@@ -122,9 +117,7 @@ def gemv_fp8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out: to
                          f"float8_e4m3fn weight with contiguous rows, the input size a multiple of 16 (weight "
                          f"{weight.dtype})" + (" (merged gate/up: twice the width)" if silu_input else ""))
     block_n, block_k, warps = CONFIG["fp8w_narrow" if n <= NARROW else "fp8w"]
-    block_k = min(block_k, 1 << (k.bit_length() - 1))  # a power of two (Triton's ranges) dividing K
-    while k % block_k:
-        block_k //= 2
+    block_k = fit_block_k(k, block_k)
     y = torch.empty(1, n, dtype=x.dtype, device=x.device) if out is None else out
     words = weight.view(torch.int32)  # [N, K / 4]: four weights a word, byte i = input 4c + i
     pdl, extra = pdl_launch(x) if USE_PDL else (False, {})

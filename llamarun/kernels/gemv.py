@@ -53,12 +53,26 @@ def _gemv_scaled_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_wn, PER_CHANNEL
         w = tl.load(w_rows + (k0 + ks)[None, :], mask=n_mask[:, None], other=0.0).to(tl.float32)  # [BN, BK]
         x = load_activation(x_ptr, k0 + ks, ks < BLOCK_K, K, SILU_INPUT)  # [BK]
         acc += w * x[None, :]
-    out = tl.sum(acc, axis=1)  # [BN]
+    store_scaled(tl.sum(acc, axis=1), s_ptr, y_ptr, rows, n_mask, PER_CHANNEL)
+
+
+@triton.jit
+def store_scaled(out, s_ptr, y_ptr, rows, n_mask, PER_CHANNEL: tl.constexpr):
+    """y[rows] = out [BN] times the per-channel (or per-tensor) float32 scale, in y's dtype."""
     if PER_CHANNEL:
         out *= tl.load(s_ptr + rows, mask=n_mask, other=0.0)
     else:
         out *= tl.load(s_ptr)
     tl.store(y_ptr + rows, out.to(y_ptr.dtype.element_ty), mask=n_mask)
+
+
+def fit_block_k(k: int, block_k: int, least: int = 1) -> int:
+    """The launch's tile width for an input of k: a power of two (Triton's ranges) dividing k, at most block_k
+    and at least `least` (a group size that divides k)."""
+    block_k = max(min(block_k, 1 << (k.bit_length() - 1)), least)
+    while k % block_k:
+        block_k //= 2
+    return block_k
 
 
 def _check(x: torch.Tensor, k: int, k_w: int, n: int, silu_input: bool) -> None:
@@ -77,9 +91,7 @@ def gemv_scaled(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out:
     k = x.shape[1] // 2 if silu_input else x.shape[1]
     _check(x, k, k_w, n, silu_input)
     block_n, block_k, warps = CONFIG["fp8"]
-    block_k = min(block_k, 1 << (k.bit_length() - 1))  # a power of two (Triton's ranges) dividing K
-    while k % block_k:
-        block_k //= 2
+    block_k = fit_block_k(k, block_k)
     y = torch.empty(1, n, dtype=x.dtype, device=x.device) if out is None else out
     _gemv_scaled_kernel[(triton.cdiv(n, block_n),)](x, weight, scale, y, n, k, weight.stride(0),
                                                  PER_CHANNEL=scale.numel() > 1, SILU_INPUT=silu_input,

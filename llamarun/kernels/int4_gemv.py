@@ -31,7 +31,7 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from llamarun.kernels.activation import load_activation
-from llamarun.kernels.gemv import launch_override
+from llamarun.kernels.gemv import fit_block_k, launch_override
 from llamarun.kernels.pdl import pdl_launch
 
 # (BLOCK_N, BLOCK_K, num_warps) of the GEMV, read at call time so a benchmark can sweep them: "int4" for weights
@@ -190,9 +190,7 @@ def gemv_int4_planes(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
         raise ValueError(f"gemv_int4_planes: group size {group_size} must be a power of two from 32 to 256 "
                          f"dividing the input size {k}")
     block_n, block_k, warps = CONFIG["int4_narrow" if n <= NARROW else "int4"]
-    block_k = max(min(block_k, 1 << (k.bit_length() - 1)), group_size)
-    while k % block_k:
-        block_k //= 2
+    block_k = fit_block_k(k, block_k, least=group_size)
     pdl = USE_PDL and pdl_launch(x)[0]
     planes, x_scales, x_sums = activation_planes(x, group_size, silu_input, pdl)
     y = torch.empty(rows, n, dtype=x.dtype, device=x.device) if out is None else out
