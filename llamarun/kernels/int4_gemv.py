@@ -51,23 +51,13 @@ BLOCK = 32  # inputs per activation scale
 
 
 @triton.jit
-def _activation_planes_kernel(x_ptr, planes_ptr, scale_ptr, sum_ptr, K, stride_xm, SILU_INPUT: tl.constexpr,
-                              GROUP: tl.constexpr, PDL: tl.constexpr):
-    """One weight group of one row -> its byte planes [G/8, 4] int32, a scale per 32 inputs, its float sum."""
-    if PDL:
-        gdc_launch_dependents()  # the GEMV may be scheduled now; it waits for this grid before reading
-        gdc_wait()  # this kernel is itself a programmatic dependent: x is written by the kernel before
-    g = tl.program_id(0)
-    row = tl.program_id(1)
-    x_ptr += row * stride_xm
-    planes_ptr += row * (K // 8) * 4
-    scale_ptr += row * (K // 32)
-    sum_ptr += row * (K // GROUP)
+def store_group_planes(x, g, planes_ptr, scale_ptr, sum_ptr, GROUP: tl.constexpr):
+    """Weight group g of one row, x [GROUP/8, 8] float32 (word c holding k = 8c + i) -> its byte planes [G/8, 4]
+    int32, a scale per 32 inputs and its float sum, at the row's planes, scales and sums (also written by the
+    RMSNorm that feeds an INT4 linear: kernels/norm_planes.py)."""
     GW: tl.constexpr = GROUP // 8
     NB: tl.constexpr = GROUP // 32
     cs = tl.arange(0, GW)
-    ks = g * GROUP + cs[:, None] * 8 + tl.arange(0, 8)[None, :]  # [GW, 8]: word c holds k = 8c + i
-    x = load_activation(x_ptr, ks, ks < K, K, SILU_INPUT)  # [GW, 8] float32
     amax = tl.max(tl.reshape(tl.abs(x), [NB, 32]), axis=1)  # [NB]
     scale = tl.where(amax > 0, amax / 32767.0, 1.0)  # [NB]
     word_scale = tl.reshape(tl.broadcast_to(scale[:, None], [NB, 4]), [GW])  # four words per block
@@ -85,6 +75,22 @@ def _activation_planes_kernel(x_ptr, planes_ptr, scale_ptr, sum_ptr, K, stride_x
     tl.store(base + 3, tl.sum(lo_odd << shifts, axis=1))
     tl.store(scale_ptr + g * NB + tl.arange(0, NB), scale)
     tl.store(sum_ptr + g, tl.sum(tl.sum(x, axis=1), axis=0))
+
+
+@triton.jit
+def _activation_planes_kernel(x_ptr, planes_ptr, scale_ptr, sum_ptr, K, stride_xm, SILU_INPUT: tl.constexpr,
+                              GROUP: tl.constexpr, PDL: tl.constexpr):
+    """One weight group of one row -> its byte planes [G/8, 4] int32, a scale per 32 inputs, its float sum."""
+    if PDL:
+        gdc_launch_dependents()  # the GEMV may be scheduled now; it waits for this grid before reading
+        gdc_wait()  # this kernel is itself a programmatic dependent: x is written by the kernel before
+    g = tl.program_id(0)
+    row = tl.program_id(1)
+    GW: tl.constexpr = GROUP // 8
+    ks = g * GROUP + tl.arange(0, GW)[:, None] * 8 + tl.arange(0, 8)[None, :]  # [GW, 8]: word c holds k = 8c + i
+    x = load_activation(x_ptr + row * stride_xm, ks, ks < K, K, SILU_INPUT)  # [GW, 8] float32
+    store_group_planes(x, g, planes_ptr + row * (K // 8) * 4, scale_ptr + row * (K // 32), sum_ptr + row * (K // GROUP),
+                       GROUP)
 
 
 @triton.jit
@@ -158,27 +164,34 @@ def _gemv_int4_planes_kernel(planes_ptr, xscale_ptr, xsum_ptr, w_ptr, s_ptr, m_p
              mask=n_mask[:, None] & (cols[None, :] < ROWS))
 
 
-def activation_planes(x: torch.Tensor, group_size: int, silu_input: bool = False, pdl: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+Planes = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (planes [M, K/8, 4] int32, scales [M, K/32], sums [M, K/G])
+
+
+def empty_planes(rows: int, k: int, group_size: int, device: torch.device) -> Planes:
+    return (torch.empty(rows, k // 8, 4, dtype=torch.int32, device=device),
+            torch.empty(rows, k // BLOCK, dtype=torch.float32, device=device),
+            torch.empty(rows, k // group_size, dtype=torch.float32, device=device))
+
+
+def activation_planes(x: torch.Tensor, group_size: int, silu_input: bool = False, pdl: bool = False) -> Planes:
     """x [M, K] (or the merged gate/up [M, 2K] with `silu_input`) -> (planes [M, K/8, 4] int32, scales
     [M, K/32], sums [M, K/G] float32)."""
     rows, k = x.shape[0], (x.shape[1] // 2 if silu_input else x.shape[1])
-    groups = k // group_size
-    planes = torch.empty(rows, k // 8, 4, dtype=torch.int32, device=x.device)
-    scales = torch.empty(rows, k // BLOCK, dtype=torch.float32, device=x.device)
-    sums = torch.empty(rows, groups, dtype=torch.float32, device=x.device)
-    _activation_planes_kernel[(groups, rows)](x, planes, scales, sums, k, x.stride(0), SILU_INPUT=silu_input,
-                                              GROUP=group_size, PDL=pdl, num_warps=1,
-                                              **({"launch_pdl": True} if pdl else {}))
+    planes, scales, sums = empty_planes(rows, k, group_size, x.device)
+    _activation_planes_kernel[(k // group_size, rows)](x, planes, scales, sums, k, x.stride(0),
+                                                       SILU_INPUT=silu_input, GROUP=group_size, PDL=pdl,
+                                                       num_warps=1, **({"launch_pdl": True} if pdl else {}))
     return planes, scales, sums
 
 
 def gemv_int4_planes(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor,
-                     group_size: int, out: torch.Tensor | None = None, silu_input: bool = False) -> torch.Tensor:
+                     group_size: int, out: torch.Tensor | None = None, silu_input: bool = False,
+                     planes: Planes | None = None) -> torch.Tensor:
     """x [M <= MAX_ROWS, K] @ dequantize(Int4Weight)^T -> [M, N] in x's dtype; group sizes 32 to 256, powers
     of two. Each weight word is read once for all M rows (the integer work grows with M, the bytes do not).
 
-    With `silu_input`, x is the merged gate/up output [M, 2K], read as silu(gate) * up.
+    With `silu_input`, x is the merged gate/up output [M, 2K], read as silu(gate) * up. `planes` are x's
+    activation planes when the kernel that wrote x wrote them too (`norm_planes.py`); then x is not read.
     """
     n, k_w = qweight.shape[0], qweight.shape[1] * 2
     rows, k = x.shape[0], (x.shape[1] // 2 if silu_input else x.shape[1])
@@ -192,7 +205,12 @@ def gemv_int4_planes(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     block_n, block_k, warps = CONFIG["int4_narrow" if n <= NARROW else "int4"]
     block_k = fit_block_k(k, block_k, least=group_size)
     pdl = USE_PDL and pdl_launch(x)[0]
-    planes, x_scales, x_sums = activation_planes(x, group_size, silu_input, pdl)
+    if planes is None:
+        planes = activation_planes(x, group_size, silu_input, pdl)
+    elif planes[0].shape != (rows, k // 8, 4) or planes[2].shape != (rows, k // group_size):
+        raise ValueError(f"gemv_int4_planes: planes {tuple(planes[0].shape)} do not belong to x {tuple(x.shape)} "
+                         f"in groups of {group_size}")
+    planes, x_scales, x_sums = planes
     y = torch.empty(rows, n, dtype=x.dtype, device=x.device) if out is None else out
     words = qweight.view(torch.int32)  # [N, K / 8]
     asm = USE_ASM and x.is_cuda

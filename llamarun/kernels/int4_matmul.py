@@ -13,19 +13,21 @@ import torch.nn.functional as F
 
 from llamarun.kernels.dequantize import dequantize_to
 from llamarun.kernels.int4_gemv import MAX_ROWS as GEMV_ROWS
-from llamarun.kernels.int4_gemv import gemv_int4_planes
+from llamarun.kernels.int4_gemv import Planes, gemv_int4_planes
 from llamarun.kernels.skinny_matmul import MAX_ROWS, skinny_matmul
 from llamarun.quant.layouts import Int4Weight
 
 
 def int4_matmul(x: torch.Tensor, w: Int4Weight, out: torch.Tensor | None = None,
-                silu_input: bool = False) -> torch.Tensor:
+                silu_input: bool = False, planes: Planes | None = None) -> torch.Tensor:
     """x [M, K] (bf16/fp16) @ dequantize(w)^T -> [M, N] in x's dtype.
 
-    With `silu_input`, x is the merged gate/up output [M, 2K], read as silu(gate) * up.
+    With `silu_input`, x is the merged gate/up output [M, 2K], read as silu(gate) * up. `planes`: x's INT4
+    activation planes, when the kernel that wrote x made them (the GEMV's rows only).
     """
     if x.shape[0] <= GEMV_ROWS:
-        return gemv_int4_planes(x, w.qweight, w.scales, w.mins, w.group_size, out=out, silu_input=silu_input)
+        return gemv_int4_planes(x, w.qweight, w.scales, w.mins, w.group_size, out=out, silu_input=silu_input,
+                                planes=planes)
     if x.shape[0] <= MAX_ROWS:
         return skinny_matmul(x, w.qweight, w.scales, w.mins, w.group_size, out=out, silu_input=silu_input)
     if silu_input:

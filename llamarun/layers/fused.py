@@ -41,10 +41,22 @@ def _native_ops(x: torch.Tensor) -> tuple | None:
     return load_small_ops()
 
 
-def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rms_norm(x + residual), x + residual); with no residual yet, (rms_norm(x), x). x [tokens, hidden]."""
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
+                 feeds: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x + residual), x + residual); with no residual yet, (rms_norm(x), x). x [tokens, hidden].
+
+    `feeds` is the linear that reads the norm. If it would turn the norm into INT4 activation planes
+    (`planes_group`), the norm kernel writes them too and hands them over (`give_planes`): one launch less.
+    """
     if use_kernels(x):
+        group = feeds.planes_group(x) if hasattr(feeds, "planes_group") else None
+        if group is not None:
+            from llamarun.kernels import norm_planes
+
+            if norm_planes.takes(x, group):
+                norm, total, planes = norm_planes.add_rms_norm_planes(x, residual, weight, eps, group)
+                feeds.give_planes(norm, planes)
+                return norm, total
         from llamarun.kernels.norm import fused_add_rms_norm, rms_norm
 
         if residual is None:

@@ -16,7 +16,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, feeds: nn.Module | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """(norm(x + residual), x + residual): decoder layers pass the residual stream through, so the add
-        and the norm can be one kernel on GPUs. With no residual: (norm(x), x)."""
-        return add_rms_norm(x, residual, self.weight, self.eps)
+        and the norm can be one kernel on GPUs. With no residual: (norm(x), x). `feeds`, the linear that
+        reads the norm, may have the norm kernel prepare its input (`layers.fused.add_rms_norm`)."""
+        return add_rms_norm(x, residual, self.weight, self.eps, feeds)

@@ -69,8 +69,8 @@ class LlamaDecoderLayer(nn.Module):
 
         Returns this layer's output and the stream before it: each add is fused into the next norm.
         """
-        h, residual = self.input_layernorm(x, residual)
-        h, residual = self.post_attention_layernorm(self.self_attn(h, cos, sin), residual)
+        h, residual = self.input_layernorm(x, residual, feeds=self.self_attn.qkv_proj)
+        h, residual = self.post_attention_layernorm(self.self_attn(h, cos, sin), residual, feeds=self.mlp.gate_up_proj)
         return self.mlp(h), residual
 
 

@@ -110,13 +110,30 @@ class Int4Linear(PackedLinear):
         n, k = self.out_features, self.in_features
         return n * k // 2 + 2 * self.scales.numel() * self.scales.element_size()
 
+    _given_planes = None  # (x, its activation planes) from the norm that wrote x (`give_planes`)
+
+    def planes_group(self, x: torch.Tensor) -> int | None:
+        """The group size of the INT4 activation planes this layer's GPU decode kernel would make of x, so that
+        the kernel writing x can write them instead (`layers.fused.add_rms_norm`); None if it would make none."""
+        from llamarun.kernels.int4_gemv import MAX_ROWS
+
+        if x.is_cuda and x.dim() == 2 and x.shape[0] <= MAX_ROWS and x.shape[1] == self.in_features:
+            return self.group_size
+        return None
+
+    def give_planes(self, x: torch.Tensor, planes: tuple) -> None:
+        """x's planes, made by the kernel that wrote x; the next forward of this very tensor uses them."""
+        self._given_planes = (x, planes)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)  # [M, K]
         if x2.is_cuda:
             from llamarun.kernels.int4_matmul import int4_matmul
 
-            y = int4_matmul(x2, self.layout())  # [M, N]
+            given, self._given_planes = self._given_planes, None
+            planes = given[1] if given is not None and given[0] is x else None  # never another tensor's
+            y = int4_matmul(x2, self.layout(), planes=planes)  # [M, N]
         elif self._native and x2.shape[0] <= NATIVE_MAX_ROWS and x2.dtype == torch.float32:
             from llamarun.kernels.cpu import build
 

@@ -92,3 +92,35 @@ def test_random_8b_in_int4_never_holds_the_bf16_model():
     assert peak < held + 3 * 2 * config.vocab_size * config.hidden_size * 2
     assert peak < config.num_parameters * 2 / 2  # far below the 16 GB of bf16 weights
     del model
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+def test_an_int4_linear_fed_by_its_norm_uses_the_planes_the_norm_wrote(rows, monkeypatch):
+    """The norm that feeds an INT4 linear writes its activation planes; the linear then makes none itself, and
+    its output equals the two-kernel path's. Planes given for another tensor are never used."""
+    from llamarun.kernels import int4_gemv
+    from llamarun.layers.norm import RMSNorm
+
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    linear = Int4Method(128).create(Int4Method(128).quantize(
+        torch.randn(384, 512, device="cuda", generator=gen, dtype=torch.bfloat16) * 0.02))
+    norm = RMSNorm(512, 1e-5).to("cuda", torch.bfloat16)
+    x = torch.randn(rows, 512, device="cuda", generator=gen, dtype=torch.bfloat16)
+    residual = torch.randn(rows, 512, device="cuda", generator=gen, dtype=torch.bfloat16)
+    h_plain, sum_plain = norm(x.clone(), residual.clone())  # no consumer: the plain norm
+    expected = linear(h_plain)
+    planes_launches = []
+    original = int4_gemv.activation_planes
+    monkeypatch.setattr(int4_gemv, "activation_planes",
+                        lambda *a, **k: planes_launches.append(1) or original(*a, **k))
+    h, summed = norm(x.clone(), residual.clone(), feeds=linear)
+    given = linear._given_planes
+    assert given is not None and given[0] is h
+    assert torch.equal(summed, sum_plain)
+    torch.testing.assert_close(h, h_plain, atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(linear(h), expected, atol=2e-2, rtol=2e-2)
+    assert planes_launches == [] and linear._given_planes is None  # the norm's planes were used, once
+    linear.give_planes(h, given[1])  # planes of h, then another tensor comes: it makes its own
+    twice = linear(h * 2)
+    assert len(planes_launches) == 1 and linear._given_planes is None
+    torch.testing.assert_close(twice, 2 * expected, atol=4e-2, rtol=2e-2)
