@@ -107,18 +107,6 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-PREFETCH_ROWS = 8  # decode batches this small leave the memory bus idle during attention
-
-
-def prefetch_weights(module: torch.nn.Module, x: torch.Tensor) -> None:
-    """In a small GPU decode step, start pulling `module`'s weights into L2 now (kernels/l2_prefetch.py): the
-    attention kernels that run before it barely use the memory bus. Elsewhere nothing happens."""
-    if use_kernels(x) and x.shape[0] <= PREFETCH_ROWS:
-        from llamarun.kernels.l2_prefetch import prefetch_l2
-
-        prefetch_l2([*module.buffers(), *module.parameters()])
-
-
 def down_projection(down: torch.nn.Module, gate_up: torch.Tensor) -> torch.Tensor:
     """down(silu(gate) * up): one kernel when the (packed) layer can read the activation itself, else two steps.
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from llamarun.attention.backend import current_backend
 from llamarun.config import ModelConfig
-from llamarun.layers.fused import down_projection, prefetch_weights, rotate
+from llamarun.layers.fused import down_projection, rotate
 from llamarun.layers.linear import MergedLinear
 from llamarun.layers.norm import RMSNorm
 from llamarun.layers.rotary import RotaryEmbedding
@@ -37,7 +37,6 @@ class LlamaAttention(nn.Module):
         q = q.view(n, self.num_heads, self.head_dim)  # [tokens, heads, head_dim]
         k = k.view(n, self.num_kv_heads, self.head_dim)  # [tokens, kv_heads, head_dim]
         v = v.reshape(n, self.num_kv_heads, self.head_dim)
-        prefetch_weights(self.o_proj, x)  # read into L2 while attention runs (GPU decode steps)
         q, k = rotate(q, k, cos, sin)
         out = current_backend().forward(self.layer, q, k, v)  # [tokens, heads, head_dim]
         return self.o_proj(out.reshape(n, self.num_heads * self.head_dim))
