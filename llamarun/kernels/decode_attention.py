@@ -21,7 +21,7 @@ import functools
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_wait
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from llamarun.kernels.attention_tile import attend_tile, dot_precision
 from llamarun.kernels.pdl import pdl_launch
@@ -48,6 +48,7 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, seq_lens_ptr, out_ptr,
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     if PDL:
+        gdc_launch_dependents()  # pdl.py: the next kernel may be scheduled now
         gdc_wait()  # q, the cache and the step's tables are written by the kernels before (pdl.py)
     seq_len = tl.load(seq_lens_ptr + seq)
     # Whole tiles per split, so only a split's last tile needs masking.
@@ -101,6 +102,7 @@ def _decode_merge_kernel(part_ptr, lse_ptr, out_ptr, num_splits, stride_ob, stri
                          HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
     seq = tl.program_id(0)
     if PDL:
+        gdc_launch_dependents()  # pdl.py: the next kernel may be scheduled now
         gdc_wait()
     head = tl.program_id(1)
     row = seq * tl.num_programs(1) + head

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_wait
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from llamarun.kernels.activation import load_activation
 from llamarun.kernels.gemv import fit_block_k, launch_override, store_scaled
@@ -100,6 +100,8 @@ def _gemv_fp8_words_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_wn, PER_CHAN
     for k0 in range(BLOCK_K, K, BLOCK_K):  # K is a multiple of BLOCK_K (checked by the caller)
         words = tl.load(w_rows + (k0 // 4 + cs)[None, :], mask=n_mask[:, None], other=0)
         acc = _tile(words, x_ptr, k0, K, cs, acc, SILU_INPUT, WORDS, ASM)
+    if PDL:
+        gdc_launch_dependents()  # every load is done: the next kernel may be scheduled (pdl.py)
     store_scaled(tl.sum(acc, axis=1), s_ptr, y_ptr, rows, n_mask, PER_CHANNEL)
 
 

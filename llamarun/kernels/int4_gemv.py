@@ -160,6 +160,8 @@ def _gemv_int4_planes_kernel(planes_ptr, xscale_ptr, xsum_ptr, w_ptr, s_ptr, m_p
             x_sum = tl.load(xsum_ptr + r * (K // GROUP) + g)  # [NG]
             part = tl.sum(s * per_group + m * x_sum[None, :], axis=1)  # [BN]
             acc += tl.where(cols[None, :] == r, part[:, None], 0.0)
+    if PDL:
+        gdc_launch_dependents()  # every load is done: the next kernel may be scheduled (pdl.py)
     tl.store(y_ptr + cols[None, :] * stride_ym + rows[:, None], acc.to(y_ptr.dtype.element_ty),
              mask=n_mask[:, None] & (cols[None, :] < ROWS))
 

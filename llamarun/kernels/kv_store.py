@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_wait
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from llamarun.kernels.pdl import pdl_launch
 
@@ -21,6 +21,7 @@ def _kv_store_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slots_ptr,
                      KV_HEADS: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, PDL: tl.constexpr):
     token = tl.program_id(0)
     if PDL:
+        gdc_launch_dependents()  # pdl.py: the next kernel may be scheduled now
         gdc_wait()  # keys, values and slots are written by the kernels before (pdl.py)
     slot = tl.load(slots_ptr + token).to(tl.int64)
     heads = tl.arange(0, BLOCK_H)

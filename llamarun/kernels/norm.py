@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_wait
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from llamarun.kernels.pdl import pdl_launch
 
@@ -24,6 +24,7 @@ def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, sum_ptr, stride_x
     mask = cols < n_cols
     weight = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)  # no kernel of a step writes it
     if PDL:
+        gdc_launch_dependents()  # pdl.py: the next kernel may be scheduled now
         gdc_wait()  # the rows are written by the kernels before (pdl.py)
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
     if ADD_RESIDUAL:

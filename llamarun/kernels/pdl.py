@@ -3,7 +3,10 @@
 In a batch-1 decode step most kernels are small, and the idle time between two dependent kernels (the second
 one's launch, the first one's teardown) is a visible part of each. Launched this way, a kernel's blocks may
 start before the previous kernel has fully finished; each such kernel calls `gdc_wait()` before it reads
-anything the previous kernels wrote (weights may be read before it: nothing in a step writes them). Inside
+anything the previous kernels wrote (weights may be read before it: nothing in a step writes them), and each
+calls `gdc_launch_dependents()` as early as it may (small kernels at their start, GEMVs once their loads are
+done) so that the next kernel's launch overlaps its tail; its own `gdc_wait()` still waits for this kernel to
+finish and its writes to be visible, so no kernel writes before the one before it is done. Inside
 CUDA graphs the dependency is captured as a programmatic edge. `LLAMARUN_PDL=off` launches plainly.
 """
 

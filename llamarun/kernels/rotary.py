@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_wait
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from llamarun.kernels.pdl import pdl_launch
 
@@ -36,6 +36,7 @@ def _rotary_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, stride_qt, stride_qh, stride_
                    HALF: tl.constexpr, PDL: tl.constexpr):
     token = tl.program_id(0).to(tl.int64)
     if PDL:
+        gdc_launch_dependents()  # pdl.py: the next kernel may be scheduled now
         gdc_wait()  # q, k and cos/sin are written by the kernels before (pdl.py)
     cols = tl.arange(0, HALF)[None, :]
     c1 = tl.load(cos_ptr + token * stride_ct + cols).to(tl.float32)  # [1, HALF]
