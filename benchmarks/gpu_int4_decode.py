@@ -148,17 +148,25 @@ def main() -> None:
     parser.add_argument("--rows", default="1,4,16")
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--gemlite", action="store_true", help="add gemlite's A16W4 (pip install gemlite)")
+    parser.add_argument("--grid", help="launch configurations to sweep instead of PLANES_GRID: 8,4096,8;8,8192,16")
+    parser.add_argument("--sweep-only", choices=["wide", "narrow"], help="sweep one launch kind, then stop")
     args = parser.parse_args()
+    grid = [tuple(int(v) for v in cfg.split(",")) for cfg in args.grid.split(";")] if args.grid else PLANES_GRID
     t0 = time.time()
     torch.manual_seed(0)
     results, copy = start_record(check)
+    shapes = args.shapes.split(",")
     if not args.no_sweep:
-        wide = [s for s in SHAPES if SHAPES[s][0] > int4_gemv.NARROW]
-        narrow = [s for s in SHAPES if SHAPES[s][0] <= int4_gemv.NARROW]
-        sweep(results, t0 + args.budget * 0.25, "planes_wide", "int4.planes", int4_gemv.CONFIG, "int4", PLANES_GRID, 1,
-              wide)
-        sweep(results, t0 + args.budget * 0.5, "planes_narrow", "int4.planes", int4_gemv.CONFIG, "int4_narrow",
-              PLANES_GRID, 1, narrow)
+        wide = [s for s in shapes if SHAPES[s][0] > int4_gemv.NARROW]
+        narrow = [s for s in shapes if SHAPES[s][0] <= int4_gemv.NARROW]
+        if args.sweep_only != "narrow":
+            sweep(results, t0 + args.budget * 0.25, "planes_wide", "int4.planes", int4_gemv.CONFIG, "int4", grid, 1,
+                  wide)
+        if args.sweep_only != "wide":
+            sweep(results, t0 + args.budget * 0.5, "planes_narrow", "int4.planes", int4_gemv.CONFIG, "int4_narrow",
+                  grid, 1, narrow)
+    if args.sweep_only:
+        shapes = []
     results["planes_config"] = dict(int4_gemv.CONFIG)
     kernels = ["bf16.cublas", "int4.planes", "int4.planes_nopdl", "int4.skinny", "int4.tinygemm"]
     if args.gemlite:
@@ -168,7 +176,7 @@ def main() -> None:
             kernels.append("int4.gemlite")
         except ImportError as exc:
             results["gemlite"] = f"not importable: {exc}"
-    for shape in args.shapes.split(","):
+    for shape in shapes:
         for rows in (int(r) for r in args.rows.split(",")):
             if time.time() - t0 > args.budget:
                 results["stopped_early"] = f"budget reached at {shape} rows={rows}"
