@@ -66,6 +66,24 @@ LIBRARIES = {  # name -> (distributions whose versions are recorded, kernels)
 }
 
 
+# Looked at for issue 8 and not carried to the device (one call carries at most 64 MiB); the JSON repeats these.
+NOT_CARRIED = {
+    "sgl-kernel": "0.3.21 (latest): its one wheel (cp310-abi3, manylinux2014) is 535.6 MB, sgl_kernel/sm90/"
+                  "common_ops.abi3.so alone 361 MB: over the 64 MiB a device call carries",
+    "marlin-kernels": "0.3.7 (latest): PyPI has only a 15 kB sdist whose setup.py imports torch to build a CUDA "
+                      "extension (nvcc on the device, minutes of compile); no wheel",
+    "vllm": "0.33.0: its Marlin/Machete W4A16 GEMMs come only inside a 336.4 MB wheel",
+    "lmdeploy": "0.18.0: its TurboMind W4A16 GEMM comes only inside a 106.7 MB wheel",
+    "gptqmodel": "no cp312 manylinux wheel on PyPI (sdist only; builds its CUDA kernels at install)",
+    "optimum-quanto": "0.2.7 (2025-03): its Marlin int4 GEMM is CUDA C++ compiled at first use "
+                      "(torch.utils.cpp_extension), which needs nvcc and ninja and minutes on the device",
+    "torchao marlin_sparse": "gone from torchao's int4 packing formats since 0.16 (0.15 had MARLIN_SPARSE, for "
+                             "torch 2.9/2.10, and it needs 2:4-sparse weights)",
+    "fbgemm-gpu-genai": "1.6.0 (its torch 2.11 build, 35.8 MB) holds the same bf16i4bf16 kernels as mslk-cuda "
+                        "1.1.0; torchao >= 0.16 calls them through mslk, so mslk-cuda is what is carried",
+}
+
+
 def dist_versions(names) -> dict[str, str | None]:
     out = {}
     for name in names:
@@ -495,7 +513,8 @@ def main() -> None:
                      "bytes_per_call": "N*K/2 + 4*N*K/128 for every kernel (affine int4 g128)",
                      "nvcc": shutil.which("nvcc"), "versions": dist_versions(
                          ["torch", "triton"] + [d for lib in libs for d in LIBRARIES[lib][0]]),
-                     "libraries": {}, "rows": []}
+                     "wheels": sorted(p.name for p in Path(".whl/int4libs").glob("*.whl")),
+                     "not_carried": NOT_CARRIED, "libraries": {}, "rows": []}
 
     def write() -> None:
         if json_path:
