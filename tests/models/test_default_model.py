@@ -21,10 +21,10 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def reference(default_gguf):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def reference(default_gguf, default_hf_tokenizer):
+    from transformers import AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(str(default_gguf.parent), gguf_file=default_gguf.name)
+    tok = default_hf_tokenizer  # Transformers' tokenizer from the same GGUF, built once (tests/conftest.py)
     model = AutoModelForCausalLM.from_pretrained(str(default_gguf.parent), gguf_file=default_gguf.name,
                                                  torch_dtype=torch.float32).eval()
     return tok, model
