@@ -7,7 +7,8 @@ import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -94,9 +95,35 @@ def default_gguf_reader(default_gguf: Path):
 
 
 @pytest.fixture(scope="session")
-def default_hf_tokenizer(default_gguf: Path):
-    """Transformers' tokenizer built from the default model's GGUF, once (about ten seconds: the GGUF's vocabulary
-    converted to a fast tokenizer). Tests only encode, decode and apply chat templates with it."""
+def reuse_default_gguf_reader(default_gguf: Path, default_gguf_reader) -> Callable[[], AbstractContextManager[None]]:
+    """`with reuse_default_gguf_reader():` Transformers' GGUF loading gets the session's parsed reader of the default
+    model instead of parsing the file again (it parses it once for the config, once for the weights and once for a
+    tokenizer: seconds each). The reader is gguf's own over the same file, so what Transformers builds is the same."""
+    import gguf
+
+    @contextlib.contextmanager
+    def reuse() -> Iterator[None]:
+        original = gguf.GGUFReader
+
+        def reader(path, *args, **kwargs):
+            if not args and not kwargs and Path(path).resolve() == default_gguf.resolve():
+                return default_gguf_reader
+            return original(path, *args, **kwargs)
+
+        gguf.GGUFReader = reader  # transformers imports it from gguf at each load
+        try:
+            yield
+        finally:
+            gguf.GGUFReader = original
+
+    return reuse
+
+
+@pytest.fixture(scope="session")
+def default_hf_tokenizer(default_gguf: Path, reuse_default_gguf_reader):
+    """Transformers' tokenizer built from the default model's GGUF, once (seconds: the GGUF's vocabulary converted
+    to a fast tokenizer). Tests only encode, decode and apply chat templates with it."""
     import transformers
 
-    return transformers.AutoTokenizer.from_pretrained(str(default_gguf.parent), gguf_file=default_gguf.name)
+    with reuse_default_gguf_reader():
+        return transformers.AutoTokenizer.from_pretrained(str(default_gguf.parent), gguf_file=default_gguf.name)
