@@ -7,9 +7,7 @@ import re
 from collections.abc import Sequence
 from datetime import datetime
 
-import gguf
 import pytest
-import transformers
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from llamarun.chat import JinjaChatTemplate, Llama3ChatFormat, select_chat_template
@@ -80,12 +78,13 @@ class FakeTokenizer(Tokenizer):
 
 
 @pytest.fixture(scope="module")
-def smollm(default_gguf):
-    """(the GGUF's own template, Transformers' tokenizer from the GGUF, our adapter of it)."""
-    reader = gguf.GGUFReader(str(default_gguf))
+def smollm(default_gguf_reader, default_hf_tokenizer):
+    """(the GGUF's own template, Transformers' tokenizer from the GGUF, our adapter of it); the reader and the
+    tokenizer are the session's (tests/conftest.py)."""
+    reader = default_gguf_reader
     source = reader.fields["tokenizer.chat_template"].contents()
     add_bos = bool(reader.fields["tokenizer.ggml.add_bos_token"].contents())
-    hf = transformers.AutoTokenizer.from_pretrained(str(default_gguf.parent), gguf_file=default_gguf.name)
+    hf = default_hf_tokenizer
     return source, hf, HFTokenizerAdapter(hf, add_bos)
 
 

@@ -15,19 +15,14 @@ from pathlib import Path
 import pytest
 from tiny_checkpoints import TinySpec, add_byte_tokenizer, make_weights, write_gguf, write_hf
 
-from llamarun.store.default_model import install_default_model_from
-from llamarun.store.home import ModelStore
-
 VERBOSE_FIELDS = ["total duration", "load duration", "prompt eval count", "prompt cached count",
                   "prompt eval duration",
                   "prompt eval rate", "eval count", "eval duration", "eval rate", "peak memory"]
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory, default_gguf: Path) -> Path:
-    root = tmp_path_factory.mktemp("home")
-    install_default_model_from(default_gguf, ModelStore(root))
-    return root
+def home(default_home: Path) -> Path:
+    return default_home  # the session's home with the default model (tests/conftest.py): nothing here changes it
 
 
 def llamarun(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

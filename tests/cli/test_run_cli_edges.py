@@ -10,18 +10,14 @@ from pathlib import Path
 import pytest
 
 from llamarun.errors import LlamarunError
-from llamarun.store.default_model import install_default_model_from
-from llamarun.store.home import ModelStore
 from llamarun.utils.devices import check_device
 
 MODEL = "smollm2:135m"
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory, default_gguf: Path) -> Path:
-    root = tmp_path_factory.mktemp("home")
-    install_default_model_from(default_gguf, ModelStore(root))
-    return root
+def home(default_home: Path) -> Path:
+    return default_home  # the session's home with the default model (tests/conftest.py): nothing here changes it
 
 
 def shell(home: Path, script: str) -> subprocess.CompletedProcess:

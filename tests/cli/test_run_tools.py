@@ -142,7 +142,8 @@ def llamarun(tmp_path: Path, *args: str, **kw) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.timeout(300)
-def test_one_shot_prints_the_parsed_call_and_stops(tiny: Path, tmp_path: Path) -> None:
+def test_one_shot_prints_the_parsed_call_and_stops(tiny: Path, tmp_path: Path, seed_kernels) -> None:
+    seed_kernels(tmp_path / "home")  # the session's compiled native kernels (tests/conftest.py)
     tools = write(tmp_path, [WEATHER])
     proc = llamarun(tmp_path, "run", str(tiny), "Weather in Oslo?", "--tools", tools, "--tool-choice", "required",
                     "--seed", "1", "--num-predict", "200")
@@ -155,7 +156,8 @@ def test_one_shot_prints_the_parsed_call_and_stops(tiny: Path, tmp_path: Path) -
 
 
 @pytest.mark.timeout(300)
-def test_interactive_call_result_and_answer(tiny: Path, tmp_path: Path) -> None:
+def test_interactive_call_result_and_answer(tiny: Path, tmp_path: Path, seed_kernels) -> None:
+    seed_kernels(tmp_path / "home")  # the session's compiled native kernels (tests/conftest.py)
     env = os.environ | {"LLAMARUN_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "PIP_NO_INDEX": "1"}
     master, slave = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "llamarun.cli.main", "run", str(tiny), "--tools",

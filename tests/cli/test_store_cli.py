@@ -52,10 +52,8 @@ def test_list_shows_the_default_model_without_torch(home: Path) -> None:
     assert "TORCH_IMPORTED=False" in proc.stderr
 
 
-def test_show_reports_model_facts_without_torch(home: Path, default_gguf: Path) -> None:
-    from gguf import GGUFReader
-
-    ref = GGUFReader(default_gguf)
+def test_show_reports_model_facts_without_torch(home: Path, default_gguf_reader) -> None:
+    ref = default_gguf_reader  # gguf's GGUFReader over the default model (tests/conftest.py)
     proc = llamarun(home, "show", "smollm2")
     assert proc.returncode == 0, proc.stderr
     facts = dict(line.strip().rsplit(None, 1) for line in proc.stdout.split("\n\n")[0].splitlines()[1:])
@@ -69,10 +67,8 @@ def test_show_reports_model_facts_without_torch(home: Path, default_gguf: Path) 
     assert "TORCH_IMPORTED=False" in proc.stderr
 
 
-def test_show_template_license_modelfile(home: Path, default_gguf: Path) -> None:
-    from gguf import GGUFReader
-
-    template = GGUFReader(default_gguf).fields["tokenizer.chat_template"].contents()
+def test_show_template_license_modelfile(home: Path, default_gguf: Path, default_gguf_reader) -> None:
+    template = default_gguf_reader.fields["tokenizer.chat_template"].contents()
     assert llamarun(home, "show", "smollm2:135m", "--template").stdout == template + "\n"
     assert llamarun(home, "show", "smollm2:latest", "--license").stdout.strip() == "apache-2.0"
     modelfile = llamarun(home, "show", "smollm2", "--modelfile").stdout

@@ -276,9 +276,9 @@ def test_default_model_header(default_gguf: Path):
     assert min(t.offset for t in f.tensors.values()) >= f.data_offset and max(ends) <= f.file_size
 
 
-def test_default_model_agrees_with_gguf_reader(default_gguf: Path):
+def test_default_model_agrees_with_gguf_reader(default_gguf: Path, default_gguf_reader):
     ours = read_gguf(default_gguf)
-    ref = gguf.GGUFReader(default_gguf)
+    ref = default_gguf_reader  # gguf.GGUFReader over the same file (tests/conftest.py)
     assert [t.name for t in ref.tensors] == list(ours.tensors)
     for t in ref.tensors:
         info = ours.tensors[t.name]

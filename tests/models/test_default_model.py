@@ -21,12 +21,13 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def reference(default_gguf):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def reference(default_gguf, default_hf_tokenizer, reuse_default_gguf_reader):
+    from transformers import AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(str(default_gguf.parent), gguf_file=default_gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(default_gguf.parent), gguf_file=default_gguf.name,
-                                                 torch_dtype=torch.float32).eval()
+    tok = default_hf_tokenizer  # Transformers' tokenizer from the same GGUF, built once (tests/conftest.py)
+    with reuse_default_gguf_reader():  # the file parsed once by gguf's reader, not twice more here
+        model = AutoModelForCausalLM.from_pretrained(str(default_gguf.parent), gguf_file=default_gguf.name,
+                                                     torch_dtype=torch.float32).eval()
     return tok, model
 
 

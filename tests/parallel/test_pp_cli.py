@@ -44,6 +44,12 @@ def expected(model_dir: Path) -> str:
     return text
 
 
+@pytest.fixture
+def home(tmp_path: Path, seed_kernels) -> Path:
+    """A fresh home for each test, holding the session's compiled native kernels (tests/conftest.py)."""
+    return seed_kernels(tmp_path / "home")
+
+
 def environment(home: Path) -> dict[str, str]:
     env = os.environ | {"LLAMARUN_HOME": str(home), "HF_HUB_OFFLINE": "1",
                         "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
@@ -74,25 +80,25 @@ def two_hosts(command: list[str], home: Path) -> list[subprocess.Popen]:
                              env=environment(home)) for node in (0, 1)]
 
 
-def test_run_with_pp_2_answers_as_one_process(model_dir, expected, tmp_path):
+def test_run_with_pp_2_answers_as_one_process(model_dir, expected, home):
     proc = subprocess.run([sys.executable, "-m", "llamarun.cli.main", "run", str(model_dir), *ARGS, "--pp", "2"],
-                          capture_output=True, text=True, env=environment(tmp_path), timeout=240)
+                          capture_output=True, text=True, env=environment(home), timeout=240)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == expected + "\n"
 
 
-def test_torchrun_on_two_hosts_runs_two_stages(model_dir, expected, tmp_path):
-    hosts = two_hosts(["run", str(model_dir), *ARGS, "--pp", "2"], tmp_path)
+def test_torchrun_on_two_hosts_runs_two_stages(model_dir, expected, home):
+    hosts = two_hosts(["run", str(model_dir), *ARGS, "--pp", "2"], home)
     outputs = [host.communicate(timeout=240) for host in hosts]
     assert [h.returncode for h in hosts] == [0, 0], [err for _, err in outputs]
     assert outputs[0][0] == expected + "\n"  # node 0 holds rank 0, which prints the answer
     assert outputs[1][0] == ""  # rank 1 ran the second stage and printed nothing
 
 
-def test_serve_under_torchrun_on_two_hosts(model_dir, expected, tmp_path):
+def test_serve_under_torchrun_on_two_hosts(model_dir, expected, home):
     """`serve MODEL --pp 2` on both hosts: node 0 opens the port, node 1 serves the second stage's steps."""
     port = free_port()
-    hosts = two_hosts(["serve", str(model_dir), "--pp", "2", "--port", str(port)], tmp_path)
+    hosts = two_hosts(["serve", str(model_dir), "--pp", "2", "--port", str(port)], home)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180

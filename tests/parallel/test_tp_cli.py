@@ -37,6 +37,12 @@ def expected(model_dir: Path) -> str:
     return text
 
 
+@pytest.fixture
+def home(tmp_path: Path, seed_kernels) -> Path:
+    """A fresh home for each test, holding the session's compiled native kernels (tests/conftest.py)."""
+    return seed_kernels(tmp_path / "home")
+
+
 def run(command: list[str], home: Path) -> subprocess.CompletedProcess:
     env = os.environ | {"LLAMARUN_HOME": str(home), "HF_HUB_OFFLINE": "1",
                         "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
@@ -44,13 +50,13 @@ def run(command: list[str], home: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
 
 
-def test_run_with_tp_2_answers_as_one_process(model_dir, expected, tmp_path):
-    proc = run([sys.executable, "-m", "llamarun.cli.main", "run", str(model_dir), *ARGS, "--tp", "2"], tmp_path)
+def test_run_with_tp_2_answers_as_one_process(model_dir, expected, home):
+    proc = run([sys.executable, "-m", "llamarun.cli.main", "run", str(model_dir), *ARGS, "--tp", "2"], home)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == expected + "\n"
 
 
-def test_torchrun_starts_the_same_ranks(model_dir, expected, tmp_path):
+def test_torchrun_starts_the_same_ranks(model_dir, expected, home):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if torchrun is None:
         pytest.skip("torchrun is not installed next to this Python")
@@ -58,6 +64,6 @@ def test_torchrun_starts_the_same_ranks(model_dir, expected, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = run([torchrun, "--nproc-per-node", "2", "--master-port", str(port), "-m", "llamarun.cli.main", "run",
-                str(model_dir), *ARGS], tmp_path)
+                str(model_dir), *ARGS], home)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == expected + "\n"  # rank 0 prints the answer; rank 1 serves steps and prints nothing

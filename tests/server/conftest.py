@@ -18,18 +18,15 @@ from fake_llm import FakeLoader
 
 from llamarun.server import ModelManager, create_app
 from llamarun.server.store_info import resolve as resolve_name
-from llamarun.store.default_model import install_default_model_from
 from llamarun.store.home import ModelStore
 
 DEFAULT = "smollm2:135m"
 
 
 @pytest.fixture(scope="session")
-def store(tmp_path_factory: pytest.TempPathFactory, default_gguf: Path) -> ModelStore:
-    """A store holding the real default model (hard-linked, so it costs one sha256)."""
-    s = ModelStore(tmp_path_factory.mktemp("llamarun-home"))
-    install_default_model_from(default_gguf, s)
-    return s
+def store(default_home: Path) -> ModelStore:
+    """A store holding the real default model (hard-linked, so it costs one sha256): the session's `default_home`."""
+    return ModelStore(default_home)
 
 
 def make_resolver(store: ModelStore) -> Callable[[str], str]:

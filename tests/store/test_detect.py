@@ -118,10 +118,8 @@ def test_corrupt_config_and_header_are_checkpoint_errors(tmp_path: Path) -> None
 
 # ----- describe: what `show` prints -----
 
-def test_describe_default_gguf_against_gguf_package(default_gguf: Path) -> None:
-    from gguf import GGUFReader
-
-    ref = GGUFReader(default_gguf)
+def test_describe_default_gguf_against_gguf_package(default_gguf: Path, default_gguf_reader) -> None:
+    ref = default_gguf_reader  # gguf's GGUFReader over the same file (tests/conftest.py)
     info = describe_model(default_gguf)
     assert info.parameters == sum(int(t.n_elements) for t in ref.tensors)  # config count == tensor count
     assert info.quantization == "Q4_1"

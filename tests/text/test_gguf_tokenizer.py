@@ -45,9 +45,9 @@ def smol(smol_meta):
 
 
 @pytest.fixture(scope="module")
-def smol_hf(default_gguf: Path):
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(str(default_gguf.parent), gguf_file=default_gguf.name)
+def smol_hf(request):
+    pytest.importorskip("transformers")
+    return request.getfixturevalue("default_hf_tokenizer")  # built once per session (tests/conftest.py)
 
 
 @pytest.mark.parametrize("text", TEXTS)
