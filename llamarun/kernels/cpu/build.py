@@ -65,6 +65,12 @@ def load_w4a8() -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | N
     return _load("gemv_w4a8", _wrap_w4a8)
 
 
+def load_gemm_w4a8() -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None:
+    """`gemm_w4a8(x [M, K] float32, records, N) -> [M, N] float32` for prompt chunks (many rows), on the same
+    records and the same activation quantization as `load_w4a8`'s, or None."""
+    return _load("gemm_w4a8", _wrap_gemm_w4a8)
+
+
 def load_decode_attention() -> Callable[..., torch.Tensor] | None:
     """`decode_attention(q [B, H, D], k_slab, v_slab [KVH, S, D], tables [B, W] int32, seq_lens [B] int32,
     block_size, new=None) -> [B, H, D]`, all float32 on the CPU, or None. `new = (k [B, KVH, D], v, slots [B]
@@ -134,11 +140,8 @@ def _wrap_w4a8(lib: ctypes.CDLL) -> Callable:
 
     def gemv_w4a8(x: torch.Tensor, records: torch.Tensor, n: int) -> torch.Tensor:
         m, k = x.shape
-        tiles, blocks, tile_bytes = records.shape if records.dim() == 3 else (0, 0, 0)
-        if (blocks * BLOCK != k or tile_bytes != 96 or not 0 < n <= 4 * tiles or n <= 4 * (tiles - 1)
-                or records.dtype != torch.uint8 or not records.is_contiguous() or x.dtype != torch.float32):
-            raise ValueError(f"gemv_w4a8: records {tuple(records.shape)} {records.dtype} for {n} rows do not fit x "
-                             f"{tuple(x.shape)} {x.dtype}")
+        blocks = k // BLOCK
+        _check_records("gemv_w4a8", x, records, n)
         x = x.contiguous()
         y = torch.empty(m, n, dtype=torch.float32)
         work = torch.empty(m * (2 * k + 8 * blocks), dtype=torch.uint8)  # two byte planes a row, scales, sums
@@ -146,6 +149,34 @@ def _wrap_w4a8(lib: ctypes.CDLL) -> Callable:
         return y
 
     return gemv_w4a8
+
+
+def _wrap_gemm_w4a8(lib: ctypes.CDLL) -> Callable:
+    fn = lib.gemm_w4a8
+    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3 + [ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+
+    def gemm_w4a8(x: torch.Tensor, records: torch.Tensor, n: int) -> torch.Tensor:
+        m, k = x.shape
+        _check_records("gemm_w4a8", x, records, n)
+        x = x.contiguous()
+        y = torch.empty(m, n, dtype=torch.float32)
+        work = torch.empty(m * (2 * k + 8 * (k // BLOCK)), dtype=torch.uint8)  # int16 rows, scales, sums
+        if fn(x.data_ptr(), records.data_ptr(), y.data_ptr(), m, n, k, work.data_ptr()) != 0:
+            raise MemoryError("gemm_w4a8: no memory for the widened weight tiles")
+        return y
+
+    return gemm_w4a8
+
+
+def _check_records(name: str, x: torch.Tensor, records: torch.Tensor, n: int) -> None:
+    """Records that fit x [M, K] float32 and n output rows, or a ValueError (never a bad read in C)."""
+    k = x.shape[1]
+    tiles, blocks, tile_bytes = records.shape if records.dim() == 3 else (0, 0, 0)
+    if (blocks * BLOCK != k or tile_bytes != 96 or not 0 < n <= 4 * tiles or n <= 4 * (tiles - 1)
+            or records.dtype != torch.uint8 or not records.is_contiguous() or x.dtype != torch.float32):
+        raise ValueError(f"{name}: records {tuple(records.shape)} {records.dtype} for {n} rows do not fit x "
+                         f"{tuple(x.shape)} {x.dtype}")
 
 
 def _wrap_attention(lib: ctypes.CDLL) -> Callable:
