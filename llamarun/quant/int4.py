@@ -14,8 +14,9 @@
   (kernels/cpu/gemm_w4a8.c), both on one copy of the weights, the records made once here, and both quantizing
   activations alike (16-bit integers per block of 32), so a prompt and a decode step agree. The GEMM ran the
   default model's prompt linears 1.9x faster than PyTorch's int4 kernel on a 2-core EPYC, and not making
-  PyTorch's packing saves its copy (0.5 bytes per weight and a table) and its repacking at load. `LLAMARUN_CPU_PROMPT_GEMM=off` keeps
-  PyTorch's packing and kernel for prompts (and a second copy of the weights), for A/B measurements.
+  PyTorch's packing saves its copy (0.5 bytes per weight and a table) and its repacking at load.
+  `LLAMARUN_CPU_PROMPT_GEMM=off` keeps PyTorch's packing and kernel for prompts (a second copy of the
+  weights), for A/B measurements.
 """
 
 from __future__ import annotations
