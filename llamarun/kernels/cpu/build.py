@@ -152,16 +152,18 @@ def _wrap_w4a8(lib: ctypes.CDLL) -> Callable:
 
 
 def _wrap_gemm_w4a8(lib: ctypes.CDLL) -> Callable:
-    fn = lib.gemm_w4a8
+    fn, work_bytes = lib.gemm_w4a8, lib.gemm_w4a8_work
     fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3 + [ctypes.c_void_p]
     fn.restype = ctypes.c_int
+    work_bytes.argtypes = [ctypes.c_int] * 2
+    work_bytes.restype = ctypes.c_long
 
     def gemm_w4a8(x: torch.Tensor, records: torch.Tensor, n: int) -> torch.Tensor:
         m, k = x.shape
         _check_records("gemm_w4a8", x, records, n)
         x = x.contiguous()
         y = torch.empty(m, n, dtype=torch.float32)
-        work = torch.empty(m * (2 * k + 8 * (k // BLOCK)), dtype=torch.uint8)  # int16 rows, scales, sums
+        work = torch.empty(work_bytes(m, k), dtype=torch.uint8)  # activations re-laid out, scales, sums
         if fn(x.data_ptr(), records.data_ptr(), y.data_ptr(), m, n, k, work.data_ptr()) != 0:
             raise MemoryError("gemm_w4a8: no memory for the widened weight tiles")
         return y
