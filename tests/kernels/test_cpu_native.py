@@ -108,7 +108,7 @@ def test_rotary_on_strided_q_and_k_views_equals_the_torch_formula():
         torch.testing.assert_close(small_ops[1](x, cos, sin), apply_rotary(x, cos, sin), rtol=1e-6, atol=1e-6)
 
 
-def test_the_model_layers_take_the_native_ops_only_for_float32_decode_rows(monkeypatch):
+def test_the_model_layers_take_the_native_ops_for_float32_rows(monkeypatch):
     from llamarun.layers import fused
 
     calls = []
@@ -117,13 +117,29 @@ def test_the_model_layers_take_the_native_ops_only_for_float32_decode_rows(monke
                                                          lambda g: calls.append("silu") or g[:, :g.shape[1] // 2])})
     weight = torch.ones(64)
     fused.add_rms_norm(torch.randn(2, 64), None, weight, 1e-5)
-    fused.add_rms_norm(torch.randn(20, 64), None, weight, 1e-5)  # a prompt chunk: torch
+    fused.add_rms_norm(torch.randn(20, 64), None, weight, 1e-5)  # a prompt chunk: torch's norm (as fast)
     fused.add_rms_norm(torch.randn(2, 64).bfloat16(), None, weight.bfloat16(), 1e-5)  # not float32: torch
     cos = sin = torch.ones(2, 16)
     fused.rotate(torch.randn(2, 4, 16), torch.randn(2, 2, 16), cos, sin)
     fused.silu_and_mul(torch.randn(2, 32))
-    fused.silu_and_mul(torch.randn(20, 32))  # a prompt chunk: torch
-    assert calls == ["norm", "rot", "rot", "silu"]
+    fused.silu_and_mul(torch.randn(20, 32))  # a prompt chunk: native too, its rows over threads
+    fused.silu_and_mul(torch.randn(2, 32).bfloat16())  # not float32: torch
+    assert calls == ["norm", "rot", "rot", "silu", "silu"]
+
+
+@pytest.mark.skipif(small_ops is None, reason="no AVX2/FMA or no C compiler here")
+def test_prompt_chunks_of_the_small_ops_split_over_threads_and_equal_torch():
+    from llamarun.kernels.activation import silu_and_mul_reference
+    from llamarun.layers.rotary import apply_rotary
+
+    gen = torch.Generator().manual_seed(9)
+    gate_up = torch.randn(37, 2 * 96, generator=gen) * 4  # 37 rows: over PARALLEL_ROWS, an OpenMP team
+    torch.testing.assert_close(small_ops[2](gate_up), silu_and_mul_reference(gate_up), rtol=1e-6, atol=1e-6)
+    qkv = torch.randn(37, 5 * 32, generator=gen)
+    q = qkv[:, :3 * 32].view(37, 3, 32)  # strided, as the merged projection's split gives
+    angles = torch.rand(37, 16, generator=gen) * 6
+    cos, sin = torch.cat((angles, angles), -1).cos(), torch.cat((angles, angles), -1).sin()
+    torch.testing.assert_close(small_ops[1](q, cos, sin), apply_rotary(q, cos, sin), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.skipif(small_ops is None, reason="no AVX2/FMA or no C compiler here")
