@@ -4,9 +4,10 @@ PyTorch's int8 weight-only CPU kernel streams the default model's small matrices
 memory bandwidth, and a decode step's attention is a dozen small dispatches per layer: decode is where
 llamarun trails llama.cpp most. Each kernel is a plain C file (`gemv_w8a8.c`: AVX2 integer dot products
 against int8 weights; `gemv_w4a8.c`: the same against 4-bit affine weights, the activations 16-bit integers
-as two int8 planes; `decode_attention.c`: one query per sequence over the paged cache, the step's own keys and
-values written first; `small_ops.c`: add + RMSNorm, rotary and silu(gate) * up for decode rows; `decode_step.c`:
-all layers of an all-decode step in one call, from the same inline pieces in the shared headers), OpenMP inside
+as two int8 planes; `gemm_w4a8.c`: prompt chunks on the same records and activation integers, tiled;
+`decode_attention.c`: one query per sequence over the paged cache, the step's own keys and values written first;
+`small_ops.c`: add + RMSNorm, rotary and silu(gate) * up; `decode_step.c`: all layers of an all-decode step in
+one call, from the same inline pieces in the shared headers), OpenMP inside
 where the work is large enough, built in well under a second with the system's C compiler into the llamarun
 home, keyed by a hash of the source and flags, and called through ctypes with tensor pointers: no Python
 headers, no PyTorch extension.
