@@ -174,3 +174,30 @@ def test_decode_attention_stores_the_steps_keys_and_values_first():
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     with pytest.raises(ValueError, match="do not fit"):
         attention(q, k_slab, v_slab, tables, lens_t, block_size, new=(k, v, slots.int()))
+
+
+prefill = build.load_prefill_attention()
+
+
+@pytest.mark.skipif(prefill is None, reason="no AVX2/FMA or no C compiler here")
+@pytest.mark.parametrize("n, ctx, heads, kv_heads, d", [
+    (19, 19, 9, 3, 64),  # a whole prompt, the default model's heads; 19 keys: a block's tail of 3
+    (5, 37, 9, 3, 64),  # a later chunk: its rows see the cached context too
+    (12, 12, 4, 4, 32),  # no grouping
+    (7, 21, 4, 2, 16),  # d not a multiple of 32: a head at a time (attend_part)
+])
+def test_prefill_attention_equals_sdpa_over_the_gathered_context(n, ctx, heads, kv_heads, d):
+    from llamarun.attention.paged_torch import _prefill
+
+    gen = torch.Generator().manual_seed(n + ctx)
+    block_size, blocks = 8, 12
+    k_slab = torch.randn(kv_heads, blocks * block_size, d, generator=gen)
+    v_slab = torch.randn(kv_heads, blocks * block_size, d, generator=gen)
+    table = torch.randperm(blocks, generator=gen)[: -(-ctx // block_size)].int()
+    pos = torch.arange(ctx)
+    slots = table.long()[pos // block_size] * block_size + pos % block_size
+    q = torch.randn(n, heads, d, generator=gen)
+    want = _prefill(q, k_slab[:, slots], v_slab[:, slots])
+    torch.testing.assert_close(prefill(q, k_slab, v_slab, table, ctx, block_size), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="do not fit"):  # a table too short for the context: refused, not read
+        prefill(q, k_slab, v_slab, table[:1], ctx + block_size, block_size)

@@ -6,6 +6,7 @@ llamarun trails llama.cpp most. Each kernel is a plain C file (`gemv_w8a8.c`: AV
 against int8 weights; `gemv_w4a8.c`: the same against 4-bit affine weights, the activations 16-bit integers
 as two int8 planes; `gemm_w4a8.c`: prompt chunks on the same records and activation integers, tiled;
 `decode_attention.c`: one query per sequence over the paged cache, the step's own keys and values written first;
+`prefill_attention.c`: a prompt chunk's causal attention over the same cache;
 `small_ops.c`: add + RMSNorm, rotary and silu(gate) * up; `decode_step.c`: all layers of an all-decode step in
 one call, from the same inline pieces in the shared headers), OpenMP inside
 where the work is large enough, built in well under a second with the system's C compiler into the llamarun
@@ -77,6 +78,13 @@ def load_decode_attention() -> Callable[..., torch.Tensor] | None:
     block_size, new=None) -> [B, H, D]`, all float32 on the CPU, or None. `new = (k [B, KVH, D], v, slots [B]
     int64)` writes the step's keys and values into the slabs first (k and v: inner [KVH, D] contiguous)."""
     return _load("decode_attention", _wrap_attention)
+
+
+def load_prefill_attention() -> Callable[..., torch.Tensor] | None:
+    """`prefill_attention(q [n, H, D], k_slab, v_slab [KVH, S, D], table [W] int32, ctx, block_size) -> [n, H, D]`:
+    causal attention of the last n of a sequence's ctx tokens, whose keys and values the slabs already hold; all
+    float32 on the CPU; or None."""
+    return _load("prefill_attention", _wrap_prefill_attention)
 
 
 def load_small_ops() -> tuple[Callable, Callable, Callable] | None:
@@ -215,6 +223,30 @@ def _wrap_attention(lib: ctypes.CDLL) -> Callable:
         return out
 
     return decode_attention
+
+
+def _wrap_prefill_attention(lib: ctypes.CDLL) -> Callable:
+    fn = lib.prefill_attention
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 6 + [ctypes.c_long, ctypes.c_float]
+    fn.restype = ctypes.c_int
+
+    def prefill_attention(q: torch.Tensor, k_slab: torch.Tensor, v_slab: torch.Tensor, table: torch.Tensor,
+                          ctx: int, block_size: int) -> torch.Tensor:
+        n, heads, d = q.shape
+        kv_heads, slots, _ = k_slab.shape
+        if (not 0 < n <= ctx or table.dtype != torch.int32 or not table.is_contiguous()
+                or table.numel() * block_size < ctx or heads % kv_heads or v_slab.shape != k_slab.shape
+                or not k_slab.is_contiguous() or not v_slab.is_contiguous() or k_slab.shape[2] != d):
+            raise ValueError(f"prefill_attention: q {tuple(q.shape)}, slabs {tuple(k_slab.shape)}, table "
+                             f"{tuple(table.shape)} {table.dtype} do not fit {ctx} tokens in blocks of {block_size}")
+        q = q.contiguous()
+        out = torch.empty_like(q)
+        if fn(q.data_ptr(), k_slab.data_ptr(), v_slab.data_ptr(), table.data_ptr(), out.data_ptr(), n, ctx, heads,
+              kv_heads, d, block_size, slots, d ** -0.5) != 0:
+            raise MemoryError("prefill_attention: no memory for the scores")
+        return out
+
+    return prefill_attention
 
 
 def _wrap_decode_step(lib: ctypes.CDLL) -> ctypes.CDLL:
