@@ -13,13 +13,14 @@ cached between calls, which measures the arithmetic.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 import torch
 
 from llamarun.kernels.cpu import build
-from llamarun.quant.int4 import Int4Linear
+from llamarun.quant.int4 import PROMPT_GEMM_ENV, Int4Linear
 from llamarun.quant.layouts import Int4Weight, pack_nibbles
 
 # (N, K): o_proj, merged q/k/v, k or v alone, merged gate/up, up alone, down
@@ -41,6 +42,7 @@ def main() -> None:
     ap.add_argument("--cold", action="store_true", help="weights from memory, not from the cache")
     ap.add_argument("--cache-mb", type=int, default=32)
     args = ap.parse_args()
+    os.environ[PROMPT_GEMM_ENV] = "off"  # the layers keep PyTorch's packing beside the records, to time its kernel
     native = build.load_w4a8()
     if native is None:
         raise SystemExit("the native kernels are off or could not be built here")

@@ -8,7 +8,7 @@ kernels. For the default model that is about 1.5 s of a load that should take un
 **The key.** A saved model is only ever reused under the same key: the checkpoint's files (path, size,
 modification time), the weights mode and dtype, torch's version, a digest of llamarun's own sources (any
 change to a loader, a layout or a kernel rebuilds), and what decides which native kernels exist (the
-`LLAMARUN_CPU_KERNELS` switch, AVX2, the C compiler).
+`LLAMARUN_CPU_KERNELS` and `LLAMARUN_CPU_PROMPT_GEMM` switches, AVX2, the C compiler).
 
 **What is skipped.** Checkpoints under `MIN_CHECKPOINT_BYTES` build faster than they load from disk, and prepared
 models over `MAX_PREPARED_BYTES` are not written. Only the `KEEP` most recently used entries stay.
@@ -70,11 +70,12 @@ def key_for(path: Path, mode: str, dtype: torch.dtype) -> str | None:
     if sum(st.st_size for _, st in files) < MIN_CHECKPOINT_BYTES:
         return None
     from llamarun.kernels.cpu import build
+    from llamarun.quant.int4 import PROMPT_GEMM_ENV
 
     facts = {
         "files": [[str(f), st.st_size, st.st_mtime_ns] for f, st in files],
         "mode": mode, "dtype": str(dtype), "torch": torch.__version__, "sources": source_digest(),
-        "kernels": [os.environ.get(build.ENV, "auto"), build.cpu_has_avx2(),
+        "kernels": [os.environ.get(build.ENV, "auto"), os.environ.get(PROMPT_GEMM_ENV, "auto"), build.cpu_has_avx2(),
                     os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")],
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]

@@ -108,7 +108,7 @@ def test_rotary_on_strided_q_and_k_views_equals_the_torch_formula():
         torch.testing.assert_close(small_ops[1](x, cos, sin), apply_rotary(x, cos, sin), rtol=1e-6, atol=1e-6)
 
 
-def test_the_model_layers_take_the_native_ops_only_for_float32_decode_rows(monkeypatch):
+def test_the_model_layers_take_the_native_ops_for_float32_rows(monkeypatch):
     from llamarun.layers import fused
 
     calls = []
@@ -117,13 +117,29 @@ def test_the_model_layers_take_the_native_ops_only_for_float32_decode_rows(monke
                                                          lambda g: calls.append("silu") or g[:, :g.shape[1] // 2])})
     weight = torch.ones(64)
     fused.add_rms_norm(torch.randn(2, 64), None, weight, 1e-5)
-    fused.add_rms_norm(torch.randn(20, 64), None, weight, 1e-5)  # a prompt chunk: torch
+    fused.add_rms_norm(torch.randn(20, 64), None, weight, 1e-5)  # a prompt chunk: torch's norm (as fast)
     fused.add_rms_norm(torch.randn(2, 64).bfloat16(), None, weight.bfloat16(), 1e-5)  # not float32: torch
     cos = sin = torch.ones(2, 16)
     fused.rotate(torch.randn(2, 4, 16), torch.randn(2, 2, 16), cos, sin)
     fused.silu_and_mul(torch.randn(2, 32))
-    fused.silu_and_mul(torch.randn(20, 32))  # a prompt chunk: torch
-    assert calls == ["norm", "rot", "rot", "silu"]
+    fused.silu_and_mul(torch.randn(20, 32))  # a prompt chunk: native too, its rows over threads
+    fused.silu_and_mul(torch.randn(2, 32).bfloat16())  # not float32: torch
+    assert calls == ["norm", "rot", "rot", "silu", "silu"]
+
+
+@pytest.mark.skipif(small_ops is None, reason="no AVX2/FMA or no C compiler here")
+def test_prompt_chunks_of_the_small_ops_split_over_threads_and_equal_torch():
+    from llamarun.kernels.activation import silu_and_mul_reference
+    from llamarun.layers.rotary import apply_rotary
+
+    gen = torch.Generator().manual_seed(9)
+    gate_up = torch.randn(37, 2 * 96, generator=gen) * 4  # 37 rows: over PARALLEL_ROWS, an OpenMP team
+    torch.testing.assert_close(small_ops[2](gate_up), silu_and_mul_reference(gate_up), rtol=1e-6, atol=1e-6)
+    qkv = torch.randn(37, 5 * 32, generator=gen)
+    q = qkv[:, :3 * 32].view(37, 3, 32)  # strided, as the merged projection's split gives
+    angles = torch.rand(37, 16, generator=gen) * 6
+    cos, sin = torch.cat((angles, angles), -1).cos(), torch.cat((angles, angles), -1).sin()
+    torch.testing.assert_close(small_ops[1](q, cos, sin), apply_rotary(q, cos, sin), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.skipif(small_ops is None, reason="no AVX2/FMA or no C compiler here")
@@ -158,3 +174,30 @@ def test_decode_attention_stores_the_steps_keys_and_values_first():
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     with pytest.raises(ValueError, match="do not fit"):
         attention(q, k_slab, v_slab, tables, lens_t, block_size, new=(k, v, slots.int()))
+
+
+prefill = build.load_prefill_attention()
+
+
+@pytest.mark.skipif(prefill is None, reason="no AVX2/FMA or no C compiler here")
+@pytest.mark.parametrize("n, ctx, heads, kv_heads, d", [
+    (19, 19, 9, 3, 64),  # a whole prompt, the default model's heads; 19 keys: a block's tail of 3
+    (5, 37, 9, 3, 64),  # a later chunk: its rows see the cached context too
+    (12, 12, 4, 4, 32),  # no grouping
+    (7, 21, 4, 2, 16),  # d not a multiple of 32: a head at a time (attend_part)
+])
+def test_prefill_attention_equals_sdpa_over_the_gathered_context(n, ctx, heads, kv_heads, d):
+    from llamarun.attention.paged_torch import _prefill
+
+    gen = torch.Generator().manual_seed(n + ctx)
+    block_size, blocks = 8, 12
+    k_slab = torch.randn(kv_heads, blocks * block_size, d, generator=gen)
+    v_slab = torch.randn(kv_heads, blocks * block_size, d, generator=gen)
+    table = torch.randperm(blocks, generator=gen)[: -(-ctx // block_size)].int()
+    pos = torch.arange(ctx)
+    slots = table.long()[pos // block_size] * block_size + pos % block_size
+    q = torch.randn(n, heads, d, generator=gen)
+    want = _prefill(q, k_slab[:, slots], v_slab[:, slots])
+    torch.testing.assert_close(prefill(q, k_slab, v_slab, table, ctx, block_size), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="do not fit"):  # a table too short for the context: refused, not read
+        prefill(q, k_slab, v_slab, table[:1], ctx + block_size, block_size)

@@ -10,7 +10,9 @@ from llamarun.quant.int4 import NATIVE_MAX_ROWS, Int4Linear
 from llamarun.quant.layouts import Int4Weight, dequantize, pack_nibbles
 
 native = build.load_w4a8()
+gemm = build.load_gemm_w4a8()
 needs_native = pytest.mark.skipif(native is None, reason="no AVX2/FMA or no C compiler here")
+needs_gemm = pytest.mark.skipif(gemm is None, reason="no AVX2/FMA or no C compiler here")
 # The default model's linears (N, K): o_proj, q/k/v merged, k or v alone (3 kv heads x 64), gate/up, down.
 MODEL_SHAPES = [(576, 576), (960, 576), (192, 576), (3072, 576), (576, 1536)]
 
@@ -101,21 +103,84 @@ def test_layout_round_trips_exactly_through_the_records(group, dtype):
     assert back.scales.dtype == dtype
 
 
-@needs_native
-def test_int4_linear_takes_it_for_float32_decode_rows_and_torch_for_the_rest(monkeypatch):
+@needs_gemm
+def test_int4_linear_takes_the_gemv_for_decode_rows_and_the_gemm_for_the_rest(monkeypatch):
     w = _weight(64, 128, 32, seed=7)
     layer = Int4Linear(w)
+    assert not hasattr(layer, "qweight_cpu")  # one copy of the weights: no PyTorch packing beside the records
     calls = []
-    counted = lambda x, r, n: calls.append(tuple(x.shape)) or native(x, r, n)  # noqa: E731
-    monkeypatch.setattr(build, "_loaded", {"gemv_w4a8": counted})
+    counted = lambda name, fn: lambda x, r, n: calls.append((name, tuple(x.shape), x.dtype)) or fn(x, r, n)  # noqa: E731
+    monkeypatch.setattr(build, "_loaded", {"gemv_w4a8": counted("gemv", native), "gemm_w4a8": counted("gemm", gemm)})
     gen = torch.Generator().manual_seed(1)
     exact = dequantize(w)
-    for rows in (1, 8, 40):  # 40 rows: a prompt chunk, on PyTorch's int4 kernel (bf16 activations)
+    for rows in (1, 8, 9, 40):  # 9 and 40 rows: prompt chunks
         x = torch.randn(rows, 128, generator=gen)
-        assert _rel(layer(x), x @ exact.t()) < 0.02
-    layer(torch.randn(2, 128, generator=gen).bfloat16())  # not float32: PyTorch's kernel
+        assert _rel(layer(x), x @ exact.t()) < 5e-5
+    y = layer(torch.randn(2, 128, generator=gen).bfloat16())  # not float32: the GEMM in float32, cast back
+    assert y.dtype == torch.bfloat16
     layer(torch.randn(2, 3, 128, generator=gen))  # [batch, tokens, K]: six rows, flattened
-    assert calls == [(1, 128), (8, 128), (6, 128)]
+    assert calls == [("gemv", (1, 128), torch.float32), ("gemv", (8, 128), torch.float32),
+                     ("gemm", (9, 128), torch.float32), ("gemm", (40, 128), torch.float32),
+                     ("gemm", (2, 128), torch.float32), ("gemv", (6, 128), torch.float32)]
+
+
+@needs_native
+def test_prompt_gemm_off_keeps_pytorchs_kernel_for_prompts(monkeypatch):
+    monkeypatch.setenv("LLAMARUN_CPU_PROMPT_GEMM", "off")
+    w = _weight(64, 128, 32, seed=7)
+    layer = Int4Linear(w)
+    assert hasattr(layer, "records") and hasattr(layer, "qweight_cpu")
+    calls = []
+    monkeypatch.setattr(build, "_loaded", {"gemv_w4a8": lambda x, r, n: calls.append(x.shape[0]) or native(x, r, n)})
+    x = torch.randn(40, 128, generator=torch.Generator().manual_seed(1))
+    assert _rel(layer(x), x @ dequantize(w).t()) < 0.02  # bf16 activations in PyTorch's kernel
+    layer(x[:3])
+    assert calls == [3]
+
+
+@needs_gemm
+@pytest.mark.parametrize("rows", [9, 17, 191])
+@pytest.mark.parametrize("n, k, group", [(37, 256, 32), (258, 96, 32), (5, 128, 64), (192, 576, 32), (64, 1536, 128)])
+def test_gemm_equals_the_product_of_its_16_bit_activations_to_float_rounding(rows, n, k, group):
+    # Odd row counts (the one-row tail after the kernel's passes of several rows), odd N (the last tile's 1-3
+    # rows), K of 3 to 48 blocks and group sizes repeating their scale over blocks.
+    w = _weight(n, k, group, seed=n + rows)
+    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows))
+    got = gemm(x, w4a8_layout.to_records(w), n)
+    want = _kernel_activations(x).double() @ dequantize(w).double().t()  # [rows, n]
+    assert got.shape == (rows, n) and got.dtype == torch.float32
+    assert _rel(got, want) < 2e-6  # float32 rounding only: the integer dot is exact
+    if rows <= 17:  # the same activation quantization as the decode GEMV, so prompt and decode rows agree
+        assert _rel(got[:8], native(x[:8], w4a8_layout.to_records(w), n)) < 2e-6
+
+
+@needs_gemm
+def test_gemm_holds_the_16_bit_range_at_its_edges():
+    # The extremes +-max|block| (integers +-32639), zeros, and blocks of very different magnitudes.
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(11, 8, 32, generator=gen)  # [rows, blocks, 32]
+    peak = x.abs().amax(-1, keepdim=True)
+    x[..., 0], x[..., 1] = peak[..., 0], -peak[..., 0]
+    x[:, 3] = 0.0
+    x[:, 4] *= 1e-6
+    x[:, 5] *= 1e4
+    x = x.view(11, 256)
+    w = _weight(13, 256, 32, seed=3)
+    got = gemm(x, w4a8_layout.to_records(w), 13)
+    want = _kernel_activations(x).double() @ dequantize(w).double().t()
+    assert torch.isfinite(got).all() and _rel(got, want) < 2e-6
+
+
+@needs_gemm
+def test_gemm_refuses_records_that_do_not_fit():
+    records = w4a8_layout.to_records(_weight(8, 128, 32, seed=6))
+    with pytest.raises(ValueError, match="do not fit"):  # another K
+        gemm(torch.randn(20, 64), records, 8)
+    with pytest.raises(ValueError, match="do not fit"):  # more rows than the records hold
+        gemm(torch.randn(20, 128), records, 9)
+    with pytest.raises(ValueError, match="do not fit"):  # not float32
+        gemm(torch.randn(20, 128).double(), records, 8)
+    assert gemm(torch.randn(0, 128), records, 8).shape == (0, 8)
 
 
 def test_kernels_off_keep_pytorchs_path_and_the_layout(monkeypatch):

@@ -4,9 +4,11 @@ PyTorch's int8 weight-only CPU kernel streams the default model's small matrices
 memory bandwidth, and a decode step's attention is a dozen small dispatches per layer: decode is where
 llamarun trails llama.cpp most. Each kernel is a plain C file (`gemv_w8a8.c`: AVX2 integer dot products
 against int8 weights; `gemv_w4a8.c`: the same against 4-bit affine weights, the activations 16-bit integers
-as two int8 planes; `decode_attention.c`: one query per sequence over the paged cache, the step's own keys and
-values written first; `small_ops.c`: add + RMSNorm, rotary and silu(gate) * up for decode rows; `decode_step.c`:
-all layers of an all-decode step in one call, from the same inline pieces in the shared headers), OpenMP inside
+as two int8 planes; `gemm_w4a8.c`: prompt chunks on the same records and activation integers, tiled;
+`decode_attention.c`: one query per sequence over the paged cache, the step's own keys and values written first;
+`prefill_attention.c`: a prompt chunk's causal attention over the same cache;
+`small_ops.c`: add + RMSNorm, rotary and silu(gate) * up; `decode_step.c`: all layers of an all-decode step in
+one call, from the same inline pieces in the shared headers), OpenMP inside
 where the work is large enough, built in well under a second with the system's C compiler into the llamarun
 home, keyed by a hash of the source and flags, and called through ctypes with tensor pointers: no Python
 headers, no PyTorch extension.
@@ -65,11 +67,24 @@ def load_w4a8() -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | N
     return _load("gemv_w4a8", _wrap_w4a8)
 
 
+def load_gemm_w4a8() -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None:
+    """`gemm_w4a8(x [M, K] float32, records, N) -> [M, N] float32` for prompt chunks (many rows), on the same
+    records and the same activation quantization as `load_w4a8`'s, or None."""
+    return _load("gemm_w4a8", _wrap_gemm_w4a8)
+
+
 def load_decode_attention() -> Callable[..., torch.Tensor] | None:
     """`decode_attention(q [B, H, D], k_slab, v_slab [KVH, S, D], tables [B, W] int32, seq_lens [B] int32,
     block_size, new=None) -> [B, H, D]`, all float32 on the CPU, or None. `new = (k [B, KVH, D], v, slots [B]
     int64)` writes the step's keys and values into the slabs first (k and v: inner [KVH, D] contiguous)."""
     return _load("decode_attention", _wrap_attention)
+
+
+def load_prefill_attention() -> Callable[..., torch.Tensor] | None:
+    """`prefill_attention(q [n, H, D], k_slab, v_slab [KVH, S, D], table [W] int32, ctx, block_size) -> [n, H, D]`:
+    causal attention of the last n of a sequence's ctx tokens, whose keys and values the slabs already hold; all
+    float32 on the CPU; or None."""
+    return _load("prefill_attention", _wrap_prefill_attention)
 
 
 def load_small_ops() -> tuple[Callable, Callable, Callable] | None:
@@ -134,11 +149,8 @@ def _wrap_w4a8(lib: ctypes.CDLL) -> Callable:
 
     def gemv_w4a8(x: torch.Tensor, records: torch.Tensor, n: int) -> torch.Tensor:
         m, k = x.shape
-        tiles, blocks, tile_bytes = records.shape if records.dim() == 3 else (0, 0, 0)
-        if (blocks * BLOCK != k or tile_bytes != 96 or not 0 < n <= 4 * tiles or n <= 4 * (tiles - 1)
-                or records.dtype != torch.uint8 or not records.is_contiguous() or x.dtype != torch.float32):
-            raise ValueError(f"gemv_w4a8: records {tuple(records.shape)} {records.dtype} for {n} rows do not fit x "
-                             f"{tuple(x.shape)} {x.dtype}")
+        blocks = k // BLOCK
+        _check_records("gemv_w4a8", x, records, n)
         x = x.contiguous()
         y = torch.empty(m, n, dtype=torch.float32)
         work = torch.empty(m * (2 * k + 8 * blocks), dtype=torch.uint8)  # two byte planes a row, scales, sums
@@ -146,6 +158,36 @@ def _wrap_w4a8(lib: ctypes.CDLL) -> Callable:
         return y
 
     return gemv_w4a8
+
+
+def _wrap_gemm_w4a8(lib: ctypes.CDLL) -> Callable:
+    fn, work_bytes = lib.gemm_w4a8, lib.gemm_w4a8_work
+    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3 + [ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    work_bytes.argtypes = [ctypes.c_int] * 2
+    work_bytes.restype = ctypes.c_long
+
+    def gemm_w4a8(x: torch.Tensor, records: torch.Tensor, n: int) -> torch.Tensor:
+        m, k = x.shape
+        _check_records("gemm_w4a8", x, records, n)
+        x = x.contiguous()
+        y = torch.empty(m, n, dtype=torch.float32)
+        work = torch.empty(work_bytes(m, k), dtype=torch.uint8)  # activations re-laid out, scales, sums
+        if fn(x.data_ptr(), records.data_ptr(), y.data_ptr(), m, n, k, work.data_ptr()) != 0:
+            raise MemoryError("gemm_w4a8: no memory for the widened weight tiles")
+        return y
+
+    return gemm_w4a8
+
+
+def _check_records(name: str, x: torch.Tensor, records: torch.Tensor, n: int) -> None:
+    """Records that fit x [M, K] float32 and n output rows, or a ValueError (never a bad read in C)."""
+    k = x.shape[1]
+    tiles, blocks, tile_bytes = records.shape if records.dim() == 3 else (0, 0, 0)
+    if (blocks * BLOCK != k or tile_bytes != 96 or not 0 < n <= 4 * tiles or n <= 4 * (tiles - 1)
+            or records.dtype != torch.uint8 or not records.is_contiguous() or x.dtype != torch.float32):
+        raise ValueError(f"{name}: records {tuple(records.shape)} {records.dtype} for {n} rows do not fit x "
+                         f"{tuple(x.shape)} {x.dtype}")
 
 
 def _wrap_attention(lib: ctypes.CDLL) -> Callable:
@@ -181,6 +223,30 @@ def _wrap_attention(lib: ctypes.CDLL) -> Callable:
         return out
 
     return decode_attention
+
+
+def _wrap_prefill_attention(lib: ctypes.CDLL) -> Callable:
+    fn = lib.prefill_attention
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 6 + [ctypes.c_long, ctypes.c_float]
+    fn.restype = ctypes.c_int
+
+    def prefill_attention(q: torch.Tensor, k_slab: torch.Tensor, v_slab: torch.Tensor, table: torch.Tensor,
+                          ctx: int, block_size: int) -> torch.Tensor:
+        n, heads, d = q.shape
+        kv_heads, slots, _ = k_slab.shape
+        if (not 0 < n <= ctx or table.dtype != torch.int32 or not table.is_contiguous()
+                or table.numel() * block_size < ctx or heads % kv_heads or v_slab.shape != k_slab.shape
+                or not k_slab.is_contiguous() or not v_slab.is_contiguous() or k_slab.shape[2] != d):
+            raise ValueError(f"prefill_attention: q {tuple(q.shape)}, slabs {tuple(k_slab.shape)}, table "
+                             f"{tuple(table.shape)} {table.dtype} do not fit {ctx} tokens in blocks of {block_size}")
+        q = q.contiguous()
+        out = torch.empty_like(q)
+        if fn(q.data_ptr(), k_slab.data_ptr(), v_slab.data_ptr(), table.data_ptr(), out.data_ptr(), n, ctx, heads,
+              kv_heads, d, block_size, slots, d ** -0.5) != 0:
+            raise MemoryError("prefill_attention: no memory for the scores")
+        return out
+
+    return prefill_attention
 
 
 def _wrap_decode_step(lib: ctypes.CDLL) -> ctypes.CDLL:

@@ -30,12 +30,12 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def _logits(model: torch.nn.Module) -> torch.Tensor:
+def _logits(model: torch.nn.Module, tokens: tuple[int, ...] = (1, 5, 9, 42, 7, 3)) -> torch.Tensor:
     from llamarun.cache.contiguous import ContiguousKVCache
     from llamarun.engine.forward import forward_tokens
 
     cache = ContiguousKVCache(model.config, 16, torch.float32, "cpu")
-    return forward_tokens(model, cache, [1, 5, 9, 42, 7, 3], all_logits=True)  # [tokens, vocab]
+    return forward_tokens(model, cache, list(tokens), all_logits=True)  # [tokens, vocab]
 
 
 def q4_k_blocks(n_blocks: int, seed: int) -> np.ndarray:
@@ -81,7 +81,7 @@ def test_auto_runs_an_all_4bit_gguf_from_its_int4_weights_on_cpu(tmp_path: Path,
     assert not keeps_int4_on_cpu(ckpt, "cuda")  # GPUs keep their own default
     model = build_model(ckpt, keep_packed=True)
     int4 = [m for m in model.modules() if isinstance(m, Int4Linear)]
-    assert len(int4) == 4 * SPEC.num_layers and all(m._cpu_kernel for m in int4)
+    assert len(int4) == 4 * SPEC.num_layers and all(m._cpu_kernel or m._native_gemm for m in int4)
     assert isinstance(model.lm_head, Int8Linear)  # the tied head: packed, not float32
     torch.manual_seed(0)
     for module in int4:  # each layer: the CPU kernel against its torch reference
@@ -93,6 +93,8 @@ def test_auto_runs_an_all_4bit_gguf_from_its_int4_weights_on_cpu(tmp_path: Path,
     # 0.64% measured (0.76% with the native kernels off): mostly the int8 head, the native int4 decode kernel's
     # 16-bit activations adding little (its int8 ones gave 1.1%)
     assert _rel(_logits(model), _logits(expanded)) < BF16_TOLERANCE
+    prompt = (1, 5, 9, 42, 7, 3, 200, 17, 64, 2, 99, 31, 8)  # 13 rows: the prompt GEMM where it built
+    assert _rel(_logits(model, prompt), _logits(expanded, prompt)) < BF16_TOLERANCE
 
 
 def test_a_gguf_with_int8_linears_stays_on_int8(tmp_path: Path):
@@ -112,7 +114,7 @@ def test_q4_k_layer_on_the_cpu_kernel_equals_the_gguf_reference():
     raw = torch.from_numpy(blocks.reshape(-1).copy())
     conv = gguf_to_packed(raw, int(Q.Q4_K), shape)
     module = Int4Method(32).create(conv.weight)
-    assert module._cpu_kernel
+    assert module._cpu_kernel or module._native_gemm
     reference = torch.from_numpy(ref_dequantize(blocks, Q.Q4_K).reshape(shape))  # [N, K], gguf's own math
     torch.manual_seed(0)
     for rows in (1, 3, 64):
