@@ -44,6 +44,25 @@ static inline float hmax8(__m256 v) {
     return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
 }
 
+/* scores[t] = exp(scores[t] - top) in place for t < len; returns their sum (decode and prompt attention). */
+static inline float exp_shifted(float *scores, int len, float top) {
+    __m256 sum = _mm256_setzero_ps(), topv = _mm256_set1_ps(top);
+    int t = 0;
+    for (; t + 8 <= len; t += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(scores + t), topv));
+        _mm256_storeu_ps(scores + t, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    float total = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+    for (; t < len; t++) {
+        scores[t] = expf(scores[t] - top);
+        total += scores[t];
+    }
+    return total;
+}
+
 /* One query head over the tokens [t0, t1) of a sequence (t0 a multiple of block_size), found through its block
  * table; kg/vg are its KV head's slab [slots, d]; scores holds t1 - t0 floats. Returns in *m the largest
  * scaled score and in *l the sum of exp(score - m), with o [d] = sum of exp(score - m) v, not yet divided by
@@ -70,24 +89,8 @@ static inline void attend_part(const float *qh, const float *kg, const float *vg
             top8 = _mm256_max_ps(top8, _mm256_set1_ps(sb[j]));
         }
     }
-    float top = hmax8(top8), total = 0.0f;
-    int t = 0;
-    if (len > 0) {
-        __m256 sum = _mm256_setzero_ps(), topv = _mm256_set1_ps(top);
-        for (; t + 8 <= len; t += 8) {
-            __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(scores + t), topv));
-            _mm256_storeu_ps(scores + t, e);
-            sum = _mm256_add_ps(sum, e);
-        }
-        __m128 h = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        total = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
-        for (; t < len; t++) {
-            scores[t] = expf(scores[t] - top);
-            total += scores[t];
-        }
-    }
-    *m = top, *l = total;
+    float top = hmax8(top8);
+    *m = top, *l = len > 0 ? exp_shifted(scores, len, top) : 0.0f;
     if (!fast) {
         for (int i = 0; i < d; i++) o[i] = 0.0f;
         for (int at = t0; at < t1; at += block_size) {

@@ -39,31 +39,16 @@ typedef struct {
 /* x [k] float -> q [k] int16 per block of 32, with the scales and scaled sums of quantize_row (w4a8.h): the
  * same integers x = 256 hi + lo that decode's two planes hold. */
 static inline void quantize_row16(const float *x, int k, int16_t *q, float *s, float *sums) {
-    const __m256 sign = _mm256_set1_ps(-0.0f);
     const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
     for (int b = 0; b < k / BLOCK; b++) {
-        const float *xb = x + b * BLOCK;
-        __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8), v2 = _mm256_loadu_ps(xb + 16),
-               v3 = _mm256_loadu_ps(xb + 24);
-        __m256 amax = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
-                                    _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        float scale = _mm_cvtss_f32(m4) / (float)LIMIT;
-        __m256 inv = _mm256_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
-        __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, inv)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, inv)),
-                i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, inv)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, inv));
+        __m256i i[4];
+        float scale = block_integers(x + b * BLOCK, i);
         /* packs interleaves 128-bit lanes (0-3, 8-11, 4-7, 12-15); the permute puts the 64-bit quarters back */
-        _mm256_storeu_si256((__m256i *)(q + b * BLOCK), _mm256_permutevar8x32_epi32(_mm256_packs_epi32(i0, i1), order));
+        _mm256_storeu_si256((__m256i *)(q + b * BLOCK), _mm256_permutevar8x32_epi32(_mm256_packs_epi32(i[0], i[1]), order));
         _mm256_storeu_si256((__m256i *)(q + b * BLOCK + 16),
-                            _mm256_permutevar8x32_epi32(_mm256_packs_epi32(i2, i3), order));
-        __m256i total = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
-        __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
-        t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0x4E));
-        t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0xB1));
+                            _mm256_permutevar8x32_epi32(_mm256_packs_epi32(i[2], i[3]), order));
         s[b] = scale;
-        sums[b] = scale * (float)_mm_cvtsi128_si32(t4);
+        sums[b] = scale * (float)block_sum(i);
     }
 }
 

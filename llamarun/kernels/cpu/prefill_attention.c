@@ -42,22 +42,7 @@ static void attend_group(const float *q, int G, const float *kg, const float *vg
             }
     }
     for (int h = 0; h < G; h++) {  /* scores -> exp(score - max), and their sum */
-        float *sh = scores + h * stride, m = hmax8(top[h]), sum = 0.0f;
-        __m256 acc = _mm256_setzero_ps(), mv = _mm256_set1_ps(m);
-        int t = 0;
-        for (; t + 8 <= len; t += 8) {
-            __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sh + t), mv));
-            _mm256_storeu_ps(sh + t, e);
-            acc = _mm256_add_ps(acc, e);
-        }
-        __m128 h4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        h4 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
-        sum = _mm_cvtss_f32(_mm_add_ss(h4, _mm_movehdup_ps(h4)));
-        for (; t < len; t++) {
-            sh[t] = expf(sh[t] - m);
-            sum += sh[t];
-        }
-        total[h] = sum;
+        total[h] = exp_shifted(scores + h * stride, len, hmax8(top[h]));
     }
     for (int i0 = 0; i0 < d; i0 += 32) {  /* 32 dims a pass: four value vectors against the group's weights */
         __m256 acc[MAX_GROUP][4];

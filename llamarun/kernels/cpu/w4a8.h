@@ -37,37 +37,52 @@ static inline __m256i pack_bytes(__m256i i0, __m256i i1, __m256i i2, __m256i i3)
 static inline __m256i high_byte(__m256i x) { return _mm256_srai_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(128)), 8); }
 static inline __m256i low_byte(__m256i x, __m256i hi) { return _mm256_sub_epi32(x, _mm256_slli_epi32(hi, 8)); }
 
+/* One block of 32 inputs -> its integers within +-LIMIT (i[0..3], eight each, in input order); returns the block's
+ * scale max|block| / LIMIT. Shared with the prompt GEMM's int16 rows (gemm_w4a8.c), so a prompt and a decode step
+ * quantize alike. */
+static inline float block_integers(const float *xb, __m256i i[4]) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8), v2 = _mm256_loadu_ps(xb + 16),
+           v3 = _mm256_loadu_ps(xb + 24);
+    __m256 amax = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                                _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    float scale = _mm_cvtss_f32(m4) / (float)LIMIT;
+    __m256 inv = _mm256_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
+    /* round to nearest even, as lrintf in gemv_w8a8.c */
+    i[0] = _mm256_cvtps_epi32(_mm256_mul_ps(v0, inv));
+    i[1] = _mm256_cvtps_epi32(_mm256_mul_ps(v1, inv));
+    i[2] = _mm256_cvtps_epi32(_mm256_mul_ps(v2, inv));
+    i[3] = _mm256_cvtps_epi32(_mm256_mul_ps(v3, inv));
+    return scale;
+}
+
+/* The exact int32 sum of a block's integers. */
+static inline int block_sum(const __m256i i[4]) {
+    __m256i total = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+    __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+    t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0x4E));
+    t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0xB1));
+    return _mm_cvtsi128_si32(t4);
+}
+
 /* x [k] float -> q [2k] int8: per block of 32, the high bytes then the low bytes of integers within +-LIMIT;
  * s [k / 32] the block scales max|block| / LIMIT; sums [k / 32] = scale * sum(integers), the sum exact (in int32,
  * and in float: |sum| <= 32 * LIMIT < 2^24). |x / scale| passes LIMIT by float rounding only (< 0.01), so the
  * rounded integers stay within it. Vectorized because it runs before the parallel region, on every call's
  * critical path. */
 static inline void quantize_row(const float *x, int k, int8_t *q, float *s, float *sums) {
-    const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int b = 0; b < k / BLOCK; b++) {
-        const float *xb = x + b * BLOCK;
-        __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8), v2 = _mm256_loadu_ps(xb + 16),
-               v3 = _mm256_loadu_ps(xb + 24);
-        __m256 amax = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
-                                    _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        float scale = _mm_cvtss_f32(m4) / (float)LIMIT;
-        __m256 inv = _mm256_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
-        /* round to nearest even, as lrintf in gemv_w8a8.c */
-        __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, inv)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, inv)),
-                i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, inv)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, inv));
-        __m256i h0 = high_byte(i0), h1 = high_byte(i1), h2 = high_byte(i2), h3 = high_byte(i3);
+        __m256i i[4];
+        float scale = block_integers(x + b * BLOCK, i);
+        __m256i h0 = high_byte(i[0]), h1 = high_byte(i[1]), h2 = high_byte(i[2]), h3 = high_byte(i[3]);
         _mm256_storeu_si256((__m256i *)(q + 2 * b * BLOCK), pack_bytes(h0, h1, h2, h3));
         _mm256_storeu_si256((__m256i *)(q + 2 * b * BLOCK + BLOCK),
-                            pack_bytes(low_byte(i0, h0), low_byte(i1, h1), low_byte(i2, h2), low_byte(i3, h3)));
-        __m256i total = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
-        __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
-        t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0x4E));
-        t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0xB1));
+                            pack_bytes(low_byte(i[0], h0), low_byte(i[1], h1), low_byte(i[2], h2), low_byte(i[3], h3)));
         s[b] = scale;
-        sums[b] = scale * (float)_mm_cvtsi128_si32(t4);
+        sums[b] = scale * (float)block_sum(i);
     }
 }
 
