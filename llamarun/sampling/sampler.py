@@ -172,26 +172,27 @@ def _sample_rows(x: Tensor, states: list[SamplerState], path: str) -> Tensor:
         values = apply_top_p(values, _per_row([p.top_p for p in params], device))
     if any(p.min_p > 0.0 for p in params):
         values = apply_min_p(values, _per_row([p.min_p for p in params], device))
-    noise = _exponential_noise(states, x)  # [R, V]
-    if ids is not None:
-        noise = noise.gather(1, ids)  # [R, C]
+    noise = _exponential_noise(states, x, ids)  # [R, C]
     chosen = exponential_argmax(values, noise)  # [R] column
     return chosen if ids is None else ids.gather(1, chosen[:, None])[:, 0]
 
 
-def _exponential_noise(states: list[SamplerState], like: Tensor) -> Tensor:
-    """Exponential(1) noise [R, V]: a full-vocabulary draw per row, indexed by token id.
+def _exponential_noise(states: list[SamplerState], like: Tensor, ids: Tensor | None) -> Tensor:
+    """Exponential(1) noise for each row's candidates `ids` [R, C] (all of `like` [R, V] when None).
 
-    A seeded row draws from its own generator, so its noise depends on neither its candidates nor the
-    other rows; unseeded rows share one draw from torch's default generator.
+    A seeded row draws a full vocabulary from its own generator, indexed by token id, so its noise depends on
+    neither its candidates nor the other rows. Unseeded rows share one draw from torch's default generator,
+    of just the candidates: on CPUs a vocabulary-wide draw cost 1.1 ms a token (49k tokens, default sampling),
+    a third of the default model's decode step, for 40 values that are read.
     """
-    noise = torch.empty_like(like)  # [R, V]
     generators = [s.generator_on(like.device) for s in states]
     if all(g is None for g in generators):
-        return noise.exponential_()
+        return torch.empty(like.shape if ids is None else ids.shape, dtype=like.dtype, device=like.device
+                           ).exponential_()
+    noise = torch.empty_like(like)  # [R, V]
     for row, generator in enumerate(generators):
         noise[row].exponential_(generator=generator)
-    return noise
+    return noise if ids is None else noise.gather(1, ids)
 
 
 def _mask_disallowed(x: Tensor, allowed: Tensor) -> Tensor:

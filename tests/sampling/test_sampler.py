@@ -116,6 +116,29 @@ def test_top_k_sampling_matches_renormalised_distribution() -> None:
     assert chi2 < 25.0, (chi2, observed.tolist())
 
 
+def test_unseeded_top_k_draws_noise_for_the_candidates_only_and_keeps_the_distribution(monkeypatch) -> None:
+    """Unseeded rows draw Exponential noise for their k candidates, not the whole vocabulary (1.1 ms a token on
+    CPUs at 49k tokens), and still sample the renormalised top-k distribution."""
+    logits = torch.tensor([[1.0, 0.2, -0.5, 2.0, 0.0, -3.0]]).repeat(1, 1000)  # 6000 tokens, ties broken by topk
+    logits[0, 6:] = -10.0  # only the first six can be in the top 3
+    params = SamplingParams(temperature=0.8, top_k=3, top_p=1.0, repetition_penalty=1.0)
+    sizes = []
+    original = torch.Tensor.exponential_
+    monkeypatch.setattr(torch.Tensor, "exponential_",
+                        lambda t, *a, **k: sizes.append(t.shape[-1]) or original(t, *a, **k))
+    n = 6000
+    draws = Sampler()(logits.expand(n, -1), [SamplerState(params) for _ in range(n)])
+    assert sizes == [3]  # one draw of [n, 3]
+    observed = torch.bincount(draws, minlength=6000)[:6].double()
+    assert observed.sum() == n
+    probs = (logits[0, :6].double() / 0.8).softmax(-1)
+    probs[[2, 4, 5]] = 0.0
+    expected = probs / probs.sum() * n
+    keep = expected > 0
+    chi2 = ((observed[keep] - expected[keep]) ** 2 / expected[keep]).sum().item()
+    assert chi2 < 25.0, (chi2, observed.tolist())
+
+
 def test_penalty_formula_hand_computed() -> None:
     logits = torch.tensor([[2.0, -1.0, 0.5, 3.0, -2.0]])
     counts = torch.tensor([[1, 2, 0, 1, 0]], dtype=torch.int32)
