@@ -49,13 +49,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from int4_library_kernels import DEVICE, GROUP, KERNEL_CLASSES, load  # noqa: E402  (after the path insert)
+
 # shape -> (N, K), as gpu_quant_kernels.SHAPES; the first five are the ones asked for, the rest while budget lasts.
 DEFAULT_SHAPES = "70b.qkv,70b.o,70b.gate_up,70b.down,8b.gate_up,8b.qkv,8b.o,8b.down"
 DEFAULT_ROWS = "1,4,8,16"
-GROUP = 128
 CHECK_SHAPE = (4096, 4096)  # (N, K): 8b.o
 CHECK_ROWS = (1, 16)
-DEVICE = "cuda"  # the CPU smoke test of the checks sets "cpu" (Triton under TRITON_INTERPRET=1)
 TOLERANCE = 2e-2  # max |got - want| / max |want| against float32 x @ dequantize(w)^T
 
 LIBRARIES = {  # name -> (distributions whose versions are recorded, kernels)
@@ -106,129 +106,6 @@ def describe(exc: BaseException) -> str:
 
 def int4_bytes(n: int, k: int) -> int:
     return n * k // 2 + 4 * n * (k // GROUP)
-
-
-# ---------------------------------------------------------------------------------------------------- loading
-
-
-def load(lib: str) -> dict:
-    """Import `lib`'s modules and resolve the ops its kernels call; raises on anything missing."""
-    import torch
-
-    if lib == "base":
-        from gpu_int4_decode import calls_for
-        from gpu_quant_kernels import make_kernel, tinygemm_pack
-
-        return {"calls_for": calls_for, "make_kernel": make_kernel, "tinygemm_pack": tinygemm_pack}
-    if lib == "torchao":
-        import mslk
-        import torchao
-        from torchao.quantization import Int4WeightOnlyConfig, quantize_
-
-        ops = {name: getattr(torch.ops.mslk, name) for name in ("bf16i4bf16_rowwise", "bf16i4bf16_shuffled",
-                                                                 "preshuffle_i4")}
-        return {"torchao": torchao, "config": Int4WeightOnlyConfig, "quantize_": quantize_, "ops": ops,
-                "mslk_version": getattr(mslk, "__version__", None)}
-    if lib == "bitsandbytes":
-        import bitsandbytes as bnb
-        import bitsandbytes.functional as bnbf
-
-        ops = {name: getattr(torch.ops.bitsandbytes, name) for name in ("gemm_4bit", "dequantize_4bit")}
-        try:  # which native library it loaded (informational)
-            from bitsandbytes import cextension
-
-            native = getattr(getattr(cextension.lib, "_lib", None), "_name", None)
-            lib_path = f"{getattr(cextension, 'BNB_BACKEND', '?')}: {native}"
-        except Exception as exc:
-            lib_path = f"unknown: {exc}"
-        return {"bnb": bnb, "F": bnbf, "ops": ops, "native": lib_path}
-    if lib == "conch":
-        from conch.ops.quantization.gemm import mixed_precision_gemm
-        from conch.third_party.vllm.quant_utils import pack_rows, quantize_weights
-        from conch.third_party.vllm.scalar_type import scalar_types
-
-        return {"gemm": mixed_precision_gemm, "quantize_weights": quantize_weights, "pack_rows": pack_rows,
-                "uint4": scalar_types.uint4}
-    raise ValueError(lib)
-
-
-# ---------------------------------------------------------------------------------------------------- kernels
-
-
-class Kernel:
-    """One library kernel: `quantize(w_bf16)` packs a [N, K] weight with the library's own quantizer;
-    `random(n, k)` gives a weight of the same layout for timing (by default `quantize` of a random weight);
-    `run(packed, x)` is the matmul."""
-
-    def __init__(self, name: str, mods: dict):
-        self.name, self.mods = name, mods
-
-    def quantize(self, w):
-        raise NotImplementedError
-
-    def random(self, n: int, k: int, w):
-        return self.quantize(w)
-
-    def run(self, packed, x):
-        raise NotImplementedError
-
-    def reference(self, packed, w_ref):  # the float32 [N, K] weight this kernel should multiply by
-        return w_ref
-
-
-class TorchaoKernel(Kernel):
-    def quantize(self, w):
-        import torch
-
-        fmt = self.name.split(".")[1]
-        config = self.mods["config"](group_size=GROUP, int4_packing_format=fmt, set_inductor_config=False)
-        linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta", dtype=w.dtype)
-        linear.weight = torch.nn.Parameter(w, requires_grad=False)
-        self.mods["quantize_"](linear, config)
-        return linear
-
-    def run(self, linear, x):
-        return linear(x)
-
-
-class BnbKernel(Kernel):
-    def quantize(self, w):
-        return self.mods["F"].quantize_4bit(w, blocksize=GROUP, quant_type="nf4", compress_statistics=False)
-
-    def run(self, packed, x):
-        return self.mods["bnb"].matmul_4bit(x, packed[0].t(), packed[1])
-
-    def reference(self, packed, w_ref):
-        return self.mods["F"].dequantize_4bit(packed[0], packed[1]).float()
-
-
-class ConchKernel(Kernel):
-    """Weights as vLLM's GPTQ-style layout: [K/8, N] int32 words along K, [K/G, N] scales and zero points."""
-
-    def quantize(self, w):
-        import torch
-
-        n, k = w.shape
-        # float32 in: in bf16 its own rounding of w / scale would move some levels
-        _, w_q, w_s, w_zp = self.mods["quantize_weights"](w.float().t().contiguous(), self.mods["uint4"], GROUP,
-                                                          zero_points=True)
-        packed = self.mods["pack_rows"](w_q, 4, k, n)
-        return packed, w_s.to(torch.bfloat16).contiguous(), w_zp.to(torch.bfloat16).contiguous()
-
-    def random(self, n, k, w):  # pack_rows runs in numpy on the host: too slow for 70B shapes; speed is data-blind
-        import torch
-
-        words = torch.randint(-2**31, 2**31 - 1, (k // 8, n), dtype=torch.int32, device=DEVICE)
-        scales = (torch.rand(k // GROUP, n, device=DEVICE) * 0.01).to(torch.bfloat16)
-        zeros = torch.full((k // GROUP, n), 8.0, device=DEVICE, dtype=torch.bfloat16)
-        return words, scales, zeros
-
-    def run(self, packed, x):
-        return self.mods["gemm"](x, packed[0], packed[1], packed[2], 4, 0, GROUP)
-
-
-KERNEL_CLASSES = {"torchao.plain": TorchaoKernel, "torchao.preshuffled": TorchaoKernel, "bnb.nf4": BnbKernel,
-                  "conch.w4a16": ConchKernel}
 
 
 def reference_weight(n: int, k: int):
