@@ -18,6 +18,7 @@ Writes $OUT/fp8_decode.json when OUT is set.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_int4_decode import start_record, sweep
-from gpu_quant_kernels import SHAPES, TP2_SHAPES, copies, graph_ms, make_fp8
+from gpu_quant_kernels import SHAPES, TP2_SHAPES, copies, make_fp8, time_row
 
 from llamarun.kernels import fp8_gemv
 from llamarun.kernels.gemv import gemv_scaled
@@ -95,19 +96,8 @@ def main() -> None:
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         for kernel in ("bf16.cublas", "fp8.tile", "fp8.words", "fp8.words_nopdl"):
             fp8_gemv.USE_PDL = kernel != "fp8.words_nopdl"
-            try:
-                calls, nbytes = calls_for(kernel, n, k, x)
-                ms = graph_ms(calls)
-            except Exception as exc:  # report the failure, go on with the others
-                print(f"{shape} {kernel}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
-                continue
-            finally:
-                fp8_gemv.USE_PDL = True
-                torch.cuda.empty_cache()
-            gbps = nbytes / ms / 1e6
-            results["rows"].append({"shape": shape, "rows": 1, "kernel": kernel, "us": ms * 1e3, "GBps": gbps,
-                                    "copy_fraction": gbps * 1e9 / copy})
-            print(f"{shape:16s} {kernel:16s} {ms * 1e3:8.1f} us {100 * gbps * 1e9 / copy:5.1f}%", flush=True)
+            time_row(results, copy, shape, 1, kernel, functools.partial(calls_for, kernel, n, k, x))
+            fp8_gemv.USE_PDL = True
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "fp8_decode.json"), "w") as f:
             json.dump(results, f, indent=1)

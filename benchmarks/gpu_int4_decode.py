@@ -20,6 +20,7 @@ Writes $OUT/int4_decode.json when OUT is set.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_quant_kernels import GROUP, SHAPES, copies, graph_ms, make_int4, tinygemm_pack
+from gpu_quant_kernels import GROUP, SHAPES, copies, graph_ms, make_int4, time_row, tinygemm_pack
 
 from llamarun.bench.bandwidth import measure_copy_bandwidth
 from llamarun.kernels import int4_gemv
@@ -185,23 +186,8 @@ def main() -> None:
             x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
             for kernel in kernels:
                 int4_gemv.USE_PDL = kernel != "int4.planes_nopdl"
-                try:
-                    made = calls_for(kernel, n, k, x)
-                    if made is None:
-                        continue
-                    calls, nbytes = made
-                    ms = graph_ms(calls)
-                except Exception as exc:  # report the failure, go on with the others
-                    print(f"{shape} rows={rows} {kernel}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
-                    continue
-                finally:
-                    int4_gemv.USE_PDL = True
-                    torch.cuda.empty_cache()
-                gbps = nbytes / ms / 1e6
-                results["rows"].append({"shape": shape, "rows": rows, "kernel": kernel, "us": ms * 1e3,
-                                        "GBps": gbps, "copy_fraction": gbps * 1e9 / copy})
-                print(f"{shape:12s} rows={rows:<3d} {kernel:15s} {ms * 1e3:8.1f} us {100 * gbps * 1e9 / copy:5.1f}%",
-                      flush=True)
+                time_row(results, copy, shape, rows, kernel, functools.partial(calls_for, kernel, n, k, x))
+                int4_gemv.USE_PDL = True
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "int4_decode.json"), "w") as f:
             json.dump(results, f, indent=1)

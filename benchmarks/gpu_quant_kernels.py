@@ -69,6 +69,28 @@ def graph_ms(calls: list[Callable[[], object]], replays: int = 10) -> float:
     return start.elapsed_time(end) / replays / len(calls)
 
 
+def time_row(results: dict, copy: float, shape: str, rows: int, kernel: str,
+             make: Callable[[], tuple[list[Callable[[], object]], int] | None]) -> None:
+    """Time one kernel at one shape (`make()` -> its calls and the bytes they read, or None when it does not
+    apply) and add its row to `results` with the fraction of the `copy` bandwidth; a failure is printed, and
+    the next kernel goes on."""
+    try:
+        made = make()
+        if made is None:
+            return
+        calls, nbytes = made
+        ms = graph_ms(calls)
+    except Exception as exc:  # report the failure, go on with the others
+        print(f"{shape} rows={rows} {kernel}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+        return
+    finally:
+        torch.cuda.empty_cache()
+    gbps = nbytes / ms / 1e6
+    results["rows"].append({"shape": shape, "rows": rows, "kernel": kernel, "us": ms * 1e3, "GBps": gbps,
+                            "copy_fraction": gbps * 1e9 / copy})
+    print(f"{shape:16s} rows={rows:<3d} {kernel:16s} {ms * 1e3:8.1f} us {100 * gbps * 1e9 / copy:5.1f}%", flush=True)
+
+
 def copies(nbytes: int) -> int:
     return max(1, min(64, -(-COPIES_BYTES // nbytes)))
 
