@@ -23,6 +23,20 @@ class AttentionBackend(ABC):
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [tokens, heads, head_dim], k/v [tokens, kv_heads, head_dim] -> [tokens, heads, head_dim]."""
 
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
+               sin: torch.Tensor, feeds: torch.nn.Module | None = None) -> torch.Tensor:
+        """What the model calls: q and k not yet rotated (cos/sin [tokens, head_dim]) -> the attention output as
+        [tokens, heads * head_dim], the input of `feeds` (the output projection).
+
+        Here: rotate, then `forward`. A backend whose kernels can take over the rotation, or write what `feeds`
+        would first make of its input (INT4 planes), overrides this (paged_triton.py): fewer launches a step.
+        """
+        from llamarun.layers.fused import rotate
+
+        q, k = rotate(q, k, cos, sin)
+        out = self.forward(layer, q, k, v)
+        return out.reshape(out.shape[0], -1)
+
 
 _state = threading.local()
 

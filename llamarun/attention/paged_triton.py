@@ -1,8 +1,10 @@
 """Paged attention with Triton kernels: the GPU backend over the same cache layout as paged_torch.
 
 Per step the runner fills an AttentionMetadata (decodes first, then prefill chunks) and calls
-`begin(meta)` once; every layer's `forward` then stores its keys/values (one launch), runs the
-split-K decode kernel over rows [0, num_decodes) and the flash prefill kernel over the rest. The
+`begin(meta)` once; every layer's `attend` then rotates q and k, stores its keys/values, runs the
+split-K decode kernel over rows [0, num_decodes) and the flash prefill kernel over the rest. In an
+all-decode step the decode kernel does the rotation and the store itself, and its merge writes the INT4
+activation planes of the output projection: one kernel pair a layer instead of four launches. The
 decode workspace is allocated once (at construction when given num_heads, else at the first decode)
 for the largest decode batch; steps only take views of it, and `begin` picks the split count from
 shapes, so a CUDA graph captured over a decode step replays with new lengths and no host work.
@@ -12,14 +14,20 @@ allocation is the output, which inside a graph capture comes from the graph's ow
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from llamarun.attention.backend import AttentionBackend
 from llamarun.attention.metadata import AttentionMetadata
 from llamarun.attention.paged_torch import PagedKVCache
 from llamarun.kernels.decode_attention import decode_attention, default_num_splits, sm_count
+from llamarun.kernels.int4_gemv import empty_planes
 from llamarun.kernels.kv_store import store_kv
 from llamarun.kernels.prefill_attention import prefill_attention
+
+# LLAMARUN_FUSE_DECODE=off: rotate in its own kernel and let the output projection make its own planes (A/B runs).
+FUSE_DECODE = os.environ.get("LLAMARUN_FUSE_DECODE", "on").strip().lower() != "off"
 
 
 class TritonPagedAttention(AttentionBackend):
@@ -73,21 +81,51 @@ class TritonPagedAttention(AttentionBackend):
         self._splits = self._splits_for(max(meta.num_decodes, 1), meta.block_tables.shape[1])
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self._run(layer, q, k, v, torch.empty_like(q))
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor,
+               sin: torch.Tensor, feeds: torch.nn.Module | None = None) -> torch.Tensor:
+        """An all-decode step folds two launches a layer into the decode kernels: the split kernel rotates q and
+        the new keys as it loads them, and the merge kernel writes the INT4 planes `feeds` would make of the
+        output (when it takes planes whose groups lie within a head). Other steps rotate first, as the base does."""
+        meta = self.meta
+        tokens, heads, head_dim = q.shape
+        if meta is None or not self._all_decode(meta, q) or cos.shape != (tokens, head_dim) or cos.stride(1) != 1 \
+                or sin.stride(1) != 1 or not self.fuse:
+            return super().attend(layer, q, k, v, cos, sin, feeds)
+        out = torch.empty(tokens, heads * head_dim, dtype=q.dtype, device=q.device)  # what o_proj reads
+        planes = None
+        group = feeds.planes_group(out) if hasattr(feeds, "planes_group") and self._splits > 1 else None
+        if group is not None and group >= 32 and head_dim % group == 0:
+            planes = (empty_planes(tokens, heads * head_dim, group, q.device), group)
+        self._run(layer, q, k, v, out.view(tokens, heads, head_dim), rotary=(cos, sin), planes=planes)
+        if planes is not None:
+            feeds.give_planes(out, planes[0])
+        return out
+
+    fuse = FUSE_DECODE  # class-wide switch (LLAMARUN_FUSE_DECODE=off) for A/B runs
+
+    @staticmethod
+    def _all_decode(meta: AttentionMetadata, q: torch.Tensor) -> bool:
+        """A step of decode rows only: the decode kernel itself may store the step's keys and values."""
+        return meta.num_decodes > 0 and meta.num_prefills == 0 and q.shape[0] == meta.num_decodes
+
+    def _run(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+             rotary: tuple[torch.Tensor, torch.Tensor] | None = None, planes: tuple | None = None) -> torch.Tensor:
         meta = self.meta
         if meta is None:
             raise RuntimeError("TritonPagedAttention.forward before begin(meta)")
         kc, vc = self.cache.k[layer], self.cache.v[layer]  # [kv_heads, slots, head_dim]
         nd = meta.num_decodes
         # An all-decode step's keys and values are written by the decode kernel itself (one launch less).
-        fused_store = nd > 0 and meta.num_prefills == 0 and q.shape[0] == nd
+        fused_store = self._all_decode(meta, q)
         if not fused_store:
             store_kv(k, v, kc, vc, meta.slot_mapping)
-        out = torch.empty_like(q)  # [tokens, heads, head_dim]
         block_size = self.cache.block_size
         if nd:
             decode_attention(q[:nd], kc, vc, meta.block_tables[:nd], meta.seq_lens[:nd], self.scale, block_size,
                              out=out[:nd], num_splits=self._splits, workspace=self._workspace(q.shape[1], nd),
-                             new=(k, v, meta.slot_mapping) if fused_store else None)
+                             new=(k, v, meta.slot_mapping) if fused_store else None, rotary=rotary, planes=planes)
         if meta.num_prefills:
             prefill_attention(q, kc, vc, meta.block_tables, meta.seq_lens, meta.query_start, self.scale, block_size,
                               meta.max_query_len, first_seq=nd, out=out)

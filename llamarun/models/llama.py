@@ -13,7 +13,7 @@ from torch import nn
 
 from llamarun.attention.backend import current_backend
 from llamarun.config import ModelConfig
-from llamarun.layers.fused import down_projection, rotate
+from llamarun.layers.fused import down_projection
 from llamarun.layers.linear import MergedLinear
 from llamarun.layers.norm import RMSNorm
 from llamarun.layers.rotary import RotaryEmbedding
@@ -37,9 +37,8 @@ class LlamaAttention(nn.Module):
         q = q.view(n, self.num_heads, self.head_dim)  # [tokens, heads, head_dim]
         k = k.view(n, self.num_kv_heads, self.head_dim)  # [tokens, kv_heads, head_dim]
         v = v.reshape(n, self.num_kv_heads, self.head_dim)
-        q, k = rotate(q, k, cos, sin)
-        out = current_backend().forward(self.layer, q, k, v)  # [tokens, heads, head_dim]
-        return self.o_proj(out.reshape(n, self.num_heads * self.head_dim))
+        # The backend rotates q and k (in its own kernel where it can) and attends: [tokens, heads * head_dim].
+        return self.o_proj(current_backend().attend(self.layer, q, k, v, cos, sin, feeds=self.o_proj))
 
 
 class LlamaMLP(nn.Module):

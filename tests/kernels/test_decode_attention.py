@@ -130,3 +130,82 @@ def test_new_keys_of_the_wrong_shape_are_refused(paged_cache, device, dtype):
     k = torch.randn(1, 3, 64, device=device).to(dtype)  # three KV heads for a two-head cache
     with pytest.raises(ValueError, match="new keys"):
         decode_attention(q, c.k, c.v, c.block_tables, c.seq_lens, 0.125, 16, new=(k, k, torch.zeros(1, device=device)))
+
+
+def _decode_step(paged_cache, device, dtype, lengths, kv_heads, group, head_dim, seed):
+    """A cache with `lengths`, each row's last slot, and a merged q/k/v projection's strided views."""
+    c = paged_cache(lengths, kv_heads, head_dim, 16, dtype, device, seed=seed)
+    slots = torch.tensor([int(c.block_tables[b, (n - 1) // 16]) * 16 + (n - 1) % 16 if n else -1
+                          for b, n in enumerate(lengths)], device=device)
+    heads = kv_heads * group
+    qkv = torch.randn(len(lengths), (heads + 2 * kv_heads) * head_dim, device=device).to(dtype)
+    q = qkv[:, :heads * head_dim].view(-1, heads, head_dim)
+    k = qkv[:, heads * head_dim:(heads + kv_heads) * head_dim].view(-1, kv_heads, head_dim)
+    v = qkv[:, (heads + kv_heads) * head_dim:].view(-1, kv_heads, head_dim)
+    return c, slots, q, k, v
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_rotary_folded_into_the_kernel_matches_rotating_first(paged_cache, assert_close, device, dtype, num_splits):
+    """`rotary`: q and the new keys rotated inside the kernel give the cache and output of the rotary kernel then
+    the plain decode kernel; q and k in memory stay unrotated."""
+    from llamarun.kernels.rotary import apply_rotary_
+
+    lengths = [1, 17, 0, 150]
+    c, slots, q, k, v = _decode_step(paged_cache, device, dtype, lengths, 2, 4, 64, seed=12)
+    angles = torch.rand(len(lengths), 32, device=device) * 6
+    cos = torch.cat([angles.cos()] * 2, dim=1).to(dtype)  # [B, head_dim], as RotaryEmbedding makes them
+    sin = torch.cat([angles.sin()] * 2, dim=1).to(dtype)
+    q0, k0 = q.clone(), k.clone()
+    ref_k, ref_v, q_rot, k_rot = c.k.clone(), c.v.clone(), q.clone(), k.clone()
+    apply_rotary_(q_rot, k_rot, cos, sin)
+    expected = decode_attention(q_rot, ref_k, ref_v, c.block_tables, c.seq_lens, 0.125, 16, num_splits=num_splits,
+                                new=(k_rot, v, slots))
+    out = decode_attention(q, c.k, c.v, c.block_tables, c.seq_lens, 0.125, 16, num_splits=num_splits,
+                           new=(k, v, slots), rotary=(cos, sin))
+    assert torch.equal(q, q0) and torch.equal(k, k0)
+    assert not torch.equal(q_rot, q0)  # the rotation did something
+    assert_close(c.k, ref_k)
+    assert torch.equal(c.v, ref_v)
+    assert_close(out, expected)
+    if not q.is_cuda:  # the interpreter has no fused multiply-adds: the same arithmetic gives the same bits
+        assert torch.equal(c.k, ref_k) and torch.equal(out, expected)
+
+
+@pytest.mark.parametrize(("head_dim", "planes_group"), [(64, 64), (128, 64), (64, 32)])
+def test_merge_writes_the_output_projection_s_int4_planes(paged_cache, device, dtype, head_dim, planes_group):
+    """`planes`: the merge kernel writes exactly the planes the INT4 GEMV's own planes kernel makes of the output."""
+    from llamarun.kernels.int4_gemv import activation_planes, empty_planes
+
+    lengths = [1, 17, 0, 150]
+    c, _, q, _, _ = _decode_step(paged_cache, device, dtype, lengths, 2, 2, head_dim, seed=13)
+    batch, heads = len(lengths), q.shape[1]
+    out = torch.empty(batch, heads * head_dim, dtype=dtype, device=device)
+    planes = empty_planes(batch, heads * head_dim, planes_group, torch.device(device))
+    decode_attention(q, c.k, c.v, c.block_tables, c.seq_lens, 0.125, 16, num_splits=3,
+                     out=out.view(batch, heads, head_dim), planes=(planes, planes_group))
+    plain = decode_attention(q, c.k, c.v, c.block_tables, c.seq_lens, 0.125, 16, num_splits=3)
+    assert torch.equal(out.view_as(plain), plain)  # writing the planes leaves the output as it was
+    for got, want in zip(planes, activation_planes(out, planes_group), strict=True):
+        assert torch.equal(got, want)
+
+
+def test_fusions_that_cannot_run_are_refused(paged_cache, device, dtype):
+    from llamarun.kernels.int4_gemv import empty_planes
+
+    c = paged_cache([5, 9], 2, 64, 16, dtype, device, seed=1)
+    q = torch.randn(2, 4, 64, device=device).to(dtype)
+    out = torch.empty(2, 256, dtype=dtype, device=device)
+    planes = empty_planes(2, 256, 64, torch.device(device))
+    cos = torch.ones(2, 64, device=device, dtype=dtype)
+    with pytest.raises(ValueError, match="rotary needs the step's keys"):
+        decode_attention(q, c.k, c.v, c.block_tables, c.seq_lens, 0.125, 16, rotary=(cos, cos))
+    with pytest.raises(ValueError, match="one split writes no planes"):
+        decode_attention(q, c.k, c.v, c.block_tables, c.seq_lens, 0.125, 16, num_splits=1,
+                         out=out.view(2, 4, 64), planes=(planes, 64))
+    with pytest.raises(ValueError, match="dividing head_dim"):
+        decode_attention(q, c.k, c.v, c.block_tables, c.seq_lens, 0.125, 16, num_splits=2,
+                         out=out.view(2, 4, 64), planes=(empty_planes(2, 256, 128, torch.device(device)), 128))
+    with pytest.raises(ValueError, match="do not fit"):
+        decode_attention(q, c.k, c.v, c.block_tables, c.seq_lens, 0.125, 16, num_splits=2,
+                         out=out.view(2, 4, 64), planes=(empty_planes(1, 256, 64, torch.device(device)), 64))

@@ -106,3 +106,58 @@ def test_too_many_decodes_and_forward_before_begin_are_errors(device, dtype):
     meta, _ = _step([(1, 1), (2, 1), (3, 1)], 3, device)
     with pytest.raises(ValueError, match="max_batch"):
         backend.begin(meta)
+
+
+class _PlanesFeeds(torch.nn.Module):
+    """Stands in for an INT4 output projection: asks for planes in groups of `group` and keeps what it is given."""
+
+    def __init__(self, group: int) -> None:
+        super().__init__()
+        self.group, self.given = group, None
+
+    def planes_group(self, x: torch.Tensor) -> int:
+        return self.group
+
+    def give_planes(self, x: torch.Tensor, planes: tuple) -> None:
+        self.given = (x, planes)
+
+
+@pytest.mark.parametrize(("specs", "num_decodes"), [
+    ([(50, 1), (0, 1), (17, 1), (0, 0)], 4),  # decodes only: rotation and planes fold into the decode kernels
+    ([(0, 1), (16, 1), (0, 20)], 2),  # mixed: rotate first, as the base backend does
+], ids=["decode", "mixed"])
+@pytest.mark.parametrize("num_splits", [3, 1])
+def test_attend_folds_rotation_and_planes_into_a_decode_step(assert_close, device, dtype, specs, num_decodes,
+                                                             num_splits):
+    """`attend` gives the output and cache of rotating first then `forward`; on an all-decode step with a merge,
+    it hands the output projection the planes of exactly the tensor it returns."""
+    from llamarun.attention.backend import AttentionBackend
+    from llamarun.kernels.int4_gemv import activation_planes
+
+    fused_cache, plain_cache = _cache(dtype, device), _cache(dtype, device)
+    meta, _ = _step(specs, num_decodes, device)
+    fused = TritonPagedAttention(fused_cache, max_batch=8, num_splits=num_splits)
+    plain = TritonPagedAttention(plain_cache, max_batch=8, num_splits=num_splits)
+    fused.begin(meta)
+    plain.begin(meta)
+    tokens = meta.slot_mapping.shape[0]
+    angles = torch.rand(tokens, HEAD_DIM // 2, device=device) * 6
+    cos = torch.cat([angles.cos()] * 2, dim=1).to(dtype)
+    sin = torch.cat([angles.sin()] * 2, dim=1).to(dtype)
+    for layer in range(2):
+        q = torch.randn(tokens, HEADS, HEAD_DIM, device=device).to(dtype)
+        k = torch.randn(tokens, KV_HEADS, HEAD_DIM, device=device).to(dtype)
+        v = torch.randn(tokens, KV_HEADS, HEAD_DIM, device=device).to(dtype)
+        feeds = _PlanesFeeds(32)
+        out = fused.attend(layer, q.clone(), k.clone(), v, cos, sin, feeds=feeds)
+        expected = AttentionBackend.attend(plain, layer, q.clone(), k.clone(), v, cos, sin)
+        assert out.shape == (tokens, HEADS * HEAD_DIM)
+        assert_close(out, expected)
+        merged = num_decodes == tokens and fused._splits > 1
+        assert (feeds.given is not None) == merged
+        if merged:
+            assert feeds.given[0] is out
+            for got, want in zip(feeds.given[1], activation_planes(out, 32), strict=True):
+                assert torch.equal(got, want)
+    assert_close(fused_cache.k, plain_cache.k)
+    assert torch.equal(fused_cache.v, plain_cache.v)

@@ -124,3 +124,34 @@ def test_an_int4_linear_fed_by_its_norm_uses_the_planes_the_norm_wrote(rows, mon
     twice = linear(h * 2)
     assert len(planes_launches) == 1 and linear._given_planes is None
     torch.testing.assert_close(twice, 2 * expected, atol=4e-2, rtol=2e-2)
+
+
+def test_int4_decode_with_attention_fusions_generates_what_the_plain_launches_do(monkeypatch):
+    """On all-decode steps the decode kernel rotates q and k and its merge writes the INT4 o_proj's planes
+    (attention/paged_triton.py): greedy generation is unchanged, and o_proj no longer makes planes itself."""
+    from llamarun.attention.paged_triton import TritonPagedAttention
+    from llamarun.bench.random_weights import PRESETS, load_random_model
+    from llamarun.kernels import int4_gemv
+    from llamarun.sampling.params import SamplingParams
+
+    monkeypatch.setitem(PRESETS, "head128", PRESETS["tiny"].replace(
+        hidden_size=512, intermediate_size=1024, num_heads=4, num_kv_heads=2, head_dim=128, vocab_size=1024))
+    original = int4_gemv.activation_planes
+    launches = []
+    monkeypatch.setattr(int4_gemv, "activation_planes", lambda *a, **k: launches.append(1) or original(*a, **k))
+
+    def generate(fuse: bool) -> tuple[list[int], int]:
+        monkeypatch.setattr(TritonPagedAttention, "fuse", fuse)
+        launches.clear()
+        rm = load_random_model("head128", device="cuda", concurrency=1, context_length=256, seed=3,
+                               dtype=torch.bfloat16, weights="int4-g128")
+        rm.engine.add_request(list(range(5, 205)), SamplingParams.greedy(max_tokens=24), request_id="r")
+        tokens = []
+        while rm.engine.has_unfinished:
+            tokens += [t.token_id for o in rm.engine.step() for t in o.new_tokens]
+        return tokens, len(launches)
+
+    plain, plain_launches = generate(False)
+    fused, fused_launches = generate(True)
+    assert len(plain) == 24 and fused == plain
+    assert fused_launches < plain_launches  # o_proj's planes came from the merge kernel
