@@ -3,18 +3,24 @@
 Why: a float GEMV over 4-bit weights spends a shift, a mask and a multiply-add on every weight, and on
 Hopper the integer pipe that runs the first two has half the float pipe's width; that, not the bytes,
 held our float kernel (and torch's tinygemm) to 41-51% of an H200's copy bandwidth at 70B shapes; this
-one reads 61-87% (benchmarks/results/gpu-int4-decode-h200-2026-11-30.md). Here eight weights cost eight
-instructions (three to split a word's nibbles into two registers of four bytes, four `dp4a` four-way
-byte dot products, one shift).
+one reads 61-87% (benchmarks/results/gpu-int4-decode-h200-2026-11-30.md). Here eight weights cost seven
+instructions (three to split a word's nibbles into two registers of four bytes, four `dp2a` two-way dot
+products of 16-bit activations with weight bytes).
 
 How the activations stay 16-bit: per block of 32 inputs, `activation_planes` scales the row to integers
 within +-32767 (scale = max|x| / 32767; the rounding error is at most half a unit, 2^-16 of the block's
 largest value, finer than bf16's own 2^-9 for the values that matter; llama.cpp's 8-bit activation blocks
-keep 2^-8) and splits each integer into a signed high byte and an unsigned low byte, x = 256 hi + lo. The
-four byte planes are laid out to meet the nibbles where they lie in a weight word (k = 8c + i at bits 4i:
-low nibbles of its bytes are the even k, high nibbles the odd k), so `q . x = 256 (q . hi) + (q . lo)`
-exactly, in int32, per block. A weight group's float value is then `s * sum_blocks(x_scale * q . x) +
-m * sum(x)` (the minimum term uses the float sum of the group's inputs).
+keep 2^-8) and stores them as int16 pairs laid out to meet the nibbles where they lie in a weight word
+(k = 8c + i at bits 4i: the low nibbles of its four bytes are k = 8c + 0, 2, 4, 6 and the high nibbles the odd
+k). Per weight word four int32 "planes" hold (x0, x2), (x4, x6), (x1, x3), (x5, x7); `dp2a.lo` meets a pair with
+bytes 0-1 of a nibble register and `dp2a.hi` with bytes 2-3, so `q . x` is exact in int32, per block. A weight
+group's float value is then `s * sum_blocks(x_scale * q . x) + m * sum(x)` (the minimum term uses the float sum
+of the group's inputs).
+
+Why `dp2a` and not `dp4a`: the activations were first split into a signed high and an unsigned low byte for
+four `dp4a` and a shift per word (eight instructions). At 70B the decode step runs at the H200's 700 W cap
+(benchmarks/results/gpu-int4-70b-h200-2026-11-30-session6.md), so an instruction less per word is energy the
+clock gets back.
 
 The GEMV is launched as a programmatic dependent of the planes kernel (PDL, Hopper): it is scheduled while
 the planes are still being written and waits for them in the kernel, so the second launch adds no gap
@@ -42,7 +48,7 @@ from llamarun.kernels.pdl import pdl_launch
 CONFIG = {"int4": launch_override("int4", (8, 4096, 4)),
           "int4_narrow": launch_override("int4_narrow", (8, 4096, 8))}
 NARROW = 16384
-USE_ASM = True  # False runs the byte-by-byte path on GPUs too (benchmarks measure what dp4a buys)
+USE_ASM = True  # False runs the portable path on GPUs too (benchmarks measure what dp2a buys)
 MAX_ROWS = 4  # more rows go to the tensor-core kernels (the integer work grows with the rows)
 USE_PDL = True  # False launches the GEMV after the planes kernel has finished (benchmarks measure the gap)
 
@@ -51,9 +57,18 @@ BLOCK = 32  # inputs per activation scale
 
 
 @triton.jit
+def _store_pairs(v, base, first: tl.constexpr, GW: tl.constexpr):
+    """v [GW, 4] int32 (each within int16) -> planes first, first + 1 of each word: (v0, v1) and (v2, v3) as int16
+    pairs, the first of each pair in the low half."""
+    low, high = tl.split(tl.reshape(v, [GW, 2, 2]))  # [GW, 2]: (v0, v2) and (v1, v3)
+    pairs = (low & 0xFFFF) | (high << 16)  # [GW, 2]; the shift wraps into the sign bit, as int16 pairs do
+    tl.store(base[:, None] + first + tl.arange(0, 2)[None, :], pairs)
+
+
+@triton.jit
 def store_group_planes(x, g, planes_ptr, scale_ptr, sum_ptr, GROUP: tl.constexpr):
-    """Weight group g of one row, x [GROUP/8, 8] float32 (word c holding k = 8c + i) -> its byte planes [G/8, 4]
-    int32, a scale per 32 inputs and its float sum, at the row's planes, scales and sums (also written by the
+    """Weight group g of one row, x [GROUP/8, 8] float32 (word c holding k = 8c + i) -> its int16-pair planes
+    [G/8, 4] int32, a scale per 32 inputs and its float sum, at the row's planes, scales and sums (also written by the
     RMSNorm that feeds an INT4 linear: kernels/norm_planes.py)."""
     GW: tl.constexpr = GROUP // 8
     NB: tl.constexpr = GROUP // 32
@@ -62,17 +77,11 @@ def store_group_planes(x, g, planes_ptr, scale_ptr, sum_ptr, GROUP: tl.constexpr
     scale = tl.where(amax > 0, amax / 32767.0, 1.0)  # [NB]
     word_scale = tl.reshape(tl.broadcast_to(scale[:, None], [NB, 4]), [GW])  # four words per block
     xi = tl.floor(x / word_scale[:, None] + 0.5).to(tl.int32)  # [GW, 8] in -32767..32767
-    hi = xi >> 8  # arithmetic: -128..127
-    lo = xi & 255  # 0..255, so xi = 256 hi + lo
-    hi_even, hi_odd = tl.split(tl.reshape(hi & 255, [GW, 4, 2]))  # [GW, 4] each: k = 8c + 2b, 8c + 2b + 1
-    lo_even, lo_odd = tl.split(tl.reshape(lo, [GW, 4, 2]))
-    shifts = (tl.arange(0, 4) * 8)[None, :]
+    even, odd = tl.split(tl.reshape(xi, [GW, 4, 2]))  # [GW, 4] each: k = 8c + 2b and 8c + 2b + 1
     base = planes_ptr + (g * GW + cs) * 4
-    # Disjoint bit fields: their sum is their OR (wrapping into the sign bit is harmless in int32).
-    tl.store(base + 0, tl.sum(hi_even << shifts, axis=1))
-    tl.store(base + 1, tl.sum(hi_odd << shifts, axis=1))
-    tl.store(base + 2, tl.sum(lo_even << shifts, axis=1))
-    tl.store(base + 3, tl.sum(lo_odd << shifts, axis=1))
+    # Each nibble register is met by two pairs, (byte 0, byte 1) and (byte 2, byte 3): pair p = (v[2p], v[2p + 1]).
+    _store_pairs(even, base, 0, GW)  # planes 0, 1: (x0, x2), (x4, x6)
+    _store_pairs(odd, base, 2, GW)  # planes 2, 3: (x1, x3), (x5, x7)
     tl.store(scale_ptr + g * NB + tl.arange(0, NB), scale)
     tl.store(sum_ptr + g, tl.sum(tl.sum(x, axis=1), axis=0))
 
@@ -80,7 +89,7 @@ def store_group_planes(x, g, planes_ptr, scale_ptr, sum_ptr, GROUP: tl.constexpr
 @triton.jit
 def _activation_planes_kernel(x_ptr, planes_ptr, scale_ptr, sum_ptr, K, stride_xm, SILU_INPUT: tl.constexpr,
                               GROUP: tl.constexpr, PDL: tl.constexpr):
-    """One weight group of one row -> its byte planes [G/8, 4] int32, a scale per 32 inputs, its float sum."""
+    """One weight group of one row -> its int16-pair planes [G/8, 4] int32, a scale per 32 inputs, its float sum."""
     if PDL:
         gdc_launch_dependents()  # the GEMV may be scheduled now; it waits for this grid before reading
         gdc_wait()  # this kernel is itself a programmatic dependent: x is written by the kernel before
@@ -94,14 +103,14 @@ def _activation_planes_kernel(x_ptr, planes_ptr, scale_ptr, sum_ptr, K, stride_x
 
 
 @triton.jit
-def _signed_byte(v, b: tl.constexpr):
-    byte = (v >> (8 * b)) & 255
-    return byte - ((byte >> 7) << 8)
+def _half(v, high: tl.constexpr):
+    """The signed 16-bit low or high half of int32 v."""
+    return v >> 16 if high else (v << 16) >> 16
 
 
 @triton.jit
-def _word_dot(words, hi_even, hi_odd, lo_even, lo_odd, ASM: tl.constexpr):
-    """Per weight word (8 nibbles): sum_i q_i x_i as int32, x_i = 256 hi_i + lo_i from the four planes."""
+def _word_dot(words, p0, p1, p2, p3, ASM: tl.constexpr):
+    """Per weight word (8 nibbles): sum_i q_i x_i as int32, the x_i from the four int16-pair planes."""
     if ASM:
         return tl.inline_asm_elementwise(
             """
@@ -110,22 +119,21 @@ def _word_dot(words, hi_even, hi_odd, lo_even, lo_odd, ASM: tl.constexpr):
             and.b32 n0, $1, 0x0F0F0F0F;
             shr.u32 t, $1, 4;
             and.b32 n1, t, 0x0F0F0F0F;
-            dp4a.u32.s32 t, n0, $2, 0;
-            dp4a.u32.s32 t, n1, $3, t;
-            shl.b32 t, t, 8;
-            dp4a.u32.u32 t, n0, $4, t;
-            dp4a.u32.u32 $0, n1, $5, t;
+            dp2a.lo.s32.u32 t, $2, n0, 0;
+            dp2a.hi.s32.u32 t, $3, n0, t;
+            dp2a.lo.s32.u32 t, $4, n1, t;
+            dp2a.hi.s32.u32 $0, $5, n1, t;
             }
             """,
-            "=r,r,r,r,r,r", [words, hi_even, hi_odd, lo_even, lo_odd], dtype=tl.int32, is_pure=True, pack=1)
-    high = tl.zeros_like(words)
-    low = tl.zeros_like(words)
-    for b in tl.static_range(4):
+            "=r,r,r,r,r,r", [words, p0, p1, p2, p3], dtype=tl.int32, is_pure=True, pack=1)
+    total = tl.zeros_like(words)
+    for b in tl.static_range(4):  # byte b of each nibble register: k = 8c + 2b (even) and 8c + 2b + 1 (odd)
         q_even = (words >> (8 * b)) & 15
         q_odd = (words >> (8 * b + 4)) & 15
-        high += q_even * _signed_byte(hi_even, b) + q_odd * _signed_byte(hi_odd, b)
-        low += q_even * ((lo_even >> (8 * b)) & 255) + q_odd * ((lo_odd >> (8 * b)) & 255)
-    return high * 256 + low
+        pair_even = p0 if b < 2 else p1
+        pair_odd = p2 if b < 2 else p3
+        total += q_even * _half(pair_even, b % 2 == 1) + q_odd * _half(pair_odd, b % 2 == 1)
+    return total
 
 
 @triton.jit

@@ -20,13 +20,10 @@ def random_int4(n: int, k: int, group: int, device: str, seed: int = 0) -> Int4W
 
 
 def unpack_planes(planes: torch.Tensor) -> torch.Tensor:
-    """[K/8, 4] int32 planes -> the [K] integers 256 hi + lo they encode (k = 8c + 2b even, + 1 odd)."""
-    b = torch.arange(4)
-    bytes_ = (planes.cpu().to(torch.int64)[:, :, None] >> (8 * b)) & 255  # [K/8, 4 planes, 4 bytes]
-    hi = torch.where(bytes_[:, :2] >= 128, bytes_[:, :2] - 256, bytes_[:, :2])  # signed high bytes
-    lo = bytes_[:, 2:]
-    values = 256 * hi + lo  # [K/8, (even, odd), 4]
-    return values.permute(0, 2, 1).reshape(-1)  # k = 8c + 2b + parity
+    """[K/8, 4] int32 planes -> the [K] int16 values they pair up: per word (x0, x2), (x4, x6), (x1, x3), (x5, x7)."""
+    halves = planes.cpu().contiguous().view(torch.int16).view(-1, 4, 2).to(torch.int64)  # little-endian: low half first
+    order = torch.tensor([0, 4, 1, 5, 2, 6, 3, 7])  # value at k = 8c + i sits at position order[i] of the word's eight
+    return halves.reshape(-1, 8)[:, order].reshape(-1)
 
 
 @pytest.mark.parametrize("group", [32, 128])
@@ -76,7 +73,7 @@ def test_an_outlier_costs_precision_only_within_its_block_of_32(device, dtype):
     assert torch.allclose(y, torch.full_like(y, 15.0 * 31), rtol=2e-2)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the dp4a assembly runs on CUDA only")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the dp2a assembly runs on CUDA only")
 def test_the_assembly_equals_the_byte_by_byte_path():
     group, n, k = 128, 512, 4096
     w = random_int4(n, k, group, "cuda", seed=7)
