@@ -14,7 +14,7 @@ from typing import Any
 
 from llamarun.errors import LlamarunError
 
-CALIBRATION_TOKENS = 2048  # what the GPTQ formats are quantized against: four 512-token windows
+CALIBRATION_TOKENS = 2048  # what the GPTQ and SmoothQuant formats calibrate on: four 512-token windows
 
 
 def register(subparsers: Any) -> None:
@@ -64,7 +64,7 @@ def run_eval(args: argparse.Namespace) -> int:
     tokenizer = ckpt.tokenizer()
     ids = text_tokens(tokenizer, text, args.max_tokens)
     calibration: list[int] = []
-    if needs_calibration(formats):  # GPTQ calibrates on the text after the evaluated part, never on scored tokens
+    if needs_calibration(formats):  # GPTQ and SmoothQuant calibrate on the text after the evaluated part only
         calibration = text_tokens(tokenizer, text)[len(ids):len(ids) + CALIBRATION_TOKENS]
     windows = plan_windows(len(ids), args.ctx, args.stride)
     scratch = llamarun_home() / "tmp"

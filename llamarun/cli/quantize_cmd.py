@@ -31,8 +31,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--gptq", action="store_true",
                    help="int4 only: round with GPTQ against calibration text instead of to nearest (slower, closer "
                         "to the original on real text)")
+    p.add_argument("--smooth", action="store_true",
+                   help="fp8/int8: SmoothQuant first, moving the activations' outlier channels into the weights "
+                        "(calibrated on text; the float model is unchanged, the W8A8 error smaller)")
     p.add_argument("--calibration", metavar="FILE",
-                   help="--gptq: UTF-8 text to calibrate on, its first 2048 tokens (default: the shipped text)")
+                   help="--gptq/--smooth: UTF-8 text to calibrate on, its first 2048 tokens (default: shipped text)")
     p.add_argument("--device", help="where to quantize: cpu or cuda (default: cuda when available)")
     p.set_defaults(handler=quantize)
 
@@ -46,10 +49,13 @@ def quantize(args: argparse.Namespace) -> int:
     from llamarun.utils.progress import count_bar
 
     mode = weights_mode(args.format, args.group_size)  # --group-size without int4 fails here
-    if (args.gptq or args.calibration) and args.format != "int4":
+    if args.gptq and args.format != "int4":
         raise LlamarunError(f"--gptq rounds int4 weights, not {args.format}", "use --format int4 with --gptq")
-    if args.calibration and not args.gptq:
-        raise LlamarunError("--calibration is for --gptq", "add --gptq, or leave --calibration out")
+    if args.smooth and args.format == "int4":
+        raise LlamarunError("--smooth prepares the activations of fp8 and int8 (W8A8); int4 is weight-only",
+                            "use --gptq for int4, or --smooth with --format int8 or fp8")
+    if args.calibration and not (args.gptq or args.smooth):
+        raise LlamarunError("--calibration is for --gptq or --smooth", "add one, or leave --calibration out")
     out = Path(args.out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LlamarunError(f"{out} exists and is not an empty folder", "give a new folder for the checkpoint")
@@ -59,23 +65,37 @@ def quantize(args: argparse.Namespace) -> int:
     if args.format == "int4":
         check_group_size(ckpt.config, int(mode.rpartition("-g")[2]))
     layouts = _gptq_layouts(args, ckpt, int(mode.rpartition("-g")[2]), device) if args.gptq else None
+    replaced = _smoothed(args, ckpt, device) if args.smooth else None
     with count_bar("quantizing", len(ckpt.tensor_names), enabled=None if sys.stderr.isatty() else False) as bar:
         files = save_quantized(ckpt, out, args.format, group_size=args.group_size, device=device,
-                               on_tensor=lambda _name: bar.advance(), layouts=layouts)
+                               on_tensor=lambda _name: bar.advance(), layouts=layouts, replaced=replaced)
     size = sum(f.stat().st_size for f in files)
-    how = " with GPTQ" if args.gptq else ""
+    how = " with GPTQ" if args.gptq else " after SmoothQuant" if args.smooth else ""
     print(f"wrote {resolved.name} as {mode}{how} (compressed-tensors) to {out}: {len(files)} files, "
           f"{size / 1e9:.2f} GB")
     return 0
 
 
+def _calibration_ids(args: argparse.Namespace, ckpt: Any) -> list[int]:
+    from llamarun.eval.text import DEFAULT_TEXT, read_text, text_tokens
+    from llamarun.quant.gptq_checkpoint import CALIBRATION_TOKENS
+
+    return text_tokens(ckpt.tokenizer(), read_text(args.calibration or DEFAULT_TEXT))[:CALIBRATION_TOKENS]
+
+
+def _smoothed(args: argparse.Namespace, ckpt: Any, device: str) -> dict:
+    """SmoothQuant's weights and norms, calibrated on --calibration (or the shipped text)."""
+    from llamarun.quant.gptq_checkpoint import smoothed_checkpoint_tensors
+
+    return smoothed_checkpoint_tensors(ckpt, _calibration_ids(args, ckpt), device)
+
+
 def _gptq_layouts(args: argparse.Namespace, ckpt: Any, group_size: int, device: str) -> dict:
     """GPTQ's layouts for every decoder linear, calibrated on --calibration (or the shipped text)."""
-    from llamarun.eval.text import DEFAULT_TEXT, read_text, text_tokens
-    from llamarun.quant.gptq_checkpoint import CALIBRATION_TOKENS, gptq_checkpoint_layouts
+    from llamarun.quant.gptq_checkpoint import gptq_checkpoint_layouts
     from llamarun.utils.progress import count_bar
 
-    ids = text_tokens(ckpt.tokenizer(), read_text(args.calibration or DEFAULT_TEXT))[:CALIBRATION_TOKENS]
+    ids = _calibration_ids(args, ckpt)
     layers = ckpt.config.num_layers
     with count_bar("GPTQ", layers, unit="layers", enabled=None if sys.stderr.isatty() else False) as bar:
         return gptq_checkpoint_layouts(ckpt, ids, group_size, device, on_layer=lambda _i: bar.advance())

@@ -23,6 +23,10 @@ FORMATS: dict[str, dict[str, str]] = {
     # int4 rounded by GPTQ against calibration text (quant/gptq.py): loaded exact, then quantized layer by layer
     "int4-gptq": {"weights": "exact", "gptq": "128"},
     "int4-gptq-g64": {"weights": "exact", "gptq": "64"},
+    # W8A8 after SmoothQuant moved the activations' outlier channels into the weights (quant/smooth.py): loaded
+    # exact, smoothed against calibration text, then quantized as the plain format is
+    "int8-smooth": {"weights": "exact", "smooth": "int8"},
+    "fp8-smooth": {"weights": "exact", "smooth": "fp8"},
 }
 DEFAULT_FORMATS = "exact,int8"
 
@@ -36,8 +40,8 @@ def available_formats() -> list[str]:
 
 
 def needs_calibration(names: list[str]) -> bool:
-    """Whether any of these formats is quantized against calibration text (GPTQ)."""
-    return any("gptq" in FORMATS[name] for name in names)
+    """Whether any of these formats is quantized against calibration text (GPTQ, SmoothQuant)."""
+    return any("gptq" in FORMATS[name] or "smooth" in FORMATS[name] for name in names)
 
 
 def load_options(name: str) -> dict[str, str]:

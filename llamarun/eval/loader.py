@@ -64,6 +64,7 @@ def format_loader(model: ResolvedModel, *, ctx: int, device: str | None = None, 
         options = load_options(name)
         dtype = getattr(torch, options.pop("dtype")) if "dtype" in options else None
         gptq_group = int(options.pop("gptq")) if "gptq" in options else None
+        smooth_mode = options.pop("smooth", None)
         context = max(ctx, MIN_CONTEXT)
         t0 = time.perf_counter()
         loaded = load_model(model, context_length=context, kv_tokens=context, device=device, dtype=dtype,
@@ -73,10 +74,30 @@ def format_loader(model: ResolvedModel, *, ctx: int, device: str | None = None, 
         if gptq_group is not None:
             _gptq(net, calibration, gptq_group, ctx, loaded.dtype, loaded.device)
             weights = f"int4-g{gptq_group} gptq"
+        if smooth_mode is not None:
+            _smooth_then_quantize(net, smooth_mode, calibration, ctx, loaded.dtype, loaded.device)
+            weights = f"{smooth_mode} smoothquant"
         return FormatModel(name=name, model=net, dtype=loaded.dtype, device=loaded.device, weights=weights,
                            load_seconds=time.perf_counter() - t0, linear_bytes=linear_weight_bytes(net))
 
     return load
+
+
+def _smooth_then_quantize(net: LlamaForCausalLM, mode: str, calibration: Sequence[int], ctx: int, dtype: torch.dtype,
+                          device: str) -> None:
+    """SmoothQuant `net` on `calibration`, then pack every linear (the head too, as the plain format packs it)."""
+    from llamarun.quant.modes import method_for, resolve_weights
+    from llamarun.quant.smooth import smooth_on_text
+
+    method = method_for(resolve_weights(mode, device=device, config=net.config))  # fp8 on a CPU fails here
+    smooth_on_text(net, calibration, ctx=ctx, dtype=dtype, device=device, hint=_CALIBRATION_HINT)
+    for name in [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]:
+        parent, _, child = name.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, child, method.pack_linear(net.get_submodule(name)))
+
+
+_CALIBRATION_HINT = ("the calibration text is what follows the evaluated tokens: evaluate fewer (--max-tokens) or give "
+                     "a longer --text")
 
 
 def _gptq(net: LlamaForCausalLM, calibration: Sequence[int], group: int, ctx: int, dtype: torch.dtype,
@@ -84,6 +105,4 @@ def _gptq(net: LlamaForCausalLM, calibration: Sequence[int], group: int, ctx: in
     """Quantize `net` in place with GPTQ INT4, calibrated on `calibration` in windows of `ctx` tokens."""
     from llamarun.quant.gptq import gptq_on_text
 
-    gptq_on_text(net, calibration, group, ctx=ctx, dtype=dtype, device=device,
-                 hint="the calibration text is what follows the evaluated tokens: evaluate fewer (--max-tokens) "
-                      "or give a longer --text")
+    gptq_on_text(net, calibration, group, ctx=ctx, dtype=dtype, device=device, hint=_CALIBRATION_HINT)

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from llamarun.errors import LlamarunError
+from llamarun.quant.calibration import calibration_runner
 from llamarun.quant.layouts import Int4Weight, pack_nibbles
 from llamarun.quant.rtn import scale_dtype_for
 
-MIN_CALIBRATION_TOKENS = 256  # the Hessians need a few hundred rows at least to say anything
 DAMPING = 0.01  # of the mean Hessian diagonal, added to it: keeps the inverse stable for rarely-used inputs
 BLOCK = 128  # columns rounded before their errors are pushed to the rest in one matmul (the paper's lazy batch)
 
@@ -141,18 +141,9 @@ def gptq_on_text(model: nn.Module, token_ids: Sequence[int], group_size: int, *,
 
     Too little text is a LlamarunError carrying `hint` (where the caller's text comes from).
     """
-    from llamarun.eval.forward import window_logits
     from llamarun.quant.int4 import Int4Method
 
-    if len(token_ids) < MIN_CALIBRATION_TOKENS:
-        raise LlamarunError(f"GPTQ needs at least {MIN_CALIBRATION_TOKENS} calibration tokens, and the text gives "
-                            f"{len(token_ids)}", hint)
-    ids = torch.as_tensor(list(token_ids), dtype=torch.long, device=device)  # [tokens]
-    windows = [ids[i:i + ctx] for i in range(0, len(ids), ctx) if len(ids) - i >= 16]
-
-    def run_calibration() -> None:
-        for window in windows:
-            window_logits(model, window, dtype, device)
-
+    run_calibration = calibration_runner(model, token_ids, ctx=ctx, dtype=dtype, device=device, method="GPTQ",
+                                         hint=hint)
     gptq_quantize_model(model, run_calibration, Int4Method(group_size).create, group_size, head=head,
                         scale_dtype=scale_dtype, on_layer=on_layer)

@@ -1,4 +1,5 @@
-"""GPTQ layouts for `llamarun quantize --gptq`, named as the checkpoint names its tensors.
+"""GPTQ layouts (`llamarun quantize --gptq`) and SmoothQuant's weights (`--smooth`), named as the checkpoint names
+its tensors.
 
 The model merges q/k/v and gate/up into one linear each, and GPTQ rounds the merged weight (its parts
 share one input, so one Hessian serves them all, and rows never affect each other). A checkpoint keeps
@@ -58,3 +59,22 @@ def gptq_checkpoint_layouts(ckpt: object, token_ids: Sequence[int], group_size: 
                  hint="give a longer --calibration text", head=False, scale_dtype=torch.bfloat16,
                  on_layer=on_layer)  # type: ignore[arg-type]
     return layouts_by_stem(model, rows)
+
+
+def smoothed_checkpoint_tensors(ckpt: object, token_ids: Sequence[int], device: str, ctx: int = 512
+                                ) -> dict[str, torch.Tensor]:
+    """Build `ckpt`'s model exactly, SmoothQuant it on `token_ids` (quant/smooth.py), and return every tensor that
+    smoothing changed by checkpoint name: each decoder linear's weight (its rows of a merged one) and both norms of
+    every layer, in float32 on the CPU. The writer quantizes the linears from these."""
+    from llamarun.models.build import build_model
+    from llamarun.quant.smooth import smooth_on_text
+
+    model = build_model(ckpt, torch.float32, device)  # type: ignore[arg-type]
+    smooth_on_text(model, token_ids, ctx=ctx, dtype=torch.float32, device=device,
+                   hint="give a longer --calibration text")
+    out = {f"{stem}.weight": model.get_submodule(module).weight[start:end].detach().cpu()
+           for stem, (module, start, end) in checkpoint_rows(model).items()}
+    for i, layer in enumerate(model.model.layers):
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            out[f"model.layers.{i}.{norm}.weight"] = getattr(layer, norm).weight.detach().cpu()
+    return out

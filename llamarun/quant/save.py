@@ -32,11 +32,13 @@ def is_quantized_linear(name: str) -> bool:
 
 def save_quantized(ckpt: Any, out_dir: Path, fmt: str, *, group_size: int | None = None,
                    dtype: torch.dtype = torch.bfloat16, device: str = "cpu", shard_bytes: int = SHARD_BYTES,
-                   on_tensor: Callable[[str], None] | None = None, layouts: dict[str, Any] | None = None
-                   ) -> list[Path]:
+                   on_tensor: Callable[[str], None] | None = None, layouts: dict[str, Any] | None = None,
+                   replaced: dict[str, torch.Tensor] | None = None) -> list[Path]:
     """Write `ckpt` (a Hugging Face checkpoint) to `out_dir` quantized as `fmt`; returns the files written.
 
     `layouts`: packed weights already made (GPTQ's, by checkpoint stem) to write instead of rounding to nearest.
+    `replaced`: float tensors by checkpoint name that take the file's place (SmoothQuant's weights and norms);
+    a linear among them is quantized from the replacement.
     """
     from safetensors.torch import save_file
 
@@ -60,6 +62,8 @@ def save_quantized(ckpt: Any, out_dir: Path, fmt: str, *, group_size: int | None
     for name, tensor in ckpt.tensors(dtype):
         if on_tensor is not None:
             on_tensor(name)
+        if replaced and name in replaced:
+            tensor = replaced[name].to(dtype)
         if is_quantized_linear(name):
             stem = name.removesuffix(".weight")
             layout = layouts[stem] if layouts and stem in layouts else method.quantize(tensor.to(device))

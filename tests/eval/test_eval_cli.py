@@ -97,3 +97,19 @@ def test_gptq_without_text_left_to_calibrate_on_says_what_to_do(tiny, tmp_path, 
     err = error_of(["eval", tiny, "--text", str(short), "--formats", "exact,int4-gptq-g64", "--ctx", "32",
                     "--device", "cpu"], capsys)
     assert "GPTQ needs at least 256 calibration tokens" in err and "--max-tokens" in err
+
+
+def test_smoothquant_rows_calibrate_then_pack_as_their_plain_format(tiny, tmp_path, capsys) -> None:
+    out = tmp_path / "eval.json"
+    code = main(["eval", tiny, "--formats", "exact,int8,int8-smooth", "--ctx", "64", "--max-tokens", "256",
+                 "--device", "cpu", "--json", str(out)])
+    assert code == 0, capsys.readouterr().err
+    _, plain, smooth = json.loads(out.read_text())["formats"]
+    assert smooth["weights"] == "int8 smoothquant" and smooth["linear_weight_bytes"] == plain["linear_weight_bytes"]
+    assert 0 < smooth["mean_kl"] < 0.1
+
+
+def test_smoothquant_into_a_format_the_device_cannot_run_names_it(tiny, capsys) -> None:
+    err = error_of(["eval", tiny, "--formats", "exact,fp8-smooth", "--ctx", "64", "--max-tokens", "256",
+                    "--device", "cpu"], capsys)
+    assert "fp8" in err.lower() and "cpu" in err.lower()

@@ -184,3 +184,25 @@ def test_quantize_gptq_writes_the_same_format_closer_to_the_original_on_text(tin
     ):
         assert main(argv) == 1
         assert message in capsys.readouterr().err
+
+
+def test_quantize_smooth_writes_smoothed_norms_and_weights_that_keep_the_model(tiny_hf, tmp_path, capsys):
+    """`--smooth`: the checkpoint carries SmoothQuant's norms (the activations' division) and the weights that took
+    their factors, so the loaded model still computes the original function, up to int8's rounding."""
+    from llamarun.eval.forward import window_logits
+    from llamarun.eval.text import DEFAULT_TEXT, read_text, text_tokens
+
+    out = tmp_path / "smooth"
+    assert main(["quantize", str(tiny_hf), "--format", "int8", "--smooth", str(out), "--device", "cpu"]) == 0
+    assert "as int8 after SmoothQuant (compressed-tensors)" in capsys.readouterr().out
+    written, source = _read(out), _read(tiny_hf)
+    norm = "model.layers.0.input_layernorm.weight"
+    assert not torch.equal(written[norm].float(), source[norm].float())  # the smoothing factors went in
+    every = text_tokens(open_checkpoint(tiny_hf, "hf").tokenizer(), read_text(DEFAULT_TEXT))
+    held_out = torch.tensor(every[4096:4096 + 256])  # past the 2048 calibration tokens
+    want = window_logits(build_model(open_checkpoint(tiny_hf, "hf")), held_out, torch.float32, "cpu").log_softmax(-1)
+    got = window_logits(build_model(open_checkpoint(out, "hf")), held_out, torch.float32, "cpu").log_softmax(-1)
+    assert (want.exp() * (want - got)).sum(-1).mean().item() < 0.02
+    assert main(["quantize", str(tiny_hf), "--format", "int4", "--group-size", "64", "--smooth",
+                 str(tmp_path / "x")]) == 1
+    assert "--smooth prepares the activations of fp8 and int8" in capsys.readouterr().err

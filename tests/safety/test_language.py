@@ -146,3 +146,26 @@ def test_bad_constructor_arguments_are_user_errors(kwargs: dict) -> None:
 def test_the_guard_declares_its_kinds(policy: LanguagePolicy) -> None:
     assert policy.name == "language"
     assert policy.kinds == frozenset({"input", "output"})
+
+
+def test_warm_up_loads_the_models_once_in_the_background(monkeypatch) -> None:
+    """The pipeline warms the policy up at start-up, so the first reply is not judged while the models load;
+    one thread per detector, however many policies share it."""
+    import threading
+
+    from llamarun.safety import language
+    from llamarun.safety.factory import build_pipeline
+    from llamarun.safety.settings import GuardSettings
+    from llamarun.safety.verdict import GuardMode
+
+    started = []
+    real = threading.Thread
+    monkeypatch.setattr(language, "_WARMING", set())
+    monkeypatch.setattr(language.threading, "Thread", lambda *a, **k: started.append(k) or real(*a, **k))
+    build_pipeline(GuardSettings(language_policy=GuardMode.WARN))
+    LanguagePolicy().warm_up()  # the same language set: the same detector, already warming
+    assert [k["name"] for k in started] == ["llamarun-lingua-warm-up"]
+    LanguagePolicy("en").warm_up()  # fewer candidates: another detector
+    assert len(started) == 2
+    for kwargs in started:
+        kwargs["target"](*kwargs["args"])  # the warm-up judges its text without error
