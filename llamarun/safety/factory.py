@@ -91,7 +91,7 @@ def build_pipeline(settings: GuardSettings, *, source: Any = None, keep_alive: f
                 continue
             raise LlamarunError(f"{flag} needs a package that is not installed: {err}", EXTRA_HINT) from None
         slots.append(GuardSlot(guard, GuardMode.WARN if mode == AUTO else GuardMode(mode)))
-        warm_up = getattr(guard, "warm_up", None)
-        if warm_up is not None:  # load what the first check would load now, not mid-reply (language.py)
-            warm_up()
+        load = getattr(guard, "load_in_background", None)
+        if load is not None:  # load what the first check would load now, not mid-reply (language.py)
+            load()
     return GuardPipeline(slots, timeout=timeout, stream_every=settings.stream_every, hold_back=settings.hold_back)

@@ -89,8 +89,8 @@ def _check_code(code: str, flag: str) -> str:
 
 _BUILD_LOCK = threading.Lock()
 _WARMING: set[int] = set()  # detectors (by id) whose models a warm-up thread has loaded or is loading
-# What `warm_up` judges: a Latin-script paragraph makes lingua load every Latin-script candidate's models, which is
-# what the first English (or French, German, ...) reply would otherwise load mid-stream.
+# What `load_in_background` judges: a Latin-script paragraph makes lingua load every Latin-script candidate's
+# models, which the first English (or French, German, ...) reply would otherwise load mid-stream.
 _WARM_UP_TEXT = ("The language models load on first use; this paragraph makes them load now, before any reply "
                  "is judged. Ceci est une phrase. Dies ist ein Satz. Esta es una frase.")
 
@@ -163,7 +163,7 @@ class LanguagePolicy:
         with _BUILD_LOCK:
             self._lingua = _detector(self._candidates, preload)
 
-    def warm_up(self) -> None:
+    def load_in_background(self) -> None:
         """Start loading the language models in a background thread (once per detector), so that the first reply
         judged does not pay for it while the engine decodes: about 3 s of CPU for the Latin-script candidates,
         which on a 2-core machine cut `llamarun run`'s decode from 129 to 36-42 tok/s (2026-11-30)."""
@@ -172,6 +172,10 @@ class LanguagePolicy:
                 return
             _WARMING.add(id(self._lingua))
         threading.Thread(target=self.judge, args=(_WARM_UP_TEXT,), daemon=True, name="llamarun-lingua-warm-up").start()
+
+    async def warm_up(self) -> None:
+        """The pipeline's start-up hook (a server awaits it): the models load in the background, nothing waits."""
+        self.load_in_background()
 
     async def check(self, subject: Subject) -> Verdict:
         """Judge `subject`'s language; off the event loop, as a first use may load language models."""

@@ -162,10 +162,10 @@ def test_warm_up_loads_the_models_once_in_the_background(monkeypatch) -> None:
     real = threading.Thread
     monkeypatch.setattr(language, "_WARMING", set())
     monkeypatch.setattr(language.threading, "Thread", lambda *a, **k: started.append(k) or real(*a, **k))
-    build_pipeline(GuardSettings(language_policy=GuardMode.WARN))
-    LanguagePolicy().warm_up()  # the same language set: the same detector, already warming
+    pipeline = build_pipeline(GuardSettings(language_policy=GuardMode.WARN))
+    asyncio.run(pipeline.warm_up())  # a server's start-up hook: returns at once, the same detector already loading
     assert [k["name"] for k in started] == ["llamarun-lingua-warm-up"]
-    LanguagePolicy("en").warm_up()  # fewer candidates: another detector
+    LanguagePolicy("en").load_in_background()  # fewer candidates: another detector
     assert len(started) == 2
     for kwargs in started:
         kwargs["target"](*kwargs["args"])  # the warm-up judges its text without error
