@@ -13,8 +13,16 @@ Weights, by `KIND`:
   factor out of the dot: sum_k (q s + m) x = s (q . x) + m sum_k x, with q . x = 16 (v . x - sum_k x).
 
 With `SILU_INPUT` the activations are silu(gate) * up read from the merged gate/up output (the MLP's
-down projection in one launch). Launch configurations are fixed per kind (captured in CUDA graphs,
-so no autotuning); `benchmarks/gpu_quant_kernels.py --sweep` measures the alternatives.
+down projection in one launch).
+
+Split K: a weight of few output rows gives few programs (70B's o projection: 8192 / 64 = 128, one per
+multiprocessor), and one program streams too few bytes at a time to hide the memory's latency: the kernel read
+12-22% of an H200's bandwidth at 5-16 rows (benchmarks/results/gpu-int4-libraries-h200-2026-11-30.md). So the
+input is cut into `splits` ranges of whole tiles, chosen from the shapes so that about SPLIT_TARGET programs per
+multiprocessor run; each range writes float32 partial sums and a small kernel adds them into the output.
+
+Launch configurations are fixed per kind (captured in CUDA graphs, so no autotuning);
+`benchmarks/gpu_quant_kernels.py --sweep` measures the alternatives.
 """
 
 from __future__ import annotations
@@ -24,18 +32,23 @@ import triton
 import triton.language as tl
 
 from llamarun.kernels.activation import load_activation
+from llamarun.kernels.decode_attention import sm_count
 
 MAX_ROWS = 16  # one padded dot column block
+SPLIT_TARGET = 4  # programs per multiprocessor that the K split aims for
+MIN_SPLIT_TILES = 4  # a split range covers at least this many tiles (fewer: the partials cost more than they win)
 # (BLOCK_N, BLOCK_K, num_warps, num_stages) per weight kind, read at call time so a sweep can vary them.
 CONFIG = {"fp8": (64, 128, 4, 4), "int4": (64, 128, 4, 3)}  # swept on the H200, 2026-11-29
+SPLIT_K = True  # False: one program per BLOCK_N rows over the whole input (benchmarks measure the split)
 
 
 @triton.jit
-def _skinny_kernel(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_sn, stride_ym,
-                   KIND: tl.constexpr, GROUP: tl.constexpr, PER_CHANNEL: tl.constexpr, SILU_INPUT: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   BF16_BITS: tl.constexpr):
+def _skinny_kernel(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, K, k_per_split, stride_xm, stride_wn, stride_sn,
+                   stride_ym, KIND: tl.constexpr, GROUP: tl.constexpr, PER_CHANNEL: tl.constexpr,
+                   SILU_INPUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   BF16_BITS: tl.constexpr, SPLIT: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN] output channels
+    k_start = tl.program_id(1) * k_per_split  # this program's range of the input (all of it without a split)
     n_mask = rows < N
     ms = tl.arange(0, BLOCK_M)
     m_mask = ms < M
@@ -43,7 +56,7 @@ def _skinny_kernel(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, K, stride_xm, stride
     DOT: tl.constexpr = x_ptr.dtype.element_ty  # the activations' dtype: bf16/fp16 (float32 in the interpreter)
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     w_rows = w_ptr + rows.to(tl.int64)[:, None] * stride_wn
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_start, k_start + k_per_split, BLOCK_K):
         xt = load_activation(x_ptr, ms[None, :] * stride_xm + (k0 + ks)[:, None], m_mask[None, :], K,
                              SILU_INPUT)  # [BK, BM] float32
         if KIND == 0:
@@ -77,8 +90,37 @@ def _skinny_kernel(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, K, stride_xm, stride
             acc *= tl.load(s_ptr + rows, mask=n_mask, other=0.0)[:, None]
         else:
             acc *= tl.load(s_ptr)
-    dst = y_ptr + ms[None, :] * stride_ym + rows[:, None]
+    if SPLIT:  # float32 partials [splits, M, N]; _add_splits_kernel writes the output
+        dst = y_ptr + tl.program_id(1) * M * N + ms[None, :] * N + rows[:, None]
+    else:
+        dst = y_ptr + ms[None, :] * stride_ym + rows[:, None]
     tl.store(dst, acc.to(y_ptr.dtype.element_ty), mask=n_mask[:, None] & m_mask[None, :])
+
+
+@triton.jit
+def _add_splits_kernel(part_ptr, y_ptr, M, N, splits, stride_ym, BLOCK: tl.constexpr):
+    """y[m, n] = sum over splits of the partials [splits, M, N] float32, rounded once to y's dtype."""
+    m = tl.program_id(1)
+    cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < N
+    total = tl.zeros([BLOCK], tl.float32)
+    for i in range(0, splits):
+        total += tl.load(part_ptr + (i * M + m) * N + cols, mask=mask, other=0.0)
+    tl.store(y_ptr + m * stride_ym + cols, total.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def k_splits(n: int, k: int, block_n: int, block_k: int, num_sms: int) -> int:
+    """How many ranges of whole tiles to cut K into: enough programs for SPLIT_TARGET per multiprocessor, each range
+    at least MIN_SPLIT_TILES tiles, and a divisor of the tile count so every range is whole. Shapes only (graphs)."""
+    programs, tiles = -(-n // block_n), k // block_k
+    want = -(-SPLIT_TARGET * num_sms // programs)
+    best = 1
+    for split in range(1, tiles // MIN_SPLIT_TILES + 1):
+        if split > want:
+            break
+        if tiles % split == 0:
+            best = split
+    return best
 
 
 def skinny_matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None = None,
@@ -112,9 +154,14 @@ def skinny_matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, m
         block_k //= 2
     if k % block_k:
         raise ValueError(f"skinny_matmul: input size {k} is not a multiple of the {block_k}-wide tile")
-    _skinny_kernel[(triton.cdiv(n, block_n),)](
-        x, weight, scales, mins if int4 else scales, y, rows, n, k, x.stride(0), weight.stride(0),
+    splits = k_splits(n, k, block_n, block_k, sm_count(x.device)) if SPLIT_K else 1
+    target = torch.empty(splits, rows, n, dtype=torch.float32, device=x.device) if splits > 1 else y
+    _skinny_kernel[(triton.cdiv(n, block_n), splits)](
+        x, weight, scales, mins if int4 else scales, target, rows, n, k, k // splits, x.stride(0), weight.stride(0),
         scales.stride(0) if int4 else 0, y.stride(0), KIND=int(int4), GROUP=max(group_size, 1),
         PER_CHANNEL=scales.numel() > 1, SILU_INPUT=silu_input, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k,
-        BF16_BITS=x.dtype == torch.bfloat16, num_warps=warps, num_stages=stages)
+        BF16_BITS=x.dtype == torch.bfloat16, SPLIT=splits > 1, num_warps=warps, num_stages=stages)
+    if splits > 1:
+        _add_splits_kernel[(triton.cdiv(n, 1024), rows)](target, y, rows, n, splits, y.stride(0), BLOCK=1024,
+                                                           num_warps=4)
     return y

@@ -71,3 +71,30 @@ def test_dequantize_to_equals_the_reference(group, device, dtype):
     # The kernel computes q s + m as one fused multiply-add: at most one rounding step of the dtype apart.
     torch.testing.assert_close(dequantize_to(w, dtype), expected, rtol=8e-3 if dtype == torch.bfloat16 else 1e-6,
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("silu", [False, True])
+def test_splitting_k_gives_the_unsplit_answer(silu, device, dtype, monkeypatch):
+    """5-16 rows of a weight with few output rows split K over programs (float32 partials, then one add)."""
+    from llamarun.kernels import skinny_matmul as skinny
+
+    rows, n, k, group = 9, 64, 2048, 128
+    assert skinny.k_splits(n, k, 64, 128, skinny.sm_count(torch.device(device))) > 1
+    w = random_int4(n, k, group, torch.bfloat16, device, seed=5)
+    x = (torch.randn(rows, 2 * k if silu else k) * 2).to(dtype).to(device)
+    split = skinny.skinny_matmul(x, w.qweight, w.scales, w.mins, group, silu_input=silu)
+    monkeypatch.setattr(skinny, "SPLIT_K", False)
+    whole = skinny.skinny_matmul(x, w.qweight, w.scales, w.mins, group, silu_input=silu)
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-5  # float32 partials added in another order
+    torch.testing.assert_close(split.float(), whole.float(), atol=tol * whole.abs().max().item(), rtol=tol)
+
+
+def test_k_splits_fill_the_card_with_whole_tiles():
+    from llamarun.kernels.skinny_matmul import MIN_SPLIT_TILES, k_splits
+
+    assert k_splits(8192, 8192, 64, 128, 132) == 4  # 70B's o: 128 programs -> 512
+    assert k_splits(57344, 8192, 64, 128, 132) == 1  # 70B's gate/up already has 896 programs
+    assert k_splits(8192, 28672, 64, 128, 132) == 4  # 224 tiles: 56 per range
+    for n, k in ((64, 1024), (4096, 14336), (200, 384)):
+        split = k_splits(n, k, 64, 128, 132)
+        assert (k // 128) % split == 0 and (split == 1 or (k // 128) // split >= MIN_SPLIT_TILES)
