@@ -18,9 +18,9 @@ def register(subparsers: Any) -> None:
     """Add `quantize` to the `llamarun` parser."""
     p = subparsers.add_parser(
         "quantize", help="quantize a model and save it as a compressed-tensors checkpoint",
-        description="Quantize the decoder linears of a Hugging Face checkpoint (round to nearest, or GPTQ against "
-                    "calibration text with --gptq) and write a compressed-tensors folder that llamarun, vLLM and "
-                    "others load.")
+        description="Quantize the decoder linears of a Hugging Face checkpoint (round to nearest; GPTQ against "
+                    "calibration text with --gptq; SmoothQuant first with --smooth) and write a compressed-tensors "
+                    "folder that llamarun, vLLM and others load.")
     p.add_argument("model", help="model name or path of a Hugging Face safetensors checkpoint")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (must not exist or be empty)")
     p.add_argument("--format", required=True, choices=QUANTIZE_FORMATS,
