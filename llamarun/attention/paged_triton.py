@@ -38,6 +38,8 @@ class TritonPagedAttention(AttentionBackend):
     chosen per decode batch size to fill the card).
     """
 
+    fuse = FUSE_DECODE  # class-wide switch for the all-decode fusions of `attend` (LLAMARUN_FUSE_DECODE=off)
+
     def __init__(self, cache: PagedKVCache, max_batch: int = 256, num_heads: int | None = None,
                  num_splits: int | None = None) -> None:
         self.cache = cache
@@ -102,8 +104,6 @@ class TritonPagedAttention(AttentionBackend):
         if planes is not None:
             feeds.give_planes(out, planes[0])
         return out
-
-    fuse = FUSE_DECODE  # class-wide switch (LLAMARUN_FUSE_DECODE=off) for A/B runs
 
     @staticmethod
     def _all_decode(meta: AttentionMetadata, q: torch.Tensor) -> bool:
