@@ -43,7 +43,7 @@ def register(subparsers: Any) -> None:
 def quantize(args: argparse.Namespace) -> int:
     from llamarun.loaders.registry import open_checkpoint
     from llamarun.quant.modes import check_group_size, weights_mode
-    from llamarun.quant.save import save_quantized
+    from llamarun.quant.save import check_source, save_quantized
     from llamarun.store.resolve import resolve_model
     from llamarun.utils.devices import check_device, default_device
     from llamarun.utils.progress import count_bar
@@ -62,6 +62,7 @@ def quantize(args: argparse.Namespace) -> int:
     device = check_device(args.device or default_device())
     resolved = resolve_model(args.model)
     ckpt = open_checkpoint(resolved.path, resolved.format)
+    check_source(ckpt)  # before GPTQ or SmoothQuant spend minutes calibrating
     if args.format == "int4":
         check_group_size(ckpt.config, int(mode.rpartition("-g")[2]))
     layouts = _gptq_layouts(args, ckpt, int(mode.rpartition("-g")[2]), device) if args.gptq else None

@@ -30,6 +30,13 @@ def is_quantized_linear(name: str) -> bool:
     return len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in QUANTIZED_LINEARS and ".layers." in name
 
 
+def check_source(ckpt: Any) -> None:
+    """`quantize` reads Hugging Face checkpoints: checked before any calibration runs (GPTQ, SmoothQuant)."""
+    if ckpt.format != "hf":
+        raise LlamarunError(f"llamarun quantize reads Hugging Face safetensors checkpoints, not {ckpt.format}",
+                            "quantize the model's bf16 Hugging Face repo or folder")
+
+
 def save_quantized(ckpt: Any, out_dir: Path, fmt: str, *, group_size: int | None = None,
                    dtype: torch.dtype = torch.bfloat16, device: str = "cpu", shard_bytes: int = SHARD_BYTES,
                    on_tensor: Callable[[str], None] | None = None, layouts: dict[str, Any] | None = None,
@@ -44,9 +51,7 @@ def save_quantized(ckpt: Any, out_dir: Path, fmt: str, *, group_size: int | None
 
     from llamarun.quant.modes import method_for, weights_mode
 
-    if ckpt.format != "hf":
-        raise LlamarunError(f"llamarun quantize reads Hugging Face safetensors checkpoints, not {ckpt.format}",
-                            "quantize the model's bf16 Hugging Face repo or folder")
+    check_source(ckpt)
     method = method_for(weights_mode(fmt, group_size))
     out_dir.mkdir(parents=True, exist_ok=True)
     shards: list[dict[str, torch.Tensor]] = [{}]

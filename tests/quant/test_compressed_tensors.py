@@ -206,3 +206,19 @@ def test_quantize_smooth_writes_smoothed_norms_and_weights_that_keep_the_model(t
     assert main(["quantize", str(tiny_hf), "--format", "int4", "--group-size", "64", "--smooth",
                  str(tmp_path / "x")]) == 1
     assert "--smooth prepares the activations of fp8 and int8" in capsys.readouterr().err
+
+
+def test_quantize_refuses_a_gguf_before_calibrating(tmp_path, capsys, monkeypatch):
+    """A source `quantize` cannot write from is refused first, not after GPTQ or SmoothQuant have run."""
+    from tiny_checkpoints import write_gguf
+
+    from llamarun.quant import gptq_checkpoint
+
+    spec = TinySpec()
+    weights, _ = make_weights(spec)
+    gguf = write_gguf(spec, weights, tmp_path / "tiny.gguf")
+    calibrated = []
+    monkeypatch.setattr(gptq_checkpoint, "smoothed_checkpoint_tensors", lambda *a, **k: calibrated.append(1))
+    assert main(["quantize", str(gguf), "--format", "int8", "--smooth", str(tmp_path / "out"), "--device", "cpu"]) == 1
+    assert "reads Hugging Face safetensors checkpoints, not gguf" in capsys.readouterr().err
+    assert calibrated == []
