@@ -26,7 +26,9 @@ models on first use, or at construction with `preload=True`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import os
 import re
 import threading
 import unicodedata
@@ -107,6 +109,14 @@ def _detector(codes: frozenset[str], preload: bool):  # -> lingua.LanguageDetect
     return builder.build()
 
 
+def _judge_at_low_priority(policy: LanguagePolicy, text: str) -> None:
+    """`policy.judge(text)` from a thread that first lowers its own priority (Linux: nice 19 for this thread only;
+    lingua loads in the calling thread), so that on a small machine the engine's prompt and decode keep the cores."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: load at normal priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    policy.judge(text)
+
+
 def prose_of(text: str) -> str:
     """`text` without code, URLs and e-mail addresses: the part that is in a natural language."""
     for pattern in (_CODE_FENCE, _INLINE_CODE, _URL_OR_MAIL):
@@ -171,7 +181,8 @@ class LanguagePolicy:
             if id(self._lingua) in _WARMING:
                 return
             _WARMING.add(id(self._lingua))
-        threading.Thread(target=self.judge, args=(_WARM_UP_TEXT,), daemon=True, name="llamarun-lingua-warm-up").start()
+        threading.Thread(target=_judge_at_low_priority, args=(self, _WARM_UP_TEXT), daemon=True,
+                         name="llamarun-lingua-warm-up").start()
 
     async def warm_up(self) -> None:
         """The pipeline's start-up hook (a server awaits it): the models load in the background, nothing waits."""

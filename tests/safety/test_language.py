@@ -167,5 +167,16 @@ def test_warm_up_loads_the_models_once_in_the_background(monkeypatch) -> None:
     assert [k["name"] for k in started] == ["llamarun-lingua-warm-up"]
     LanguagePolicy("en").load_in_background()  # fewer candidates: another detector
     assert len(started) == 2
-    for kwargs in started:
-        kwargs["target"](*kwargs["args"])  # the warm-up judges its text without error
+    for kwargs in started:  # the warm-up judges its text without error, from a thread of its own (it renices it)
+        errors = []
+        thread = real(target=_capture, args=(errors, kwargs["target"], *kwargs["args"]))
+        thread.start()
+        thread.join()
+        assert errors == []
+
+
+def _capture(errors: list, target, *args) -> None:
+    try:
+        target(*args)
+    except Exception as err:  # surfaced by the test's assert, not lost in the thread
+        errors.append(err)
