@@ -94,7 +94,7 @@ def test_factors_are_one_where_a_channel_was_never_active():
 
 def test_what_cannot_be_smoothed_is_a_clear_error():
     model = _model_with_outliers()
-    with pytest.raises(LlamarunError, match="outside 0..1"):
+    with pytest.raises(LlamarunError, match=r"outside 0\.\.1"):
         smooth_model(model, lambda: None, alpha=1.5)
     with pytest.raises(LlamarunError, match="never reached layer 0"):
         smooth_model(model, lambda: None)  # a calibration that runs nothing
