@@ -29,7 +29,7 @@ from llamarun.layers.rotary import RotaryEmbedding
 from llamarun.models.llama import LlamaForCausalLM
 from llamarun.parallel.plan import ShardPlan
 from llamarun.parallel.settings import tensor_parallel_size
-from llamarun.quant.method import QuantMethod
+from llamarun.quant.method import QuantMethod, replace_submodule
 from llamarun.quant.modes import method_for, resolve_weights, weight_bytes
 
 WEIGHT_STD = 0.02  # the usual initializer scale for Llama-shaped models
@@ -113,8 +113,7 @@ def quantize_linears(model: LlamaForCausalLM, method: QuantMethod, *, device: st
         else:
             weight = torch.empty(linear.weight.shape, dtype=linear.weight.dtype, device=device)  # [N, K]
             weight.normal_(0.0, std, generator=generator)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, method.create(method.quantize(weight)))
+        replace_submodule(model, name, method.create(method.quantize(weight)))
         del weight
 
 

@@ -86,14 +86,14 @@ def format_loader(model: ResolvedModel, *, ctx: int, device: str | None = None, 
 def _smooth_then_quantize(net: LlamaForCausalLM, mode: str, calibration: Sequence[int], ctx: int, dtype: torch.dtype,
                           device: str) -> None:
     """SmoothQuant `net` on `calibration`, then pack every linear (the head too, as the plain format packs it)."""
+    from llamarun.quant.method import replace_submodule
     from llamarun.quant.modes import method_for, resolve_weights
     from llamarun.quant.smooth import smooth_on_text
 
     method = method_for(resolve_weights(mode, device=device, config=net.config))  # fp8 on a CPU fails here
     smooth_on_text(net, calibration, ctx=ctx, dtype=dtype, device=device, hint=_CALIBRATION_HINT)
     for name in [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]:
-        parent, _, child = name.rpartition(".")
-        setattr(net.get_submodule(parent) if parent else net, child, method.pack_linear(net.get_submodule(name)))
+        replace_submodule(net, name, method.pack_linear(net.get_submodule(name)))
 
 
 _CALIBRATION_HINT = ("the calibration text is what follows the evaluated tokens: evaluate fewer (--max-tokens) or give "

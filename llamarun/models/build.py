@@ -15,6 +15,7 @@ from llamarun.layers.linear import MergedLinear
 from llamarun.layers.rotary import RotaryEmbedding
 from llamarun.loaders.checkpoint import Checkpoint
 from llamarun.models.llama import LlamaForCausalLM
+from llamarun.quant.method import replace_submodule
 
 # Tensors some checkpoints carry that the model derives itself.
 _DERIVED = ("rotary_emb.inv_freq", "rotary.inv_freq")
@@ -101,7 +102,7 @@ def build_model(ckpt: Checkpoint, dtype: torch.dtype = torch.float32, device: st
             complete = filled[target.module] == module.out_features
         loaded.add(name)
         if complete and pack is not None and isinstance(module, nn.Linear):
-            _replace(model, target.module, pack(module))
+            replace_submodule(model, target.module, pack(module))
     missing = sorted(set(targets) - loaded)
     if missing:
         raise ConfigMismatchError(f"checkpoint lacks {len(missing)} tensors, e.g. '{missing[0]}'",
@@ -135,7 +136,7 @@ def _place_packed(model: nn.Module, name: str, target: _Target, layout: Layout,
         raise ConfigMismatchError(f"packed tensor '{name}' has shape {tuple(layout.shape)}, but the config implies "
                                   f"{target.shape}", "the config and weights do not belong together")
     if target.rows is None:
-        _replace(model, target.module, packed_linear(layout))
+        replace_submodule(model, target.module, packed_linear(layout))
         return
     merged = model.get_submodule(target.module)
     got = parts.setdefault(target.module, {})
@@ -143,7 +144,7 @@ def _place_packed(model: nn.Module, name: str, target: _Target, layout: Layout,
     if len(got) == len(merged.shards):
         ordered = [got[shard] for shard in merged.shards]  # in the merged linear's row order
         try:
-            _replace(model, target.module, packed_linear(cat_rows(ordered)))
+            replace_submodule(model, target.module, packed_linear(cat_rows(ordered)))
         except ConfigMismatchError:  # mixed packings: expand this one linear
             weight = torch.cat([dequantize(p, dtype) for p in ordered])  # [N, K]
             merged.weight = nn.Parameter(weight, requires_grad=False)
@@ -156,6 +157,3 @@ def _to_device(layout: Layout, device: str | torch.device) -> Layout:
     return dataclasses.replace(layout, **changes)
 
 
-def _replace(model: nn.Module, module_name: str, new: nn.Module) -> None:
-    parent_name, _, child = module_name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child, new)

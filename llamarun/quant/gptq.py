@@ -20,6 +20,7 @@ from torch import nn
 from llamarun.errors import LlamarunError
 from llamarun.quant.calibration import calibration_runner
 from llamarun.quant.layouts import Int4Weight, pack_nibbles
+from llamarun.quant.method import replace_submodule
 from llamarun.quant.rtn import scale_dtype_for
 
 DAMPING = 0.01  # of the mean Hessian diagonal, added to it: keeps the inverse stable for rarely-used inputs
@@ -130,8 +131,7 @@ def _quantize_group(model: nn.Module, names: list[str], run_calibration: Callabl
         if hooks[name].rows == 0:
             raise LlamarunError(f"calibration never reached {name}", "give a calibration text of some tokens")
         layout = gptq_int4(module.weight, hooks[name].h, group_size, scale_dtype=scale_dtype)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, create(layout))
+        replace_submodule(model, name, create(layout))
 
 
 def gptq_on_text(model: nn.Module, token_ids: Sequence[int], group_size: int, *, ctx: int, dtype: torch.dtype,

@@ -89,6 +89,13 @@ class QuantMethod(ABC):
         return self.name
 
 
+def replace_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` where `model`'s submodule `name` (dotted, as named_modules gives it) is: how a packed linear takes
+    its float linear's place."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, new)  # get_submodule("") is the model itself
+
+
 def packer(method: QuantMethod | None) -> Callable[[nn.Linear], nn.Module] | None:
     """The `pack` hook of `build_model` for `method` (None keeps float linears)."""
     return None if method is None else method.pack_linear
