@@ -57,6 +57,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="offline: skip levels estimated not to finish within this many seconds of the start, "
                         "and cut short one that overruns")
+    p.add_argument("--warm-runs", type=int, metavar="N",
+                   help="offline: untimed runs of each level before the timed one (default: 1 on a GPU, where "
+                        "a first run compiles kernels for its batch shapes; 0 on a CPU)")
     p.add_argument("--copy-bandwidth", type=float, metavar="GB/S",
                    help="--random-weights: the device's copy bandwidth (read + write) to rate decoding "
                         "against (default: measured once on CUDA, none on CPU)")
@@ -111,6 +114,10 @@ def _check_args(args: argparse.Namespace, levels: list[int], counts: list[int]) 
                         ("--copy-bandwidth", args.copy_bandwidth)):
         if value is not None and not value > 0:  # `not >` also catches NaN
             raise LlamarunError(f"{name} must be positive, got {value}", f"give a positive {name}")
+    if args.warm_runs is not None and args.warm_runs < 0:
+        raise LlamarunError(f"--warm-runs must be 0 or more, got {args.warm_runs}", "give 0, 1 or more")
+    if args.warm_runs and (args.url or args.serve):
+        raise LlamarunError("--warm-runs applies to offline runs", "drop it with --url/--serve")
     weights = weights_from_args(args)  # --group-size without int4 fails here
     if args.random_weights is None:
         return
@@ -158,6 +165,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def warm_runs_for(args: argparse.Namespace, device: str) -> int:
+    """--warm-runs, or its default: one on a GPU (a first run there compiles kernels), none on a CPU."""
+    if args.warm_runs is not None:
+        return args.warm_runs
+    return 1 if str(device).startswith("cuda") else 0
+
+
 def _offline(args: argparse.Namespace, levels: list[int], counts: list[int], deadline: float | None,
              record: RunRecord) -> list:
     from llamarun.bench.offline import check_settings, run_levels, warm_up
@@ -178,9 +192,11 @@ def _offline(args: argparse.Namespace, levels: list[int], counts: list[int], dea
     record.describe_machine()
     vocab = lm.config.vocab_size
     warm_up(lm.engine, vocab)
+    warm_runs = warm_runs_for(args, lm.device)
+    record.settings.update(warm_runs=warm_runs)
     results, skipped = run_levels(lm.engine, vocab_size=vocab, levels=levels, requests=counts,
                                   prompt_tokens=args.prompt_tokens, output_tokens=args.output_tokens,
-                                  seed=args.seed, deadline=deadline,
+                                  seed=args.seed, deadline=deadline, warm_runs=warm_runs,
                                   on_level=lambda done, _skipped: record.write(done, complete=False))
     if skipped:
         record.top["skipped_levels"] = skipped
@@ -240,9 +256,11 @@ def _offline_random(args: argparse.Namespace, levels: list[int], counts: list[in
         record.write(done, complete=False)
 
     warm_up(rm.engine, config.vocab_size, prompt_tokens=args.prompt_tokens)
+    warm_runs = warm_runs_for(args, rm.device)
+    record.settings.update(warm_runs=warm_runs)
     results, skipped = run_levels(rm.engine, vocab_size=config.vocab_size, levels=levels, requests=counts,
                                   prompt_tokens=args.prompt_tokens, output_tokens=args.output_tokens,
-                                  seed=args.seed, deadline=deadline, on_level=saved)
+                                  seed=args.seed, deadline=deadline, on_level=saved, warm_runs=warm_runs)
     saved(results, skipped)
     record.notes.append(f"weights: random, {args.random_weights} shape, {dtype} on {rm.device}")
     record.notes += describe_footprint(footprint)

@@ -53,6 +53,7 @@ def test_cli_benches_a_random_tiny_model_end_to_end(tmp_path):
     assert record["model"] == "tiny" and record["weights"] == "random" and record["complete"] is True
     assert record["settings"]["device"] == "cpu" and record["settings"]["dtype"] == "float32"
     assert record["settings"]["requests"] == [2, 3] and record["settings"]["context_length"] == 32
+    assert record["settings"]["warm_runs"] == 0  # the default on a CPU
     assert record["bandwidth"] == {"copy_gb_s": 50.0, "source": "given"}
     assert record["random_weights"]["parameters"] == PRESETS["tiny"].num_parameters
     assert record["machine"]["torch"] and "triton" in record["machine"]
@@ -80,6 +81,8 @@ def test_cli_benches_a_random_tiny_model_end_to_end(tmp_path):
     (["--random-weights", "tiny", "--requests", "0"], "--requests must be at least 1"),
     (["--random-weights", "tiny", "--time-budget", "0"], "--time-budget must be positive"),
     (["--random-weights", "tiny", "--copy-bandwidth", "-5"], "--copy-bandwidth must be positive"),
+    (["--random-weights", "tiny", "--warm-runs", "-1"], "--warm-runs must be 0 or more"),
+    (["--url", "http://127.0.0.1:1", "--warm-runs", "2"], "--warm-runs applies to offline runs"),
     (["--random-weights", "tiny", "--ctx", "100000"], "context length 100000 is outside 16..4096"),
     (["--random-weights", "tiny", "--device", "tpu"], "device 'tpu'"),
     (["--random-weights", "llama3.3-70b", "--device", "cpu"], "the weights alone do not fit"),
@@ -114,6 +117,27 @@ def test_level_that_cannot_fit_the_budget_is_skipped(engine):
     assert [r.concurrency for r in results] == [1] and calls == [1]
     assert skipped[0]["concurrency"] == 64 and skipped[0]["estimated_seconds"] >= skipped[0]["seconds_left"]
     assert not engine.has_unfinished and engine.pool.num_used == 0
+
+
+def test_warm_runs_go_before_each_timed_level_with_other_prompts(engine, monkeypatch):
+    seen = []
+    real = offline.run_offline
+
+    def recording(engine, **kw):
+        seen.append((kw["concurrency"], kw["seed"]))
+        return real(engine, **kw)
+
+    monkeypatch.setattr(offline, "run_offline", recording)
+    hits = engine.metrics().prefix_hits
+    # 24 tokens fill one cache block: a prompt seen before would count a prefix hit.
+    results, _ = run_levels(engine, vocab_size=512, levels=[1, 2], requests=[1, 2], prompt_tokens=24,
+                            output_tokens=3, seed=5, warm_runs=2)
+    warm = offline.WARM_SEED
+    assert seen == [(1, warm), (1, warm + 1), (1, 5), (2, warm + 1000), (2, warm + 1001), (2, 6)]
+    assert [r.concurrency for r in results] == [1, 2]  # only the timed runs are results
+    assert engine.metrics().prefix_hits == hits  # no warm prompt was a timed one
+    with pytest.raises(ValueError, match="warm_runs must be 0 or more"):
+        run_levels(engine, vocab_size=512, levels=[1], requests=[1], prompt_tokens=12, output_tokens=3, warm_runs=-1)
 
 
 def test_a_level_past_the_deadline_is_cut_short_and_cleaned_up(engine):
