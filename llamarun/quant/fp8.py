@@ -65,17 +65,22 @@ class Fp8Linear(PackedLinear):
         return y.reshape(*shape[:-1], self.out_features)
 
     def forward_silu_input(self, gate_up: torch.Tensor) -> torch.Tensor:
-        if gate_up.is_cuda and gate_up.dim() == 2 and gate_up.shape[0] <= GEMV_MAX_ROWS:
-            from llamarun.kernels.fp8_matmul import fp8_matmul
+        if gate_up.is_cuda and gate_up.dim() == 2:
+            if gate_up.shape[0] <= GEMV_MAX_ROWS:
+                from llamarun.kernels.fp8_matmul import fp8_matmul
 
-            return fp8_matmul(gate_up, self.layout(), silu_input=True)  # [M, N]
+                return fp8_matmul(gate_up, self.layout(), silu_input=True)  # [M, N]
+            if self._rowwise:  # SwiGLU inside the activation quantization: no [M, K] intermediate
+                return self._scaled_gemm(gate_up, silu_input=True)
         return super().forward_silu_input(gate_up)
 
-    def _scaled_gemm(self, x2: torch.Tensor) -> torch.Tensor:
+    def _scaled_gemm(self, x2: torch.Tensor, silu_input: bool = False) -> torch.Tensor:
+        """x2 [M, K] (or with `silu_input`, gate/up [M, 2K] on Hopper) @ the weight^T through _scaled_mm."""
         if self._rowwise:
             from llamarun.kernels.token_quant import quantize_rows_fp8
 
-            xq, xs = quantize_rows_fp8(x2.contiguous())  # [M, K] fp8, [M, 1] float32 (quantize_tokens_fp8's values)
+            # [M, K] fp8, [M, 1] float32: quantize_tokens_fp8's values
+            xq, xs = quantize_rows_fp8(x2.contiguous(), silu_input=silu_input)
             # Row-wise scaling writes bfloat16 only; the weight is [N, K] row-major, i.e. [K, N] column-major.
             y = torch._scaled_mm(xq, self.weight.t(), scale_a=xs, scale_b=self.scale_row,
                                  out_dtype=torch.bfloat16)  # [M, N]

@@ -43,6 +43,22 @@ def test_fp8_scaled_mm_matches_the_reference(rows):
     assert _rel(got, expected) < 0.05
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+                    reason="row-wise _scaled_mm needs Hopper")
+@pytest.mark.parametrize("rows", [GEMV_MAX_ROWS + 1, 300])
+def test_fp8_down_projection_quantizes_swiglu_in_one_kernel(rows, monkeypatch):
+    from llamarun.kernels import activation
+
+    weight, _ = _case(rows, n=1024, k=4096)
+    gate_up = torch.randn(rows, 2 * 4096, device="cuda", dtype=torch.bfloat16) * 2
+    module = Fp8Method().create(Fp8Method().quantize(weight))
+    two_steps = module(activation.silu_and_mul(gate_up))  # what ran before: SwiGLU, then quantize + GEMM
+    monkeypatch.setattr(activation, "silu_and_mul", lambda *a, **k: pytest.fail("a separate SwiGLU kernel ran"))
+    fused = module.forward_silu_input(gate_up)
+    assert fused.shape == (rows, 1024) and fused.dtype == torch.bfloat16
+    torch.testing.assert_close(fused, two_steps, rtol=0, atol=0)  # the same FP8 activations, the same GEMM
+
+
 @pytest.mark.parametrize("rows", [INT_MM_MIN_ROWS, 256])
 def test_int8_int_mm_matches_the_reference(rows):
     weight, x = _case(rows)
