@@ -22,6 +22,13 @@ four `dp4a` and a shift per word (eight instructions). At 70B the decode step ru
 (benchmarks/results/gpu-int4-70b-h200-2026-11-30-session6.md), so an instruction less per word is energy the
 clock gets back.
 
+Why one chain per block (`CHAIN_BLOCKS`): the four words of an activation block (32 inputs, one scale) run
+their sixteen `dp2a` through one accumulator in one piece of inline assembly, so no integer adds join the
+words' dots. The loaded [rows, words] tile is split into the block's four words by register renames, and the
+block's sixteen plane values come from one contiguous load. On an H200 at the power cap this took 70B INT4
+from 89.6 to 92.4 decode tok/s on the same machine, 7.91 to 7.65 J a token
+(benchmarks/results/gpu-int4-70b-h200-2026-11-30-session7.md).
+
 The GEMV is launched as a programmatic dependent of the planes kernel (PDL, Hopper): it is scheduled while
 the planes are still being written and waits for them in the kernel, so the second launch adds no gap
 (about 1 us a call at 70B's smaller shapes). (Outside CUDA and in the interpreter both run plainly.)
@@ -51,6 +58,7 @@ NARROW = 16384
 USE_ASM = True  # False runs the portable path on GPUs too (benchmarks measure what dp2a buys)
 MAX_ROWS = 4  # more rows go to the tensor-core kernels (the integer work grows with the rows)
 USE_PDL = True  # False launches the GEMV after the planes kernel has finished (benchmarks measure the gap)
+CHAIN_BLOCKS = True  # one dp2a chain per activation block (False: per word, then integer adds; for A/B runs)
 
 
 BLOCK = 32  # inputs per activation scale
@@ -137,9 +145,67 @@ def _word_dot(words, p0, p1, p2, p3, ASM: tl.constexpr):
 
 
 @triton.jit
+def _quarters(t, X: tl.constexpr):
+    """t [X, 4] -> its columns 0, 1, 2, 3, each [X] (register renames when a thread holds a row's four)."""
+    even, odd = tl.split(tl.reshape(t, [X, 2, 2]))  # [X, 2] each: columns (0, 2) and (1, 3)
+    c0, c2 = tl.split(even)
+    c1, c3 = tl.split(odd)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _block_dot(w0, w1, w2, w3, p00, p01, p02, p03, p10, p11, p12, p13, p20, p21, p22, p23, p30, p31, p32, p33,
+               ASM: tl.constexpr):
+    """Per activation block (four weight words w0..w3, word j meeting planes pj0..pj3): sum_i q_i x_i as int32.
+
+    With ASM the sixteen dp2a are one chain through one accumulator: no integer adds between a block's words."""
+    if ASM:
+        return tl.inline_asm_elementwise(
+            """
+            {
+            .reg .b32 n0, n1, t, u;
+            and.b32 n0, $1, 0x0F0F0F0F;
+            shr.u32 u, $1, 4;
+            and.b32 n1, u, 0x0F0F0F0F;
+            dp2a.lo.s32.u32 t, $5, n0, 0;
+            dp2a.hi.s32.u32 t, $6, n0, t;
+            dp2a.lo.s32.u32 t, $7, n1, t;
+            dp2a.hi.s32.u32 t, $8, n1, t;
+            and.b32 n0, $2, 0x0F0F0F0F;
+            shr.u32 u, $2, 4;
+            and.b32 n1, u, 0x0F0F0F0F;
+            dp2a.lo.s32.u32 t, $9, n0, t;
+            dp2a.hi.s32.u32 t, $10, n0, t;
+            dp2a.lo.s32.u32 t, $11, n1, t;
+            dp2a.hi.s32.u32 t, $12, n1, t;
+            and.b32 n0, $3, 0x0F0F0F0F;
+            shr.u32 u, $3, 4;
+            and.b32 n1, u, 0x0F0F0F0F;
+            dp2a.lo.s32.u32 t, $13, n0, t;
+            dp2a.hi.s32.u32 t, $14, n0, t;
+            dp2a.lo.s32.u32 t, $15, n1, t;
+            dp2a.hi.s32.u32 t, $16, n1, t;
+            and.b32 n0, $4, 0x0F0F0F0F;
+            shr.u32 u, $4, 4;
+            and.b32 n1, u, 0x0F0F0F0F;
+            dp2a.lo.s32.u32 t, $17, n0, t;
+            dp2a.hi.s32.u32 t, $18, n0, t;
+            dp2a.lo.s32.u32 t, $19, n1, t;
+            dp2a.hi.s32.u32 $0, $20, n1, t;
+            }
+            """,
+            "=r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r",  # one output, four words, sixteen planes
+            [w0, w1, w2, w3, p00, p01, p02, p03, p10, p11, p12, p13, p20, p21, p22, p23, p30, p31, p32, p33],
+            dtype=tl.int32, is_pure=True, pack=1)
+    return (_word_dot(w0, p00, p01, p02, p03, False) + _word_dot(w1, p10, p11, p12, p13, False)
+            + _word_dot(w2, p20, p21, p22, p23, False) + _word_dot(w3, p30, p31, p32, p33, False))
+
+
+@triton.jit
 def _gemv_int4_planes_kernel(planes_ptr, xscale_ptr, xsum_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, K, stride_wn,
                              stride_sn, stride_ym, ROWS: tl.constexpr, RP: tl.constexpr, GROUP: tl.constexpr,
-                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr):
+                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr,
+                             CHAIN: tl.constexpr):
     WORDS: tl.constexpr = BLOCK_K // 8
     NB: tl.constexpr = BLOCK_K // 32  # activation blocks per tile
     NG: tl.constexpr = BLOCK_K // GROUP
@@ -158,11 +224,33 @@ def _gemv_int4_planes_kernel(planes_ptr, xscale_ptr, xsum_ptr, w_ptr, s_ptr, m_p
         g = k0 // GROUP + tl.arange(0, NG)
         s = tl.load(s_ptr + rows[:, None] * stride_sn + g[None, :], mask=n_mask[:, None], other=0.0).to(tl.float32)
         m = tl.load(m_ptr + rows[:, None] * stride_sn + g[None, :], mask=n_mask[:, None], other=0.0).to(tl.float32)
+        if CHAIN:  # a block's four words as four [BN, NB] tensors
+            w0, w1, w2, w3 = _quarters(tl.reshape(words, [BLOCK_N * NB, 4]), BLOCK_N * NB)
+            w0 = tl.reshape(w0, [BLOCK_N, NB])
+            w1 = tl.reshape(w1, [BLOCK_N, NB])
+            w2 = tl.reshape(w2, [BLOCK_N, NB])
+            w3 = tl.reshape(w3, [BLOCK_N, NB])
         for r in tl.static_range(ROWS):
-            p = planes_ptr + r * (K // 8) * 4 + (k0 // 8 + cs) * 4
-            d = _word_dot(words, tl.load(p)[None, :], tl.load(p + 1)[None, :], tl.load(p + 2)[None, :],
-                          tl.load(p + 3)[None, :], ASM)  # [BN, WORDS] int32
-            per_block = tl.sum(tl.reshape(d, [BLOCK_N, NB, 4]), axis=2).to(tl.float32)  # [BN, NB] exact q . x
+            if CHAIN:
+                # The tile's planes [NB, word j, plane p], 16 contiguous int32 a block; each [NB] piece is
+                # broadcast over the tile's weight rows.
+                pl = tl.load(planes_ptr + r * (K // 8) * 4 + (k0 // 8) * 4 + tl.arange(0, WORDS * 4))
+                by_plane = tl.reshape(pl, [NB * 4, 4])
+                q0, q1, q2, q3 = _quarters(by_plane, NB * 4)  # plane p of every (block, word): [NB * 4]
+                p00, p10, p20, p30 = _quarters(tl.reshape(q0, [NB, 4]), NB)
+                p01, p11, p21, p31 = _quarters(tl.reshape(q1, [NB, 4]), NB)
+                p02, p12, p22, p32 = _quarters(tl.reshape(q2, [NB, 4]), NB)
+                p03, p13, p23, p33 = _quarters(tl.reshape(q3, [NB, 4]), NB)
+                d = _block_dot(w0, w1, w2, w3, p00[None, :], p01[None, :], p02[None, :], p03[None, :],
+                               p10[None, :], p11[None, :], p12[None, :], p13[None, :],
+                               p20[None, :], p21[None, :], p22[None, :], p23[None, :],
+                               p30[None, :], p31[None, :], p32[None, :], p33[None, :], ASM)  # [BN, NB]
+                per_block = d.to(tl.float32)  # exact q . x per block
+            else:
+                p = planes_ptr + r * (K // 8) * 4 + (k0 // 8 + cs) * 4
+                d = _word_dot(words, tl.load(p)[None, :], tl.load(p + 1)[None, :], tl.load(p + 2)[None, :],
+                              tl.load(p + 3)[None, :], ASM)  # [BN, WORDS] int32
+                per_block = tl.sum(tl.reshape(d, [BLOCK_N, NB, 4]), axis=2).to(tl.float32)  # [BN, NB] exact q . x
             x_scale = tl.load(xscale_ptr + r * (K // 32) + k0 // 32 + tl.arange(0, NB))  # [NB]
             per_group = tl.sum(tl.reshape(per_block * x_scale[None, :], [BLOCK_N, NG, GROUP // 32]), axis=2)
             x_sum = tl.load(xsum_ptr + r * (K // GROUP) + g)  # [NG]
@@ -228,5 +316,5 @@ def gemv_int4_planes(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     _gemv_int4_planes_kernel[(triton.cdiv(n, block_n),)](
         planes, x_scales, x_sums, words, scales, mins, y, n, k, words.stride(0), scales.stride(0), y.stride(0),
         ROWS=rows, RP=triton.next_power_of_2(rows), GROUP=group_size, BLOCK_N=block_n, BLOCK_K=block_k, ASM=asm,
-        PDL=pdl, num_warps=warps, **extra)
+        PDL=pdl, CHAIN=CHAIN_BLOCKS, num_warps=warps, **extra)
     return y
