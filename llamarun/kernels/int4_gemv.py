@@ -1,4 +1,4 @@
-"""W4A16 decode (1 to 4 rows) with integer dot products: the activations in exact 16-bit fixed point.
+"""W4A16 decode (1 to 8 rows) with integer dot products: the activations in exact 16-bit fixed point.
 
 Why: a float GEMV over 4-bit weights spends a shift, a mask and a multiply-add on every weight, and on
 Hopper the integer pipe that runs the first two has half the float pipe's width; that, not the bytes,
@@ -56,7 +56,14 @@ CONFIG = {"int4": launch_override("int4", (8, 4096, 4)),
           "int4_narrow": launch_override("int4_narrow", (8, 4096, 8))}
 NARROW = 16384
 USE_ASM = True  # False runs the portable path on GPUs too (benchmarks measure what dp2a buys)
-MAX_ROWS = 4  # more rows go to the tensor-core kernels (the integer work grows with the rows)
+MAX_ROWS = 8  # the most rows the GEMV takes; `rows_for` says up to how many it should
+# Rows up to which the GEMV beats the skinny tensor-core kernel, by the weight's shape. Its integer work grows with
+# the rows while the skinny kernel's time hardly does, so the crossover comes later the more output rows share each
+# input: measured on an H200 (benchmarks/results/gpu-int4-gemv-rows-h200-2026-11-30.md), 70B's gate/up still wins at
+# 8 rows (264 against 277 us), q/k/v and o at 6 (48 against 58, 40 against 47), down only at 4 (106 against 145).
+ROWS_WIDE = 8  # N >= 4 K: gate/up
+ROWS_SQUARE = 6  # K <= N: q/k/v, o
+ROWS_TALL = 4  # K > N: down
 USE_PDL = True  # False launches the GEMV after the planes kernel has finished (benchmarks measure the gap)
 CHAIN_BLOCKS = True  # one dp2a chain per activation block (False: per word, then integer adds; for A/B runs)
 
@@ -263,6 +270,13 @@ def _gemv_int4_planes_kernel(planes_ptr, xscale_ptr, xsum_ptr, w_ptr, s_ptr, m_p
 
 
 Planes = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (planes [M, K/8, 4] int32, scales [M, K/32], sums [M, K/G])
+
+
+def rows_for(n: int, k: int) -> int:
+    """Decode rows up to which an [n, k] INT4 weight should take the GEMV (more go to the tensor cores)."""
+    if n >= 4 * k:
+        return ROWS_WIDE
+    return ROWS_SQUARE if k <= n else ROWS_TALL
 
 
 def empty_planes(rows: int, k: int, group_size: int, device: torch.device) -> Planes:

@@ -1,7 +1,7 @@
 """y = x @ W^T with W held as `Int4Weight` (4-bit, affine groups): the W4A16 matmul on GPUs.
 
-Decode batches of up to 4 rows run the integer GEMV (`kernels/int4_gemv.py`); up to 16 rows run `skinny_matmul`,
-which reads each packed byte once on the tensor cores;
+Decode batches of up to 4 to 8 rows, by the weight's shape (`int4_gemv.rows_for`), run the integer GEMV
+(`kernels/int4_gemv.py`); up to 16 rows run `skinny_matmul`, which reads each packed byte once on the tensor cores;
 more rows expand the weight to the activation dtype and run cuBLAS (`kernels/dequantize.py` says
 why that wins once the matmul is bound by arithmetic).
 """
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from llamarun.kernels.dequantize import dequantize_to
-from llamarun.kernels.int4_gemv import MAX_ROWS as GEMV_ROWS
+from llamarun.kernels import int4_gemv
 from llamarun.kernels.int4_gemv import Planes, gemv_int4_planes
 from llamarun.kernels.skinny_matmul import MAX_ROWS, skinny_matmul
 from llamarun.quant.layouts import Int4Weight
@@ -25,7 +25,7 @@ def int4_matmul(x: torch.Tensor, w: Int4Weight, out: torch.Tensor | None = None,
     With `silu_input`, x is the merged gate/up output [M, 2K], read as silu(gate) * up. `planes`: x's INT4
     activation planes, when the kernel that wrote x made them (the GEMV's rows only).
     """
-    if x.shape[0] <= GEMV_ROWS:
+    if x.shape[0] <= int4_gemv.rows_for(w.qweight.shape[0], w.qweight.shape[1] * 2):
         return gemv_int4_planes(x, w.qweight, w.scales, w.mins, w.group_size, out=out, silu_input=silu_input,
                                 planes=planes)
     if x.shape[0] <= MAX_ROWS:

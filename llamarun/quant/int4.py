@@ -130,9 +130,10 @@ class Int4Linear(PackedLinear):
     def planes_group(self, x: torch.Tensor) -> int | None:
         """The group size of the INT4 activation planes this layer's GPU decode kernel would make of x, so that
         the kernel writing x can write them instead (`layers.fused.add_rms_norm`); None if it would make none."""
-        from llamarun.kernels.int4_gemv import MAX_ROWS
+        from llamarun.kernels.int4_gemv import rows_for
 
-        if x.is_cuda and x.dim() == 2 and x.shape[0] <= MAX_ROWS and x.shape[1] == self.in_features:
+        if (x.is_cuda and x.dim() == 2 and x.shape[0] <= rows_for(self.out_features, self.in_features)
+                and x.shape[1] == self.in_features):
             return self.group_size
         return None
 

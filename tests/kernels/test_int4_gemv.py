@@ -45,7 +45,7 @@ def test_planes_are_the_row_in_16_bit_fixed_point(group, device):
 
 @pytest.mark.parametrize("group", [32, 64, 128, 256])
 @pytest.mark.parametrize("silu", [False, True])
-@pytest.mark.parametrize("rows", [1, 3, 4])
+@pytest.mark.parametrize("rows", [1, 3, 4, 8])
 def test_gemv_matches_the_reference(group, silu, rows, device, dtype):
     n, k = 37, 2 * 256  # a ragged last block of rows
     w = random_int4(n, k, group, device, seed=group + silu)
@@ -88,7 +88,7 @@ def test_the_assembly_equals_the_byte_by_byte_path():
 
 
 @pytest.mark.parametrize(("rows", "k", "group", "message"), [
-    (5, 256, 64, "must be 1 to 4 rows"),
+    (9, 256, 64, "must be 1 to 8 rows"),
     (1, 256, 16, "group size 16 must be a power of two from 32 to 256"),
     (1, 96, 64, "dividing the input size 96"),
 ])

@@ -98,3 +98,21 @@ def test_k_splits_fill_the_card_with_whole_tiles():
     for n, k in ((64, 1024), (4096, 14336), (200, 384)):
         split = k_splits(n, k, 64, 128, 132)
         assert (k // 128) % split == 0 and (split == 1 or (k // 128) // split >= MIN_SPLIT_TILES)
+
+
+@pytest.mark.parametrize(("n", "k", "gemv_rows"), [(512, 128, 8), (256, 256, 6), (128, 512, 4)])  # gate/up, o, down
+def test_decode_rows_take_the_gemv_up_to_the_crossover_of_the_shape(n, k, gemv_rows, device, dtype, monkeypatch):
+    from llamarun.kernels import int4_matmul as module
+
+    w = random_int4(n, k, 64, torch.float16, device)
+    took = []
+    gemv, skinny = module.gemv_int4_planes, module.skinny_matmul
+    monkeypatch.setattr(module, "gemv_int4_planes", lambda *a, **kw: took.append("gemv") or gemv(*a, **kw))
+    monkeypatch.setattr(module, "skinny_matmul", lambda *a, **kw: took.append("skinny") or skinny(*a, **kw))
+    for rows in (gemv_rows, gemv_rows + 1):
+        x = torch.randn(rows, k).to(dtype).to(device)
+        expected = x.float() @ dequantize(w).float().t()
+        tol = 3e-2 if dtype == torch.bfloat16 else 1e-4
+        torch.testing.assert_close(int4_matmul(x, w).float(), expected, atol=tol * expected.abs().max().item(),
+                                   rtol=tol)
+    assert took == ["gemv", "skinny"]
