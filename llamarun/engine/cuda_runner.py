@@ -4,7 +4,7 @@ What a GPU decode step costs is mostly launches and host work, not math: the eag
 pass over 30-80 layers and a few hundred kernel launches per token. Here:
 - every input the forward pass reads lives in persistent device buffers, filled each step from pinned
   host memory by two copies (int64 token data, int32 attention metadata);
-- decode-only steps replay a CUDA graph captured at start-up for the next bucket size (1, 2, 4, 8, ...),
+- decode-only steps replay a CUDA graph captured at start-up for the next bucket size (1, 2, 4, 6, 8, ...),
   padded rows writing no cache slot (slot -1) and attending to nothing (length 0);
 - a step that is one prompt (or prompt chunk) of up to 512 tokens, the time to first token of a lone
   request, replays a prefill graph for the next token bucket; its padded tokens belong to no sequence;
@@ -37,7 +37,10 @@ from llamarun.structured.vocab import GrammarVocab
 from llamarun.utils.progress import count_bar
 
 log = logging.getLogger(__name__)
-GRAPH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)  # decode batch buckets
+# Decode batch buckets. 6 is there for INT4: 5-6 rows padded to 8 would leave the integer GEMV, which beats the
+# tensor-core kernel up to 6 rows for most shapes (int4_gemv.rows_for); 70B INT4 at 6 concurrent requests made 155.5
+# output tok/s with it against 126.5 without on an H200 (benchmarks/results/gpu-int4-gemv-rows-h200-2026-11-30.md).
+GRAPH_SIZES = (1, 2, 4, 6, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 PREFILL_SIZES = (16, 32, 64, 128, 256, 512)  # token buckets of a lone prompt step
 
 
