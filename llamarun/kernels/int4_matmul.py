@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from llamarun.kernels.dequantize import dequantize_to
 from llamarun.kernels import int4_gemv
+from llamarun.kernels.dequantize import dequantize_to
 from llamarun.kernels.int4_gemv import Planes, gemv_int4_planes
 from llamarun.kernels.skinny_matmul import MAX_ROWS, skinny_matmul
 from llamarun.quant.layouts import Int4Weight
