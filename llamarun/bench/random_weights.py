@@ -30,7 +30,7 @@ from llamarun.models.llama import LlamaForCausalLM
 from llamarun.parallel.plan import ShardPlan
 from llamarun.parallel.settings import tensor_parallel_size
 from llamarun.quant.method import QuantMethod, replace_submodule
-from llamarun.quant.modes import method_for, resolve_weights, weight_bytes
+from llamarun.quant.modes import head_method_for, method_for, resolve_weights, weight_bytes
 
 WEIGHT_STD = 0.02  # the usual initializer scale for Llama-shaped models
 BLOCK_SIZE = 16  # EngineConfig's default KV block
@@ -66,17 +66,20 @@ def preset_config(name: str) -> ModelConfig:
 
 @torch.no_grad()
 def build_random_model(config: ModelConfig, *, device: str | torch.device, dtype: torch.dtype, seed: int = 0,
-                       std: float = WEIGHT_STD, method: QuantMethod | None = None) -> LlamaForCausalLM:
+                       std: float = WEIGHT_STD, method: QuantMethod | None = None,
+                       head_method: QuantMethod | str | None = "same") -> LlamaForCausalLM:
     """A model of `config`'s shape in eval mode, every weight random, allocated only on `device`.
 
-    `method` packs every linear (decoder and head) as soon as it is drawn.
+    `method` packs every linear as soon as it is drawn; the output head too, unless `head_method` says otherwise
+    (a method, or None to keep the head in `dtype`).
     """
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     model = model.to(dtype=dtype)  # still meta: only the dtype the tensors will get changes
     generator = torch.Generator(device=device).manual_seed(seed)
     if method is not None:
-        quantize_linears(model, method, device=device, generator=generator, std=std)
+        head = method if head_method == "same" else head_method
+        quantize_linears(model, method, device=device, generator=generator, std=std, head_method=head)
     packed = method is not None
     if packed:  # only what is still on the meta device gets memory; packed buffers stay as they are
         _materialize_meta(model, device)
@@ -96,8 +99,9 @@ def build_random_model(config: ModelConfig, *, device: str | torch.device, dtype
 
 
 def quantize_linears(model: LlamaForCausalLM, method: QuantMethod, *, device: str | torch.device,
-                     generator: torch.Generator, std: float) -> None:
-    """Draw each linear's weight on `device`, pack it, and put the packed module in its place.
+                     generator: torch.Generator, std: float, head_method: QuantMethod | None = None) -> None:
+    """Draw each linear's weight on `device`, pack it (the head by `head_method`; None keeps it float), and put
+    the packed module in its place.
 
     The embedding table is drawn first, so a tied head packs the table's values. Peak memory is the
     packed model plus one float linear (and its float32 copy while it is quantized).
@@ -113,7 +117,12 @@ def quantize_linears(model: LlamaForCausalLM, method: QuantMethod, *, device: st
         else:
             weight = torch.empty(linear.weight.shape, dtype=linear.weight.dtype, device=device)  # [N, K]
             weight.normal_(0.0, std, generator=generator)
-        replace_submodule(model, name, method.create(method.quantize(weight)))
+        packs = head_method if name == "lm_head" else method
+        if packs is None:  # the head kept in the compute dtype: the table itself when tied, else its drawn weight
+            tied = model.config.tie_word_embeddings
+            linear.weight = embed.weight if tied else nn.Parameter(weight, requires_grad=False)
+        else:
+            replace_submodule(model, name, packs.create(packs.quantize(weight)))
         del weight
 
 
@@ -224,7 +233,8 @@ def load_random_model(name: str, *, device: str | None = None, concurrency: int,
         engine = parallel.engine
     else:
         parallel = None
-        model = build_random_model(config, device=device, dtype=dtype, seed=seed, method=method_for(weights))
+        model = build_random_model(config, device=device, dtype=dtype, seed=seed, method=method_for(weights),
+                                   head_method=head_method_for(weights))
         engine = LLMEngine(model, engine_config, dtype=dtype, device=device)
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)  # the fills are queued; count them in the build time

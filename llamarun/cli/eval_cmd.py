@@ -29,7 +29,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--text", type=Path, help="UTF-8 text file (default: the shipped Alice's Adventures in Wonderland)")
     p.add_argument("--formats", default=DEFAULT_FORMATS,
                    help=f"comma-separated formats, reference first (available: {', '.join(available_formats())}; "
-                        f"default {DEFAULT_FORMATS})")
+                        f"default {DEFAULT_FORMATS}); a quantized one may add +head-exact, +head-int8 or "
+                        "+head-fp8 to hold the output head apart, as run's --head does")
     p.add_argument("--ctx", type=int, default=512, help="tokens per window (default 512)")
     p.add_argument("--stride", type=int, help="start a window every N tokens; the overlap is context only "
                                               "(default: --ctx, disjoint windows)")

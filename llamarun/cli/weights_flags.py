@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from llamarun.quant.modes import ONLINE_GROUP_SIZES, QUANTIZE_FORMATS, WEIGHT_MODES, weights_mode
+from llamarun.quant.modes import HEAD_FORMATS, ONLINE_GROUP_SIZES, QUANTIZE_FORMATS, WEIGHT_MODES, weights_mode
 
 
 def add_weights_flags(parser: Any) -> None:
@@ -28,8 +28,14 @@ def add_weights_flags(parser: Any) -> None:
                      help="quantize the weights online as they load (the same setting as --weights)")
     parser.add_argument("--group-size", type=int, choices=ONLINE_GROUP_SIZES, metavar="{128,64}",
                         help="int4 only: inputs sharing one scale and minimum (default 128)")
+    parser.add_argument("--head", choices=HEAD_FORMATS,
+                        help="with --quantize: how the output head is held: same as the other linears (default), "
+                             "exact (the compute dtype, as vLLM's online fp8 keeps it: most accurate, 2 bytes a "
+                             "weight), int8, or fp8. The head is one matmul but the largest of a small model, and "
+                             "its rounding reaches every token's distribution")
 
 
 def weights_from_args(args: argparse.Namespace) -> str:
-    """The weights mode the flags ask for (`int4` with `--group-size 64` is `int4-g64`)."""
-    return weights_mode(args.weights, args.group_size)
+    """The weights mode the flags ask for (`int4` with `--group-size 64` is `int4-g64`; `--head exact` adds
+    `+head-exact`)."""
+    return weights_mode(args.weights, args.group_size, getattr(args, "head", None))

@@ -29,6 +29,9 @@ FORMATS: dict[str, dict[str, str]] = {
     "fp8-smooth": {"weights": "exact", "smooth": "fp8"},
 }
 DEFAULT_FORMATS = "exact,int8"
+# Any quantized format may name how its output head is held, as `--head` does: `int4-gptq-g64+head-exact`.
+HEAD_SUFFIX = "+head-"
+_FLOAT_FORMATS = ("exact", "bf16", "fp32", "packed")
 
 
 def available_formats() -> list[str]:
@@ -41,18 +44,37 @@ def available_formats() -> list[str]:
 
 def needs_calibration(names: list[str]) -> bool:
     """Whether any of these formats is quantized against calibration text (GPTQ, SmoothQuant)."""
-    return any("gptq" in FORMATS[name] or "smooth" in FORMATS[name] for name in names)
+    return any("gptq" in FORMATS[base] or "smooth" in FORMATS[base] for base in (split_name(n)[0] for n in names))
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """'int4-gptq+head-exact' -> ('int4-gptq', 'exact'); a name without a head -> (name, None)."""
+    base, sep, head = name.partition(HEAD_SUFFIX)
+    return base, (head if sep else None)
 
 
 def load_options(name: str) -> dict[str, str]:
-    """The `load_model` keyword arguments for format `name`, or a clear error naming the formats that exist."""
+    """The `load_model` keyword arguments for format `name` (with "head" when it names one), or a clear error
+    naming the formats that exist."""
+    from llamarun.quant.modes import HEAD_FORMATS
+
     available = available_formats()
-    if name not in FORMATS:
-        raise LlamarunError(f"unknown format '{name}'", f"choose from {', '.join(available)}")
-    if name not in available:
-        raise LlamarunError(f"format '{name}' is not available in this build of llamarun",
+    base, head = split_name(name)
+    if base not in FORMATS:
+        raise LlamarunError(f"unknown format '{base}'", f"choose from {', '.join(available)}")
+    if base not in available:
+        raise LlamarunError(f"format '{base}' is not available in this build of llamarun",
                             f"choose from {', '.join(available)}")
-    return dict(FORMATS[name])
+    options = dict(FORMATS[base])
+    if head is not None:
+        if head not in HEAD_FORMATS[1:]:
+            raise LlamarunError(f"unknown head '{head}' in format '{name}'",
+                                f"add {HEAD_SUFFIX}exact, {HEAD_SUFFIX}int8 or {HEAD_SUFFIX}fp8")
+        if base in _FLOAT_FORMATS:
+            raise LlamarunError(f"format '{base}' quantizes nothing, so its head cannot be held apart",
+                                f"add {HEAD_SUFFIX}{head} to a quantized format such as int8 or int4-gptq")
+        options["head"] = head
+    return options
 
 
 def parse_formats(spec: str) -> list[str]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from llamarun.eval.formats import load_options
+from llamarun.eval.formats import HEAD_SUFFIX, load_options
 from llamarun.models.llama import LlamaForCausalLM
 from llamarun.store.resolve import ResolvedModel
 
@@ -65,6 +65,10 @@ def format_loader(model: ResolvedModel, *, ctx: int, device: str | None = None, 
         dtype = getattr(torch, options.pop("dtype")) if "dtype" in options else None
         gptq_group = int(options.pop("gptq")) if "gptq" in options else None
         smooth_mode = options.pop("smooth", None)
+        head = options.pop("head", None)
+        calibrated = gptq_group is not None or smooth_mode is not None
+        if head is not None and not calibrated:  # an online format: the loader holds the head (quant/modes.py)
+            options["weights"] = f"{options['weights']}{HEAD_SUFFIX}{head}"
         context = max(ctx, MIN_CONTEXT)
         t0 = time.perf_counter()
         loaded = load_model(model, context_length=context, kv_tokens=context, device=device, dtype=dtype,
@@ -72,11 +76,13 @@ def format_loader(model: ResolvedModel, *, ctx: int, device: str | None = None, 
         net = loaded.engine.runner.model
         weights = loaded.weights
         if gptq_group is not None:
-            _gptq(net, calibration, gptq_group, ctx, loaded.dtype, loaded.device)
+            _gptq(net, calibration, gptq_group, ctx, loaded.dtype, loaded.device, head)
             weights = f"int4-g{gptq_group} gptq"
         if smooth_mode is not None:
-            _smooth_then_quantize(net, smooth_mode, calibration, ctx, loaded.dtype, loaded.device)
+            _smooth_then_quantize(net, smooth_mode, calibration, ctx, loaded.dtype, loaded.device, head)
             weights = f"{smooth_mode} smoothquant"
+        if calibrated and head is not None:
+            weights += f", head {head}"
         return FormatModel(name=name, model=net, dtype=loaded.dtype, device=loaded.device, weights=weights,
                            load_seconds=time.perf_counter() - t0, linear_bytes=linear_weight_bytes(net))
 
@@ -84,16 +90,18 @@ def format_loader(model: ResolvedModel, *, ctx: int, device: str | None = None, 
 
 
 def _smooth_then_quantize(net: LlamaForCausalLM, mode: str, calibration: Sequence[int], ctx: int, dtype: torch.dtype,
-                          device: str) -> None:
-    """SmoothQuant `net` on `calibration`, then pack every linear (the head too, as the plain format packs it)."""
+                          device: str, head: str | None = None) -> None:
+    """SmoothQuant `net` on `calibration`, then pack every linear (the head as `head` says, else as the plain format
+    packs it)."""
     from llamarun.quant.method import replace_submodule
-    from llamarun.quant.modes import method_for, resolve_weights
+    from llamarun.quant.modes import pack_hook, resolve_weights
     from llamarun.quant.smooth import smooth_on_text
 
-    method = method_for(resolve_weights(mode, device=device, config=net.config))  # fp8 on a CPU fails here
+    held = mode if head is None else f"{mode}{HEAD_SUFFIX}{head}"
+    pack = pack_hook(resolve_weights(held, device=device, config=net.config))  # fp8 on a CPU fails here
     smooth_on_text(net, calibration, ctx=ctx, dtype=dtype, device=device, hint=_CALIBRATION_HINT)
     for name in [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]:
-        replace_submodule(net, name, method.pack_linear(net.get_submodule(name)))
+        replace_submodule(net, name, pack(net.get_submodule(name)))
 
 
 _CALIBRATION_HINT = ("the calibration text is what follows the evaluated tokens: evaluate fewer (--max-tokens) or give "
@@ -101,8 +109,17 @@ _CALIBRATION_HINT = ("the calibration text is what follows the evaluated tokens:
 
 
 def _gptq(net: LlamaForCausalLM, calibration: Sequence[int], group: int, ctx: int, dtype: torch.dtype,
-          device: str) -> None:
-    """Quantize `net` in place with GPTQ INT4, calibrated on `calibration` in windows of `ctx` tokens."""
+          device: str, head: str | None = None) -> None:
+    """Quantize `net` in place with GPTQ INT4, calibrated on `calibration` in windows of `ctx` tokens; the head too
+    unless `head` names its own format (then it is rounded to nearest in that one, or kept float)."""
     from llamarun.quant.gptq import gptq_on_text
+    from llamarun.quant.modes import head_method_for, resolve_weights
 
-    gptq_on_text(net, calibration, group, ctx=ctx, dtype=dtype, device=device, hint=_CALIBRATION_HINT)
+    head_method = None
+    if head is not None:
+        held = f"int4-g{group}{HEAD_SUFFIX}{head}"
+        head_method = head_method_for(resolve_weights(held, device=device, config=net.config))
+    gptq_on_text(net, calibration, group, ctx=ctx, dtype=dtype, device=device, hint=_CALIBRATION_HINT,
+                 head=head is None)
+    if head_method is not None:
+        net.lm_head = head_method.pack_linear(net.lm_head)

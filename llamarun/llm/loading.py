@@ -11,8 +11,7 @@ import torch
 from llamarun.engine.llm_engine import EngineConfig, LLMEngine
 from llamarun.errors import LlamarunError
 from llamarun.llm import prepared
-from llamarun.quant.method import packer
-from llamarun.quant.modes import choose_weights, method_for, weight_bytes
+from llamarun.quant.modes import choose_weights, pack_hook, weight_bytes
 from llamarun.store.resolve import ResolvedModel, resolve_model
 from llamarun.structured.vocab import GrammarVocab
 from llamarun.utils.devices import check_device, default_device, default_dtype
@@ -99,7 +98,7 @@ def load_model(model: str | ResolvedModel, *, context_length: int | None = None,
             net = prepared.load(key) if key else None  # mapped from the llamarun home: nothing to convert
             if net is None:
                 net = build_model(ckpt, dtype, device, on_tensor=lambda _name: bar.advance(),
-                                  pack=packer(method_for(mode)), keep_packed=mode == "packed")
+                                  pack=pack_hook(mode), keep_packed=mode == "packed")
                 if key:
                     prepared.save(key, net)
             else:

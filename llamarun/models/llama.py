@@ -98,6 +98,7 @@ class LlamaForCausalLM(nn.Module):
         self.config = config
         self.model = LlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head.is_output_head = True  # quantization may hold the head apart from the decoder (quant/modes.py)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 

@@ -240,10 +240,9 @@ def _build_model(spec: ShardSpec, group: ParallelGroup, on_tensor: Callable[[str
             return build_random_shard(spec.path, plan, group, dtype, spec.weights), None
         ckpt = open_checkpoint(spec.path, spec.format)
         plan = ShardPlan(ckpt.config, group.rank, group.world_size)
-        from llamarun.quant.method import packer
-        from llamarun.quant.modes import method_for
+        from llamarun.quant.modes import pack_hook
 
-        pack = packer(method_for(spec.weights))  # each rank packs its own slices
+        pack = pack_hook(spec.weights)  # each rank packs its own slices
         return build_shard(ckpt, plan, group, dtype, on_tensor=on_tensor, pack=pack), None
     except LlamarunError as err:
         return None, str(err)

@@ -166,8 +166,7 @@ def _build_stage_engine(spec: ShardSpec, layout: Layout, group: ParallelGroup, t
     from llamarun.parallel.stage_model import build_stage
     from llamarun.parallel.stage_plan import StagePlan
     from llamarun.parallel.stage_runner import StageRunner
-    from llamarun.quant.method import packer
-    from llamarun.quant.modes import method_for
+    from llamarun.quant.modes import pack_hook
 
     try:
         dtype = getattr(torch, spec.dtype)
@@ -175,7 +174,7 @@ def _build_stage_engine(spec: ShardSpec, layout: Layout, group: ParallelGroup, t
         stage = StagePlan(ckpt.config, layout.stage_of(group.rank), layout.pp)
         shard = ShardPlan(ckpt.config, layout.tp_rank_of(group.rank), layout.tp)
         model = build_stage(ckpt, stage, shard, tp_group, StageLink(group, layout), dtype, on_tensor=on_tensor,
-                            pack=packer(method_for(spec.weights)))
+                            pack=pack_hook(spec.weights))
         with _torch_runner():
             engine = LLMEngine(model, spec.engine, dtype=dtype, device=group.device)  # type: ignore[arg-type]
         engine.runner = StageRunner(model, engine.cache, micro_batches=layout.pp)  # M stages: M in flight

@@ -30,10 +30,10 @@ def build_random_shard(name: str, plan: ShardPlan, group: ParallelGroup, dtype: 
                        seed: int = 0) -> nn.Module:
     """Rank `plan.rank`'s model of shape `name`, random weights packed by the `weights` mode, made whole."""
     from llamarun.bench.random_weights import build_random_model
-    from llamarun.quant.modes import method_for, resolve_weights
+    from llamarun.quant.modes import head_method_for, method_for, resolve_weights
 
     resolved = resolve_weights("exact" if weights == "auto" else weights, device=str(group.device),
                                config=plan.config)
     model = build_random_model(plan.local_config(), device=group.device, dtype=dtype, seed=seed + plan.rank,
-                               method=method_for(resolved))
+                               method=method_for(resolved), head_method=head_method_for(resolved))
     return make_whole(model, plan, group)

@@ -27,11 +27,12 @@ def rank_config(config: ModelConfig, layout: Layout, rank: int) -> ModelConfig:
 def rank_weight_bytes(config: ModelConfig, layout: Layout, rank: int, mode: str, element: int) -> int:
     """Bytes rank `rank`'s weights take: its stage's groups only (no embedding or head where it has none)."""
     from llamarun.quant.footprint import plan_footprint
-    from llamarun.quant.modes import method_for
+    from llamarun.quant.modes import head_method_for, method_for
 
     stage = StagePlan(config, layout.stage_of(rank), layout.pp)
-    method = method_for("int8" if mode == "packed" else mode)
-    groups = plan_footprint(rank_config(config, layout, rank), method, element, "")
+    mode = "int8" if mode == "packed" else mode
+    groups = plan_footprint(rank_config(config, layout, rank), method_for(mode), element, "",
+                            head_method=head_method_for(mode))
     skipped = set()
     if not stage.holds_embedding:
         skipped.add("embedding")

@@ -35,19 +35,25 @@ def linear_shapes(config: Any) -> dict[str, list[tuple[int, int, int]]]:
     }
 
 
-def plan_footprint(config: Any, method: Any, element: int, dtype_name: str) -> list[GroupFootprint]:
-    """The footprint before loading: `method` (a QuantMethod, or None for float) packs every linear."""
+_SAME = object()
+
+
+def plan_footprint(config: Any, method: Any, element: int, dtype_name: str,
+                   head_method: Any = _SAME) -> list[GroupFootprint]:
+    """The footprint before loading: `method` (a QuantMethod, or None for float) packs every linear, and
+    `head_method` the output head (default: `method`)."""
     h, v = config.hidden_size, config.vocab_size
     out = []
     for group, shapes in linear_shapes(config).items():
-        if group == "head" and method is None and config.tie_word_embeddings:
+        packs = head_method if group == "head" and head_method is not _SAME else method
+        if group == "head" and packs is None and config.tie_word_embeddings:
             out.append(GroupFootprint("head", f"{dtype_name} (tied)", 0, v * h * element))
             continue
-        if method is None:
+        if packs is None:
             size = sum(n * k * c for n, k, c in shapes) * element
         else:
-            size = sum(method.packed_bytes(n, k, min(element, 4)) * c for n, k, c in shapes)
-        out.append(GroupFootprint(group, dtype_name if method is None else method.name, size, size))
+            size = sum(packs.packed_bytes(n, k, min(element, 4)) * c for n, k, c in shapes)
+        out.append(GroupFootprint(group, dtype_name if packs is None else packs.name, size, size))
     out.append(GroupFootprint("embedding", dtype_name, v * h * element, h * element))
     norms = (2 * config.num_layers + 1) * h * element
     out.append(GroupFootprint("norms", dtype_name, norms, norms))

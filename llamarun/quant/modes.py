@@ -16,20 +16,65 @@ from llamarun.errors import LlamarunError
 QUANTIZE_FORMATS = ("fp8", "int8", "int4")
 WEIGHT_MODES = ("auto", "exact", "packed", *QUANTIZE_FORMATS)
 ONLINE_GROUP_SIZES = (128, 64)
+# The output head under online quantization (`--head`): packed like the decoder (same, the default), kept in the
+# compute dtype (exact, as vLLM's online FP8 and llm-compressor's recipes keep it), or in 8 bits (int8, fp8; Ollama's
+# Q4_K_M keeps it in 6).
+HEAD_FORMATS = ("same", "exact", "int8", "fp8")
+_HEAD = "+head-"  # a mode's head suffix: int4-g128+head-int8
 _INT4 = re.compile(r"int4(?:-g(\d+))?")
 
 
-def weights_mode(name: str, group_size: int | None = None) -> str:
-    """The canonical mode for a CLI choice: `int4` with a group size becomes `int4-g64`; others as they are."""
+def weights_mode(name: str, group_size: int | None = None, head: str | None = None) -> str:
+    """The canonical mode for a CLI choice: `int4` with a group size becomes `int4-g64`, a `--head` other than the
+    decoder's format adds its suffix (`int4-g128+head-exact`); others as they are."""
     if group_size is not None and not name.startswith("int4"):
         raise LlamarunError(f"--group-size applies to int4, not to '{name}'", "drop --group-size")
-    if name == "int4":
-        return f"int4-g{group_size or 128}"
-    return name
+    mode = f"int4-g{group_size or 128}" if name == "int4" else name
+    if head is None or head == "same":
+        return mode
+    if head not in HEAD_FORMATS:
+        raise LlamarunError(f"unknown --head '{head}'", f"choose one of {', '.join(HEAD_FORMATS)}")
+    if name not in QUANTIZE_FORMATS:
+        raise LlamarunError(f"--head applies to online quantization, not to --weights {name}",
+                            "add --quantize fp8|int8|int4, or drop --head")
+    return mode if head == name else f"{mode}{_HEAD}{head}"
+
+
+def split_head(mode: str) -> tuple[str, str | None]:
+    """'int4-g128+head-exact' -> ('int4-g128', 'exact'); a mode without a head suffix -> (mode, None)."""
+    base, sep, head = mode.partition(_HEAD)
+    return base, (head if sep else None)
+
+
+def head_method_for(mode: str) -> Any:
+    """The QuantMethod that packs the output head under `mode` (the decoder's unless `--head` said), or None for
+    the compute dtype."""
+    base, head = split_head(mode)
+    if head is None:
+        return method_for(base)
+    if head not in HEAD_FORMATS[1:]:
+        raise LlamarunError(f"unknown head format '{head}' in weights mode '{mode}'",
+                            f"choose one of {', '.join(HEAD_FORMATS)}")
+    return None if head == "exact" else method_for(head)
+
+
+def pack_hook(mode: str) -> Any:
+    """`build_model`'s `pack` under `mode`: the decoder's method for every linear, the head's for the output head
+    (marked `is_output_head` by the model); None when nothing is packed."""
+    body, head = method_for(mode), head_method_for(mode)
+    if body is None and head is None:
+        return None
+
+    def pack(linear: Any) -> Any:
+        method = head if getattr(linear, "is_output_head", False) else body
+        return linear if method is None else method.pack_linear(linear)
+
+    return pack
 
 
 def method_for(mode: str) -> Any:
-    """The QuantMethod that packs linears under `mode`, or None for float weights."""
+    """The QuantMethod that packs the decoder's linears under `mode`, or None for float weights."""
+    mode = split_head(mode)[0]
     if mode in ("auto", "exact", "packed"):  # packed: the checkpoint brings its own layouts (models/build.py)
         return None
     if mode == "fp8":
@@ -75,6 +120,16 @@ def resolve_weights(mode: str, *, device: str, config: Any, quantized: bool = Fa
         return "int8" if quantized and device == "cpu" and cpu_kernel_available() else "exact"
     if mode == "exact":
         return mode
+    base, head = split_head(mode)
+    if head is not None:  # the decoder's format checked as itself, then the head's
+        resolved = resolve_weights(base, device=device, config=config, quantized=quantized)
+        head_method_for(mode)  # an unknown head fails here
+        if head == "fp8":
+            try:
+                _check_fp8(device)
+            except LlamarunError as err:
+                raise LlamarunError(f"--head {err.message}", "use --head int8 or --head exact") from None
+        return f"{resolved}{_HEAD}{head}"
     mode = weights_mode(mode)  # bare int4 -> int4-g128
     method = method_for(mode)  # an unknown name fails here
     if mode == "fp8":
@@ -164,4 +219,4 @@ def weight_bytes(config: Any, mode: str, element: int) -> int:
 
     if mode == "packed":  # the file's own layouts: at most one byte per weight (int8), planned as such
         mode = "int8"
-    return total_bytes(plan_footprint(config, method_for(mode), element, ""))
+    return total_bytes(plan_footprint(config, method_for(mode), element, "", head_method=head_method_for(mode)))

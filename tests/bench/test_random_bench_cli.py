@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from llamarun.bench import offline
 from llamarun.bench.bandwidth import decode_step_bytes
@@ -82,6 +84,9 @@ def test_cli_benches_a_random_tiny_model_end_to_end(tmp_path):
     (["--random-weights", "tiny", "--time-budget", "0"], "--time-budget must be positive"),
     (["--random-weights", "tiny", "--copy-bandwidth", "-5"], "--copy-bandwidth must be positive"),
     (["--random-weights", "tiny", "--warm-runs", "-1"], "--warm-runs must be 0 or more"),
+    (["--random-weights", "tiny", "--head", "exact"], "--head applies to online quantization, not to --weights auto"),
+    (["--random-weights", "tiny", "--quantize", "int8", "--head", "fp8", "--device", "cpu"],
+     "--head fp8 needs an NVIDIA GPU"),
     (["--url", "http://127.0.0.1:1", "--warm-runs", "2"], "--warm-runs applies to offline runs"),
     (["--random-weights", "tiny", "--ctx", "100000"], "context length 100000 is outside 16..4096"),
     (["--random-weights", "tiny", "--device", "tpu"], "device 'tpu'"),
@@ -164,3 +169,19 @@ def test_a_run_stopped_midway_keeps_the_levels_it_measured(tmp_path, monkeypatch
     assert code == 130
     record = json.loads(out.read_text())
     assert record["complete"] is False and [lv["concurrency"] for lv in record["levels"]] == [1]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_random_weights_keep_the_head_float_under_head_exact(tied):
+    from llamarun.bench.random_weights import build_random_model
+    from llamarun.quant.footprint import model_footprint
+    from llamarun.quant.int8 import Int8Method
+    from llamarun.quant.method import PackedLinear
+
+    config = replace(PRESETS["tiny"], tie_word_embeddings=tied)
+    model = build_random_model(config, device="cpu", dtype=torch.float32, method=Int8Method(), head_method=None)
+    assert type(model.lm_head) is torch.nn.Linear and isinstance(model.model.layers[0].mlp.down_proj, PackedLinear)
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
+    assert model.lm_head.weight.std().item() == pytest.approx(0.02, rel=0.1)  # drawn, not left uninitialized
+    formats = {g.group: g.format for g in model_footprint(model)}
+    assert formats["head"].startswith("float32") and formats["mlp"] == "int8"

@@ -113,3 +113,27 @@ def test_smoothquant_into_a_format_the_device_cannot_run_names_it(tiny, capsys) 
     err = error_of(["eval", tiny, "--formats", "exact,fp8-smooth", "--ctx", "64", "--max-tokens", "256",
                     "--device", "cpu"], capsys)
     assert "fp8" in err.lower() and "cpu" in err.lower()
+
+
+def test_a_format_can_hold_its_head_apart_and_the_table_shows_what_that_buys(tiny, tmp_path, capsys) -> None:
+    out = tmp_path / "eval.json"
+    code = main(["eval", tiny, "--formats", "exact,int4-g64,int4-g64+head-exact,int4-gptq-g64+head-int8", "--ctx",
+                 "64", "--max-tokens", "256", "--device", "cpu", "--json", str(out)])
+    assert code == 0, capsys.readouterr().err
+    _, packed, float_head, gptq = json.loads(out.read_text())["formats"]
+    assert float_head["weights"] == "int4-g64+head-exact" and gptq["weights"] == "int4-g64 gptq, head int8"
+    # The float head holds more bytes (the tiny model's head is not tied) and loses less.
+    assert float_head["linear_weight_bytes"] > packed["linear_weight_bytes"]
+    assert 0 < float_head["mean_kl"] < packed["mean_kl"]
+    assert 0 < gptq["mean_kl"] < packed["mean_kl"]
+
+
+@pytest.mark.parametrize(("fmt", "message"), [
+    ("exact+head-int8", "format 'exact' quantizes nothing"),
+    ("int8+head-bf16", "unknown head 'bf16' in format 'int8+head-bf16'"),
+    ("int8+head-fp8", "--head fp8 needs an NVIDIA GPU"),
+])
+def test_bad_heads_are_clear_errors(tiny, fmt, message, capsys) -> None:
+    err = error_of(["eval", tiny, "--formats", f"exact,{fmt}", "--ctx", "64", "--max-tokens", "256",
+                    "--device", "cpu"], capsys)
+    assert message in err

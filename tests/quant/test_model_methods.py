@@ -86,3 +86,33 @@ def test_exact_footprint_is_the_parameter_count(checkpoint):
     model = build_model(open_checkpoint(checkpoint, "hf"))
     assert total_bytes(model_footprint(model)) == model.config.num_parameters * 4 == weight_bytes(
         model.config, "exact", 4)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize(("head", "head_format"), [("exact", "float32"), ("int8", "int8")])
+def test_head_flag_holds_the_head_apart_from_the_decoder(tmp_path, tied, head, head_format):
+    from llamarun.quant.modes import pack_hook, weights_mode
+
+    spec = TinySpec(tie_word_embeddings=tied)
+    path = write_hf(spec, make_weights(spec)[0], tmp_path / "hf")
+    mode = weights_mode("int4", 64, head)
+    model = build_model(open_checkpoint(path, "hf"), pack=pack_hook(mode))
+    groups = {g.group: g for g in model_footprint(model)}
+    assert groups["attention"].format == groups["mlp"].format == "int4-g64"
+    assert groups["head"].format.startswith(head_format)
+    if head == "exact":
+        assert type(model.lm_head) is nn.Linear and model.lm_head.weight.dtype == torch.float32
+        assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied  # a tied head stays the table
+    # What the memory plan expects is what was built, the head included.
+    assert total_bytes(model_footprint(model)) == weight_bytes(model.config, mode, 4)
+    # The head's rounding is gone (exact) or smaller (int8): the logits sit closer to exact math than int4's head.
+    exact = build_model(open_checkpoint(path, "hf"))
+    same = build_model(open_checkpoint(path, "hf"), pack=pack_hook(weights_mode("int4", 64)))
+    ids = list(range(3, 40))
+    want = torch.log_softmax(_logits(exact, ids), -1)
+
+    def kl(m: nn.Module) -> float:
+        got = torch.log_softmax(_logits(m, ids), -1)
+        return (want.exp() * (want - got)).sum(-1).mean().item()
+
+    assert kl(model) < kl(same)

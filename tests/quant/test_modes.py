@@ -7,6 +7,7 @@ import torch
 
 from llamarun.bench.random_weights import PRESETS
 from llamarun.errors import LlamarunError
+from llamarun.quant.int4 import Int4Method
 from llamarun.quant.modes import resolve_weights, weight_bytes, weights_mode
 
 LLAMA8B = PRESETS["llama3.1-8b"]
@@ -71,3 +72,30 @@ def test_bytes_per_format_for_the_8b_shape():
         got = weight_bytes(LLAMA8B, mode, 2)
         assert got == pytest.approx(embed + linears * per_weight + 65 * 4096 * 2, rel=1e-3), mode
     assert weight_bytes(LLAMA8B, "int4-g128", 2) < 6e9 < weight_bytes(LLAMA8B, "fp8", 2) < 9.5e9 < exact
+
+
+def test_head_modes_spell_resolve_and_refuse_clearly():
+    from llamarun.quant.modes import head_method_for, method_for, split_head
+
+    assert weights_mode("int4", 64, "exact") == "int4-g64+head-exact"
+    assert weights_mode("fp8", None, "int8") == "fp8+head-int8"
+    assert weights_mode("int8", None, "int8") == "int8"  # the decoder's own format: no suffix
+    assert split_head("int4-g64+head-exact") == ("int4-g64", "exact")
+    assert method_for("int4-g64+head-exact").name == "int4-g64" and head_method_for("int4-g64+head-exact") is None
+    assert head_method_for("fp8+head-int8").name == "int8" and head_method_for("int4-g128").name == "int4-g128"
+    assert resolve_weights("int4-g128+head-exact", device="cpu", config=LLAMA8B) == "int4-g128+head-exact"
+    with pytest.raises(LlamarunError, match="--head applies to online quantization"):
+        weights_mode("exact", None, "int8")
+    with pytest.raises(LlamarunError, match="unknown --head 'bf17'"):
+        weights_mode("int4", None, "bf17")
+    with pytest.raises(LlamarunError, match="--head fp8 needs an NVIDIA GPU") as err:
+        resolve_weights("int4-g128+head-fp8", device="cpu", config=LLAMA8B)
+    assert "--head int8" in str(err.value)
+
+
+def test_a_float_head_costs_its_bytes_in_the_plan():
+    config = PRESETS["llama3.3-70b"]
+    head = config.vocab_size * config.hidden_size
+    int4 = weight_bytes(config, "int4-g128", 2)
+    assert weight_bytes(config, "int4-g128+head-exact", 2) - int4 == 2 * head - Int4Method(128).packed_bytes(
+        config.vocab_size, config.hidden_size, 2)
