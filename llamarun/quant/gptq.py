@@ -27,19 +27,19 @@ DAMPING = 0.01  # of the mean Hessian diagonal, added to it: keeps the inverse s
 BLOCK = 128  # columns rounded before their errors are pushed to the rest in one matmul (the paper's lazy batch)
 
 
-def gptq_int4(weight: torch.Tensor, hessian: torch.Tensor, group_size: int, damping: float = DAMPING,
-              scale_dtype: torch.dtype | None = None) -> Int4Weight:
-    """Weight [N, K] -> Int4Weight in groups of `group_size` inputs, rounded against `hessian` [K, K].
+# round_column(col, rest) -> the column's rounded values [N]: `rest` is the current block from column `col` on
+# ([N, >= 1], with the errors of the columns before it already spread in), so a quantizer may set a group's range
+# from the group's columns as they stand when its first column is reached.
+RoundColumn = Callable[[int, torch.Tensor], torch.Tensor]
 
-    `scale_dtype`: what the scales are stored in (default: as RTN picks for the weight's dtype); the rounding
-    is done against the stored scales, so a checkpoint saved in that dtype is what was optimized.
-    """
-    n, k = weight.shape
+
+def gptq_rounding(weight: torch.Tensor, hessian: torch.Tensor, round_column: RoundColumn,
+                  damping: float = DAMPING) -> None:
+    """GPTQ's loop over the input columns of `weight` [N, K], on any grid: `round_column` rounds (and records) each
+    column in order, and its error goes to the columns not yet rounded through the inverse Hessian [K, K]."""
+    k = weight.shape[1]
     if hessian.shape != (k, k):
         raise ValueError(f"a Hessian of {tuple(hessian.shape)} does not match a weight of {k} inputs")
-    if group_size <= 0 or k % group_size or BLOCK % group_size:
-        raise LlamarunError(f"GPTQ group size {group_size} does not tile an input of {k}", "use 128, 64 or 32")
-    dtype = scale_dtype or scale_dtype_for(weight)
     w = weight.detach().to(torch.float32, copy=True)  # [N, K], updated as columns are rounded
     h = hessian.to(device=w.device, dtype=torch.float32, copy=True)  # [K, K]
     dead = torch.diag(h) == 0  # inputs the calibration never saw: their weights cannot matter there
@@ -48,27 +48,42 @@ def gptq_int4(weight: torch.Tensor, hessian: torch.Tensor, group_size: int, damp
     h += damping * torch.diag(h).mean() * torch.eye(k, device=w.device)
     # The upper Cholesky factor of H^-1: its rows give each column's error and how it spreads to later ones.
     inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)  # [K, K]
-    q = torch.empty(n, k, dtype=torch.uint8, device=w.device)
-    scales = torch.empty(n, k // group_size, dtype=torch.float32, device=w.device)
-    zeros = torch.empty_like(scales)
     for start in range(0, k, BLOCK):
         end = min(start + BLOCK, k)
         block = w[:, start:end]  # [N, B], a view: updated in place
         errors = torch.empty_like(block)
         hinv = inverse[start:end, start:end]
         for i in range(end - start):
-            col = start + i
-            if col % group_size == 0:  # a group's range is set from its columns as they stand now
-                g = col // group_size
-                scale, zero = _group_range(block[:, i:i + group_size], dtype)
-                scales[:, g], zeros[:, g] = scale, zero
-            g = col // group_size
-            qcol = torch.clamp(torch.round(block[:, i] / scales[:, g]) + zeros[:, g], 0, 15)  # [N]
-            q[:, col] = qcol.to(torch.uint8)
-            err = (block[:, i] - (qcol - zeros[:, g]) * scales[:, g]) / hinv[i, i]  # [N]
+            err = (block[:, i] - round_column(start + i, block[:, i:])) / hinv[i, i]  # [N]
             block[:, i:] -= err[:, None] * hinv[i, i:][None, :]
             errors[:, i] = err
         w[:, end:] -= errors @ inverse[start:end, end:]
+
+
+def gptq_int4(weight: torch.Tensor, hessian: torch.Tensor, group_size: int, damping: float = DAMPING,
+              scale_dtype: torch.dtype | None = None) -> Int4Weight:
+    """Weight [N, K] -> Int4Weight in groups of `group_size` inputs, rounded against `hessian` [K, K].
+
+    `scale_dtype`: what the scales are stored in (default: as RTN picks for the weight's dtype); the rounding
+    is done against the stored scales, so a checkpoint saved in that dtype is what was optimized.
+    """
+    n, k = weight.shape
+    if group_size <= 0 or k % group_size or BLOCK % group_size:
+        raise LlamarunError(f"GPTQ group size {group_size} does not tile an input of {k}", "use 128, 64 or 32")
+    dtype = scale_dtype or scale_dtype_for(weight)
+    q = torch.empty(n, k, dtype=torch.uint8, device=weight.device)
+    scales = torch.empty(n, k // group_size, dtype=torch.float32, device=weight.device)
+    zeros = torch.empty_like(scales)
+
+    def round_column(col: int, rest: torch.Tensor) -> torch.Tensor:
+        g = col // group_size
+        if col % group_size == 0:  # a group's range is set from its columns as they stand now
+            scales[:, g], zeros[:, g] = _group_range(rest[:, :group_size], dtype)
+        qcol = torch.clamp(torch.round(rest[:, 0] / scales[:, g]) + zeros[:, g], 0, 15)  # [N]
+        q[:, col] = qcol.to(torch.uint8)
+        return (qcol - zeros[:, g]) * scales[:, g]
+
+    gptq_rounding(weight, hessian, round_column, damping)
     return Int4Weight(qweight=pack_nibbles(q), scales=scales.to(dtype), mins=(-zeros * scales).to(dtype),
                       group_size=group_size)
 

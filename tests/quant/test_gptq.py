@@ -96,3 +96,27 @@ def test_a_model_is_quantized_layer_by_layer_against_its_own_calibration():
         err_gptq = (model(x) - want).pow(2).mean()
         err_rtn = (rtn(x) - want).pow(2).mean()
     assert err_gptq < err_rtn
+
+
+def test_the_loop_hands_every_column_in_order_and_spreads_only_rounding_error():
+    from llamarun.quant.gptq import gptq_rounding
+
+    torch.manual_seed(3)
+    weight, x = torch.randn(6, 200), torch.randn(300, 200)
+    seen = []
+
+    def exact(col: int, rest: torch.Tensor) -> torch.Tensor:
+        seen.append((col, rest.shape[1]))
+        return rest[:, 0].clone()  # no rounding: nothing may move onto later columns
+
+    got = torch.empty_like(weight)
+
+    def record(col: int, rest: torch.Tensor) -> torch.Tensor:
+        got[:, col] = rest[:, 0]
+        return rest[:, 0].clone()
+
+    gptq_rounding(weight, 2 * x.t() @ x / 300, exact)
+    assert [c for c, _ in seen] == list(range(200))
+    assert seen[0][1] == 128 and seen[127][1] == 1 and seen[128][1] == 72  # the rest of the current block
+    gptq_rounding(weight, 2 * x.t() @ x / 300, record)
+    torch.testing.assert_close(got, weight)  # columns arrive as given when no error was made before them
