@@ -180,10 +180,19 @@ def run_levels(engine: Any, *, vocab_size: int, levels: list[int], requests: lis
                 print(f"concurrency {concurrency}: skipped, an estimated {estimate:.0f} s does not fit the "
                       f"{max(left, 0):.0f} s left", flush=True)
                 continue
-        for w in range(warm_runs):
-            run_offline(engine, vocab_size=vocab_size, requests=count, concurrency=concurrency,
-                        prompt_tokens=prompt_tokens, output_tokens=output_tokens, seed=WARM_SEED + 1000 * i + w,
-                        deadline=deadline)
+        warm = [run_offline(engine, vocab_size=vocab_size, requests=count, concurrency=concurrency,
+                            prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+                            seed=WARM_SEED + 1000 * i + w, deadline=deadline) for w in range(warm_runs)]
+        if warm and deadline is not None:
+            # The warm run's own time says what the timed one needs: skip the level, not record it cut to nothing.
+            left = deadline - time.perf_counter()
+            overran = warm[-1].extra.get("cut_short_at_deadline", False)
+            if overran or warm[-1].wall_seconds > left:
+                skipped.append({"concurrency": concurrency, "requests": count,
+                                "estimated_seconds": round(warm[-1].wall_seconds, 1),
+                                "seconds_left": round(max(left, 0.0), 1), "reason": "its warm run left no time"})
+                print(f"concurrency {concurrency}: skipped, its warm run left no time for a timed one", flush=True)
+                continue
         r = run_offline(engine, vocab_size=vocab_size, requests=count, concurrency=concurrency,
                         prompt_tokens=prompt_tokens, output_tokens=output_tokens, seed=seed + i, deadline=deadline)
         results.append(r)

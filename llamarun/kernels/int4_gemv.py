@@ -61,7 +61,7 @@ MAX_ROWS = 8  # the most rows the GEMV takes; `rows_for` says up to how many it 
 # the rows while the skinny kernel's time hardly does, so the crossover comes later the more output rows share each
 # input: measured on an H200 (benchmarks/results/gpu-int4-gemv-rows-h200-2026-11-30.md), 70B's gate/up still wins at
 # 8 rows (264 against 277 us), q/k/v and o at 6 (48 against 58, 40 against 47), down only at 4 (106 against 145).
-ROWS_WIDE = 8  # N >= 4 K: gate/up
+ROWS_WIDE = 8  # N >= 4 K: gate/up (an INT4 output head, vocab x hidden, falls here too: inferred, not measured)
 ROWS_SQUARE = 6  # K <= N: q/k/v, o
 ROWS_TALL = 4  # K > N: down
 USE_PDL = True  # False launches the GEMV after the planes kernel has finished (benchmarks measure the gap)

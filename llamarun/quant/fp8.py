@@ -76,6 +76,8 @@ class Fp8Linear(PackedLinear):
 
     def _scaled_gemm(self, x2: torch.Tensor, silu_input: bool = False) -> torch.Tensor:
         """x2 [M, K] (or with `silu_input`, gate/up [M, 2K] on Hopper) @ the weight^T through _scaled_mm."""
+        if silu_input and not self._rowwise:
+            raise ValueError("the SwiGLU input is quantized in the row-wise (Hopper) path only; pass silu(gate) * up")
         if self._rowwise:
             from llamarun.kernels.token_quant import quantize_rows_fp8
 

@@ -35,7 +35,7 @@ def weights_mode(name: str, group_size: int | None = None, head: str | None = No
     if head not in HEAD_FORMATS:
         raise LlamarunError(f"unknown --head '{head}'", f"choose one of {', '.join(HEAD_FORMATS)}")
     if name not in QUANTIZE_FORMATS:
-        raise LlamarunError(f"--head applies to online quantization, not to --weights {name}",
+        raise LlamarunError(f"--head needs online quantization (--quantize fp8|int8|int4), not --weights {name}",
                             "add --quantize fp8|int8|int4, or drop --head")
     return mode if head == name else f"{mode}{_HEAD}{head}"
 
@@ -122,7 +122,12 @@ def resolve_weights(mode: str, *, device: str, config: Any, quantized: bool = Fa
         return mode
     base, head = split_head(mode)
     if head is not None:  # the decoder's format checked as itself, then the head's
+        if base.split("-g")[0] not in QUANTIZE_FORMATS:  # auto, exact, packed: nothing is quantized online
+            raise LlamarunError(f"a head format applies to online quantization, not to weights '{base}'",
+                                "add --quantize fp8|int8|int4, or drop --head")
         resolved = resolve_weights(base, device=device, config=config, quantized=quantized)
+        if head == base:  # int8+head-int8: the plain format, under its plain name
+            return resolved
         head_method_for(mode)  # an unknown head fails here
         if head == "fp8":
             try:

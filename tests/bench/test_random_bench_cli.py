@@ -84,7 +84,7 @@ def test_cli_benches_a_random_tiny_model_end_to_end(tmp_path):
     (["--random-weights", "tiny", "--time-budget", "0"], "--time-budget must be positive"),
     (["--random-weights", "tiny", "--copy-bandwidth", "-5"], "--copy-bandwidth must be positive"),
     (["--random-weights", "tiny", "--warm-runs", "-1"], "--warm-runs must be 0 or more"),
-    (["--random-weights", "tiny", "--head", "exact"], "--head applies to online quantization, not to --weights auto"),
+    (["--random-weights", "tiny", "--head", "exact"], "--head needs online quantization (--quantize fp8|int8|int4), not --weights auto"),
     (["--random-weights", "tiny", "--quantize", "int8", "--head", "fp8", "--device", "cpu"],
      "--head fp8 needs an NVIDIA GPU"),
     (["--url", "http://127.0.0.1:1", "--warm-runs", "2"], "--warm-runs applies to offline runs"),
@@ -185,3 +185,21 @@ def test_random_weights_keep_the_head_float_under_head_exact(tied):
     assert model.lm_head.weight.std().item() == pytest.approx(0.02, rel=0.1)  # drawn, not left uninitialized
     formats = {g.group: g.format for g in model_footprint(model)}
     assert formats["head"].startswith("float32") and formats["mlp"] == "int8"
+
+
+def test_a_warm_run_that_uses_up_the_budget_skips_its_level_instead_of_recording_nothing(engine, monkeypatch):
+    real = offline.run_offline
+    calls = []
+
+    def slow_warm_run(engine, **kw):
+        calls.append(kw["seed"])
+        if kw["seed"] >= offline.WARM_SEED:
+            time.sleep(0.6)  # the warm run takes what is left of the budget
+        return real(engine, **kw)
+
+    monkeypatch.setattr(offline, "run_offline", slow_warm_run)
+    results, skipped = run_levels(engine, vocab_size=512, levels=[1], requests=[1], prompt_tokens=12,
+                                  output_tokens=3, deadline=time.perf_counter() + 0.5, warm_runs=1)
+    assert results == [] and calls == [offline.WARM_SEED]  # no timed run started
+    assert skipped[0]["concurrency"] == 1 and skipped[0]["reason"] == "its warm run left no time"
+    assert not engine.has_unfinished and engine.pool.num_used == 0

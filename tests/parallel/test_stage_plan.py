@@ -107,3 +107,15 @@ def test_micro_batches_keep_order_and_split_tokens_evenly(tokens, parts, groups)
     got = micro_batches(seqs, parts)
     assert [s for g in got for s in g] == seqs  # every sequence once, in scheduling order
     assert [[s.num_tokens for s in g] for g in got] == groups
+
+
+def test_a_head_held_apart_is_planned_on_the_last_stage_only():
+    whole, layout = config(8), Layout(tp=2, pp=2)
+    for rank in (0, 2):  # stage 0 holds no head: the suffix changes nothing there
+        same = rank_weight_bytes(whole, layout, rank, "int8", 4)
+        exact = rank_weight_bytes(whole, layout, rank, "int8+head-exact", 4)
+        head = 500 * 64  # a tp rank's half of the vocabulary x hidden 64
+        if rank == 0:
+            assert exact == same
+        else:  # float32 head instead of int8 (one byte a weight and a float32 scale per row)
+            assert exact - same == head * 4 - (head + 500 * 4)

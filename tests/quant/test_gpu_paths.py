@@ -171,3 +171,19 @@ def test_int4_decode_with_attention_fusions_generates_what_the_plain_launches_do
     fused, fused_launches = generate(True)
     assert len(plain) == 24 and fused == plain
     assert fused_launches < plain_launches  # o_proj's planes came from the merge kernel
+
+
+@pytest.mark.parametrize(("n", "k"), [(1024, 256), (512, 512), (256, 1024)])  # gate/up, q/k/v or o, down
+def test_planes_are_offered_exactly_for_the_rows_that_take_the_gemv(n, k, monkeypatch):
+    from llamarun.kernels import int4_matmul as module
+
+    linear = Int4Method(64).create(Int4Method(64).quantize(torch.randn(n, k, device="cuda") * 0.02))
+    took = []
+    gemv = module.gemv_int4_planes
+    monkeypatch.setattr(module, "gemv_int4_planes", lambda *a, **kw: took.append(True) or gemv(*a, **kw))
+    for rows in range(1, 10):
+        took.clear()
+        x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+        offered = linear.planes_group(x) is not None  # the norm or attention's merge would write planes for it
+        linear(x)
+        assert offered == bool(took), (rows, offered, took)

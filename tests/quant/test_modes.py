@@ -84,8 +84,12 @@ def test_head_modes_spell_resolve_and_refuse_clearly():
     assert method_for("int4-g64+head-exact").name == "int4-g64" and head_method_for("int4-g64+head-exact") is None
     assert head_method_for("fp8+head-int8").name == "int8" and head_method_for("int4-g128").name == "int4-g128"
     assert resolve_weights("int4-g128+head-exact", device="cpu", config=LLAMA8B) == "int4-g128+head-exact"
-    with pytest.raises(LlamarunError, match="--head applies to online quantization"):
+    with pytest.raises(LlamarunError, match="--head needs online quantization"):
         weights_mode("exact", None, "int8")
+    for quantizes_nothing in ("packed+head-exact", "auto+head-int8", "exact+head-int8"):  # the Python API's way in
+        with pytest.raises(LlamarunError, match="a head format applies to online quantization"):
+            resolve_weights(quantizes_nothing, device="cpu", config=LLAMA8B)
+    assert resolve_weights("int8+head-int8", device="cpu", config=LLAMA8B) == "int8"  # the plain format's name
     with pytest.raises(LlamarunError, match="unknown --head 'bf17'"):
         weights_mode("int4", None, "bf17")
     with pytest.raises(LlamarunError, match="--head fp8 needs an NVIDIA GPU") as err:
