@@ -149,3 +149,18 @@ def test_a_hung_worker_times_out_naming_the_rank_and_collective(tmp_path_factory
     finally:
         handle.close()  # kills the stopped worker after waiting its timeout
     assert not worker.is_alive()
+
+
+def test_tp2_keeps_a_head_held_apart_on_every_rank(tmp_path_factory):
+    """`--quantize int8 --head exact` over two ranks: each rank packs its decoder slices, its head slice stays float."""
+    from llamarun.quant.footprint import model_footprint
+
+    path = checkpoint(tmp_path_factory, TinySpec(), seed=13)
+    handle = start_tensor_parallel(ShardSpec(path, "hf", ENGINE, weights="int8+head-exact", timeout_s=30), 2)
+    try:
+        formats = {g.group: g.format for g in model_footprint(handle.engine.runner.model)}
+        got = run_all(handle.engine, GREEDY)
+    finally:
+        handle.close()
+    assert formats["attention"] == formats["mlp"] == "int8" and formats["head"].startswith("float32")
+    assert [len(tokens) for tokens in got.values()] == [8] * len(PROMPTS)
