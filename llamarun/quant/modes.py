@@ -214,7 +214,8 @@ def check_group_size(config: Any, group: int) -> None:
     bad = [k for k in inputs if k % group]
     if bad:
         fits = [g for g in ONLINE_GROUP_SIZES if all(k % g == 0 for k in inputs)]
-        hint = f"use --group-size {fits[0]}" if fits else "no online int4 group size fits; use --quantize int8"
+        hint = (f"use --group-size {fits[0]} (in eval, the format int4-g{fits[0]})" if fits
+                else "no online int4 group size fits; use --quantize int8")
         raise LlamarunError(f"int4 group size {group} does not divide the input size {bad[0]} of this model", hint)
 
 

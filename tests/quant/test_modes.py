@@ -52,7 +52,7 @@ def test_group_size_that_does_not_divide_names_what_would_run():
     smol = LLAMA8B.replace(hidden_size=576, intermediate_size=1536, num_heads=9, num_kv_heads=3, head_dim=64)
     with pytest.raises(LlamarunError, match="input size 576") as err:
         resolve_weights("int4-g128", device="cpu", config=smol)
-    assert "--group-size 64" in str(err.value)
+    assert "--group-size 64" in str(err.value) and "the format int4-g64" in str(err.value)  # run and eval
     with pytest.raises(LlamarunError, match="not offered"):
         resolve_weights("int4-g32", device="cpu", config=LLAMA8B)
 
