@@ -11,14 +11,13 @@ cpu_quant_simulation.py's (mean KL and top-1 against the exact float32 model, 51
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import time
 from pathlib import Path
 
 import torch
-from cpu_quant_simulation import Round, Simulated, fp8_rows
+from cpu_quant_simulation import Round, Simulated, arguments, fp8_rows, prepare, report
 from torch import nn
 
 
@@ -68,49 +67,20 @@ def gptq_model(model: nn.Module, run_calibration, activations: Round | None, hea
 
 
 def main() -> None:
-    from llamarun.eval.forward import window_logits
-    from llamarun.eval.metrics import compare, log_probs
-    from llamarun.eval.text import DEFAULT_TEXT, read_text, text_tokens
-    from llamarun.llm.loading import load_model
     from llamarun.quant.calibration import calibration_runner
-    from llamarun.quant.smooth import smooth_model
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2:135m")
-    ap.add_argument("--tokens", type=int, default=2048)
-    ap.add_argument("--json", metavar="PATH")
-    args = ap.parse_args()
-    loaded = load_model(args.model, weights="exact", dtype=torch.float32, device="cpu", context_length=512)
-    every = torch.tensor(text_tokens(loaded.tokenizer, read_text(DEFAULT_TEXT), 2 * args.tokens + 2))
-    ids, calibration = every[:args.tokens + 1], every[args.tokens + 1:].tolist()
-    exact = loaded.engine.runner.model
-    windows = [(a, min(a + 512, len(ids) - 1)) for a in range(0, len(ids) - 1, 512)]
-    with torch.inference_mode():
-        reference = [log_probs(window_logits(exact, ids[a:b], torch.float32, "cpu")) for a, b in windows]
-    smoothed = copy.deepcopy(exact)
-    smooth_model(smoothed, calibration_runner(smoothed, calibration, ctx=512, dtype=torch.float32, device="cpu",
-                                              method="SmoothQuant", hint="use fewer --tokens"))
-    rows = []
+    args = arguments()
+    setup = prepare(args.model, args.tokens)
+    rows: list[dict] = []
     for variant, activations in (("fp8-gptq weights only", None), ("fp8-gptq W8A8", fp8_rows)):
         for smooth in ((False, True) if activations is not None else (False,)):
             for head in (False, True):
                 t0 = time.perf_counter()
-                model = copy.deepcopy(smoothed if smooth else exact)
-                run = calibration_runner(model, calibration, ctx=512, dtype=torch.float32, device="cpu",
+                model = copy.deepcopy(setup.smoothed if smooth else setup.exact)
+                run = calibration_runner(model, setup.calibration, ctx=512, dtype=torch.float32, device="cpu",
                                          method="GPTQ", hint="use fewer --tokens")
                 gptq_model(model, run, activations, head)
-                kl = tokens = agree = 0
-                with torch.inference_mode():
-                    for (a, b), ref in zip(windows, reference, strict=True):
-                        got = compare(ref, log_probs(window_logits(model, ids[a:b], torch.float32, "cpu")),
-                                      ids[a + 1:b + 1])
-                        kl, tokens, agree = kl + got.kl, tokens + got.tokens, agree + got.agree
-                row = {"variant": variant, "smoothquant": smooth, "head": "quantized" if head else "float",
-                       "mean_kl": round(kl / tokens, 5), "top1": round(agree / tokens, 4), "tokens": tokens,
-                       "seconds": round(time.perf_counter() - t0, 1)}
-                rows.append(row)
-                print(f"{variant:22s} {'smoothed' if smooth else '        '} head {row['head']:9s} "
-                      f"mean KL {row['mean_kl']:.4f}  top-1 {row['top1']:.2%}", flush=True)
+                report(rows, variant, smooth, head, setup, model, t0)
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "tokens": args.tokens, "rows": rows}, indent=1))
 

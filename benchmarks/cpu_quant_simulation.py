@@ -21,6 +21,7 @@ import copy
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -81,22 +82,30 @@ VARIANTS: dict[str, tuple[Round, Round | None]] = {
 }
 
 
-def main() -> None:
+@dataclass
+class Setup:
+    """The exact model, its SmoothQuant copy, the scored windows with their reference log-probs, and the
+    calibration tokens (the `--tokens` after the scored ones)."""
+
+    exact: nn.Module
+    smoothed: nn.Module
+    ids: torch.Tensor
+    windows: list[tuple[int, int]]
+    reference: list[torch.Tensor]
+    calibration: list[int]
+
+
+def prepare(model_name: str, tokens: int) -> Setup:
     from llamarun.eval.forward import window_logits
-    from llamarun.eval.metrics import compare, log_probs
+    from llamarun.eval.metrics import log_probs
     from llamarun.eval.text import DEFAULT_TEXT, read_text, text_tokens
     from llamarun.llm.loading import load_model
     from llamarun.quant.calibration import calibration_runner
     from llamarun.quant.smooth import smooth_model
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2:135m")
-    ap.add_argument("--tokens", type=int, default=2048)
-    ap.add_argument("--json", metavar="PATH")
-    args = ap.parse_args()
-    loaded = load_model(args.model, weights="exact", dtype=torch.float32, device="cpu", context_length=512)
-    every = torch.tensor(text_tokens(loaded.tokenizer, read_text(DEFAULT_TEXT), 2 * args.tokens + 2))
-    ids, calibration = every[:args.tokens + 1], every[args.tokens + 1:].tolist()
+    loaded = load_model(model_name, weights="exact", dtype=torch.float32, device="cpu", context_length=512)
+    every = torch.tensor(text_tokens(loaded.tokenizer, read_text(DEFAULT_TEXT), 2 * tokens + 2))
+    ids, calibration = every[:tokens + 1], every[tokens + 1:].tolist()
     exact = loaded.engine.runner.model
     windows = [(a, min(a + 512, len(ids) - 1)) for a in range(0, len(ids) - 1, 512)]
     with torch.inference_mode():
@@ -104,25 +113,54 @@ def main() -> None:
     smoothed = copy.deepcopy(exact)
     smooth_model(smoothed, calibration_runner(smoothed, calibration, ctx=512, dtype=torch.float32, device="cpu",
                                               method="SmoothQuant", hint="use fewer --tokens"))
-    rows = []
+    return Setup(exact, smoothed, ids, windows, reference, calibration)
+
+
+def score(model: nn.Module, setup: Setup) -> tuple[float, float, int]:
+    """(mean KL, top-1 agreement, tokens) of `model` against the exact model over the scored windows."""
+    from llamarun.eval.forward import window_logits
+    from llamarun.eval.metrics import compare, log_probs
+
+    kl = tokens = agree = 0
+    with torch.inference_mode():
+        for (a, b), ref in zip(setup.windows, setup.reference, strict=True):
+            got = compare(ref, log_probs(window_logits(model, setup.ids[a:b], torch.float32, "cpu")),
+                          setup.ids[a + 1:b + 1])
+            kl, tokens, agree = kl + got.kl, tokens + got.tokens, agree + got.agree
+    return kl / tokens, agree / tokens, tokens
+
+
+def report(rows: list[dict], variant: str, smooth: bool, head: bool, setup: Setup, model: nn.Module,
+           t0: float) -> None:
+    """Score `model`, add its row and print it."""
+    kl, top1, tokens = score(model, setup)
+    row = {"variant": variant, "smoothquant": smooth, "head": "quantized" if head else "float",
+           "mean_kl": round(kl, 5), "top1": round(top1, 4), "tokens": tokens,
+           "seconds": round(time.perf_counter() - t0, 1)}
+    rows.append(row)
+    print(f"{variant:22s} {'smoothed' if smooth else '        '} head {row['head']:9s} "
+          f"mean KL {row['mean_kl']:.4f}  top-1 {row['top1']:.2%}", flush=True)
+
+
+def arguments() -> argparse.Namespace:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2:135m")
+    ap.add_argument("--tokens", type=int, default=2048)
+    ap.add_argument("--json", metavar="PATH")
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = arguments()
+    setup = prepare(args.model, args.tokens)
+    rows: list[dict] = []
     for name, (weights, activations) in VARIANTS.items():
         for smooth in ((False, True) if activations is not None else (False,)):
             for head in (True, False):
                 t0 = time.perf_counter()
-                model = copy.deepcopy(smoothed if smooth else exact)
+                model = copy.deepcopy(setup.smoothed if smooth else setup.exact)
                 simulate(model, weights, activations, head)
-                kl = tokens = agree = 0
-                with torch.inference_mode():
-                    for (a, b), ref in zip(windows, reference, strict=True):
-                        got = compare(ref, log_probs(window_logits(model, ids[a:b], torch.float32, "cpu")),
-                                      ids[a + 1:b + 1])
-                        kl, tokens, agree = kl + got.kl, tokens + got.tokens, agree + got.agree
-                row = {"variant": name, "smoothquant": smooth, "head": "quantized" if head else "float",
-                       "mean_kl": round(kl / tokens, 5), "top1": round(agree / tokens, 4), "tokens": tokens,
-                       "seconds": round(time.perf_counter() - t0, 1)}
-                rows.append(row)
-                print(f"{name:22s} {'smoothed' if smooth else '        '} head {row['head']:9s} "
-                      f"mean KL {row['mean_kl']:.4f}  top-1 {row['top1']:.2%}", flush=True)
+                report(rows, name, smooth, head, setup, model, t0)
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "tokens": args.tokens, "rows": rows}, indent=1))
 
