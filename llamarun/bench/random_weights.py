@@ -99,7 +99,7 @@ def build_random_model(config: ModelConfig, *, device: str | torch.device, dtype
 
 
 def quantize_linears(model: LlamaForCausalLM, method: QuantMethod, *, device: str | torch.device,
-                     generator: torch.Generator, std: float, head_method: QuantMethod | None = None) -> None:
+                     generator: torch.Generator, std: float, head_method: QuantMethod | None) -> None:
     """Draw each linear's weight on `device`, pack it (the head by `head_method`; None keeps it float), and put
     the packed module in its place.
 

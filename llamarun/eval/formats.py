@@ -9,6 +9,7 @@ No torch here: dtypes are named, and the loader turns names into torch dtypes.
 from __future__ import annotations
 
 from llamarun.errors import LlamarunError
+from llamarun.quant.modes import HEAD_FORMATS, HEAD_SUFFIX, split_head
 
 # name -> load_model keyword arguments ("dtype" as a torch attribute name).
 FORMATS: dict[str, dict[str, str]] = {
@@ -30,7 +31,6 @@ FORMATS: dict[str, dict[str, str]] = {
 }
 DEFAULT_FORMATS = "exact,int8"
 # Any quantized format may name how its output head is held, as `--head` does: `int4-gptq-g64+head-exact`.
-HEAD_SUFFIX = "+head-"
 _FLOAT_FORMATS = ("exact", "bf16", "fp32", "packed")
 
 
@@ -44,22 +44,14 @@ def available_formats() -> list[str]:
 
 def needs_calibration(names: list[str]) -> bool:
     """Whether any of these formats is quantized against calibration text (GPTQ, SmoothQuant)."""
-    return any("gptq" in FORMATS[base] or "smooth" in FORMATS[base] for base in (split_name(n)[0] for n in names))
-
-
-def split_name(name: str) -> tuple[str, str | None]:
-    """'int4-gptq+head-exact' -> ('int4-gptq', 'exact'); a name without a head -> (name, None)."""
-    base, sep, head = name.partition(HEAD_SUFFIX)
-    return base, (head if sep else None)
+    return any("gptq" in FORMATS[base] or "smooth" in FORMATS[base] for base in (split_head(n)[0] for n in names))
 
 
 def load_options(name: str) -> dict[str, str]:
     """The `load_model` keyword arguments for format `name` (with "head" when it names one), or a clear error
     naming the formats that exist."""
-    from llamarun.quant.modes import HEAD_FORMATS
-
     available = available_formats()
-    base, head = split_name(name)
+    base, head = split_head(name)
     if base not in FORMATS:
         raise LlamarunError(f"unknown format '{base}'", f"choose from {', '.join(available)}")
     if base not in available:

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from llamarun.eval.formats import HEAD_SUFFIX, load_options
+from llamarun.eval.formats import load_options
 from llamarun.models.llama import LlamaForCausalLM
+from llamarun.quant.modes import with_head
 from llamarun.store.resolve import ResolvedModel
 
 MIN_CONTEXT = 16  # the loader's smallest context; eval windows may be shorter
@@ -67,8 +68,8 @@ def format_loader(model: ResolvedModel, *, ctx: int, device: str | None = None, 
         smooth_mode = options.pop("smooth", None)
         head = options.pop("head", None)
         calibrated = gptq_group is not None or smooth_mode is not None
-        if head is not None and not calibrated:  # an online format: the loader holds the head (quant/modes.py)
-            options["weights"] = f"{options['weights']}{HEAD_SUFFIX}{head}"
+        if not calibrated:  # an online format: the loader holds the head (quant/modes.py)
+            options["weights"] = with_head(options["weights"], head)
         context = max(ctx, MIN_CONTEXT)
         t0 = time.perf_counter()
         loaded = load_model(model, context_length=context, kv_tokens=context, device=device, dtype=dtype,
@@ -97,8 +98,8 @@ def _smooth_then_quantize(net: LlamaForCausalLM, mode: str, calibration: Sequenc
     from llamarun.quant.modes import pack_hook, resolve_weights
     from llamarun.quant.smooth import smooth_on_text
 
-    held = mode if head is None else f"{mode}{HEAD_SUFFIX}{head}"
-    pack = pack_hook(resolve_weights(held, device=device, config=net.config))  # fp8 on a CPU fails here
+    # fp8 on a CPU fails here
+    pack = pack_hook(resolve_weights(with_head(mode, head), device=device, config=net.config))
     smooth_on_text(net, calibration, ctx=ctx, dtype=dtype, device=device, hint=_CALIBRATION_HINT)
     for name in [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]:
         replace_submodule(net, name, pack(net.get_submodule(name)))
@@ -117,8 +118,8 @@ def _gptq(net: LlamaForCausalLM, calibration: Sequence[int], group: int, ctx: in
 
     head_method = None
     if head is not None:
-        held = f"int4-g{group}{HEAD_SUFFIX}{head}"
-        head_method = head_method_for(resolve_weights(held, device=device, config=net.config))
+        head_method = head_method_for(resolve_weights(with_head(f"int4-g{group}", head), device=device,
+                                                      config=net.config))
     gptq_on_text(net, calibration, group, ctx=ctx, dtype=dtype, device=device, hint=_CALIBRATION_HINT,
                  head=head is None)
     if head_method is not None:

@@ -35,17 +35,14 @@ def linear_shapes(config: Any) -> dict[str, list[tuple[int, int, int]]]:
     }
 
 
-_SAME = object()
-
-
 def plan_footprint(config: Any, method: Any, element: int, dtype_name: str,
-                   head_method: Any = _SAME) -> list[GroupFootprint]:
+                   head_method: Any = "same") -> list[GroupFootprint]:
     """The footprint before loading: `method` (a QuantMethod, or None for float) packs every linear, and
-    `head_method` the output head (default: `method`)."""
+    `head_method` the output head (a QuantMethod, None for float, or "same": `method`)."""
     h, v = config.hidden_size, config.vocab_size
     out = []
     for group, shapes in linear_shapes(config).items():
-        packs = head_method if group == "head" and head_method is not _SAME else method
+        packs = head_method if group == "head" and head_method != "same" else method
         if group == "head" and packs is None and config.tie_word_embeddings:
             out.append(GroupFootprint("head", f"{dtype_name} (tied)", 0, v * h * element))
             continue

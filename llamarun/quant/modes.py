@@ -20,7 +20,7 @@ ONLINE_GROUP_SIZES = (128, 64)
 # compute dtype (exact, as vLLM's online FP8 and llm-compressor's recipes keep it), or in 8 bits (int8, fp8; Ollama's
 # Q4_K_M keeps it in 6).
 HEAD_FORMATS = ("same", "exact", "int8", "fp8")
-_HEAD = "+head-"  # a mode's head suffix: int4-g128+head-int8
+HEAD_SUFFIX = "+head-"  # a mode's head suffix: int4-g128+head-int8 (eval's format names take it too)
 _INT4 = re.compile(r"int4(?:-g(\d+))?")
 
 
@@ -37,12 +37,18 @@ def weights_mode(name: str, group_size: int | None = None, head: str | None = No
     if name not in QUANTIZE_FORMATS:
         raise LlamarunError(f"--head needs online quantization (--quantize fp8|int8|int4), not --weights {name}",
                             "add --quantize fp8|int8|int4, or drop --head")
-    return mode if head == name else f"{mode}{_HEAD}{head}"
+    return mode if head == name else with_head(mode, head)
+
+
+def with_head(mode: str, head: str | None) -> str:
+    """`mode` with the output head held as `head` (None: as the decoder): 'int4-g128', 'exact' ->
+    'int4-g128+head-exact'."""
+    return mode if head is None else f"{mode}{HEAD_SUFFIX}{head}"
 
 
 def split_head(mode: str) -> tuple[str, str | None]:
     """'int4-g128+head-exact' -> ('int4-g128', 'exact'); a mode without a head suffix -> (mode, None)."""
-    base, sep, head = mode.partition(_HEAD)
+    base, sep, head = mode.partition(HEAD_SUFFIX)
     return base, (head if sep else None)
 
 
@@ -134,7 +140,7 @@ def resolve_weights(mode: str, *, device: str, config: Any, quantized: bool = Fa
                 _check_fp8(device)
             except LlamarunError as err:
                 raise LlamarunError(f"--head {err.message}", "use --head int8 or --head exact") from None
-        return f"{resolved}{_HEAD}{head}"
+        return with_head(resolved, head)
     mode = weights_mode(mode)  # bare int4 -> int4-g128
     method = method_for(mode)  # an unknown name fails here
     if mode == "fp8":
