@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from llamarun.kernels import int4_gemv
 from llamarun.kernels.dequantize import dequantize_to
-from llamarun.kernels.int4_gemv import Planes, gemv_int4_planes
+from llamarun.kernels.int4_gemv import Planes, gemv_int4_planes, rows_for
 from llamarun.kernels.skinny_matmul import MAX_ROWS, skinny_matmul
 from llamarun.quant.layouts import Int4Weight
 
@@ -25,7 +24,7 @@ def int4_matmul(x: torch.Tensor, w: Int4Weight, out: torch.Tensor | None = None,
     With `silu_input`, x is the merged gate/up output [M, 2K], read as silu(gate) * up. `planes`: x's INT4
     activation planes, when the kernel that wrote x made them (the GEMV's rows only).
     """
-    if x.shape[0] <= int4_gemv.rows_for(w.qweight.shape[0], w.qweight.shape[1] * 2):
+    if x.shape[0] <= rows_for(w.qweight.shape[0], w.qweight.shape[1] * 2):
         return gemv_int4_planes(x, w.qweight, w.scales, w.mins, w.group_size, out=out, silu_input=silu_input,
                                 planes=planes)
     if x.shape[0] <= MAX_ROWS:

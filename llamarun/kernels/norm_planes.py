@@ -23,8 +23,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from llamarun.kernels import int4_gemv
-from llamarun.kernels.int4_gemv import Planes, empty_planes, store_group_planes
+from llamarun.kernels.int4_gemv import MAX_ROWS, Planes, empty_planes, store_group_planes
 from llamarun.kernels.pdl import pdl_launch
 
 ENABLED = os.environ.get("LLAMARUN_NORM_PLANES", "on").strip().lower() != "off"
@@ -64,7 +63,7 @@ def _rms_norm_planes_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, sum_ptr, p
 def takes(x: torch.Tensor, group_size: int) -> bool:
     """Whether the fused kernel serves these rows: decode rows (as many as the INT4 GEMV takes) of a width made of
     whole groups."""
-    return (ENABLED and x.dim() == 2 and 1 <= x.shape[0] <= int4_gemv.MAX_ROWS and x.stride(-1) == 1
+    return (ENABLED and x.dim() == 2 and 1 <= x.shape[0] <= MAX_ROWS and x.stride(-1) == 1
             and 32 <= group_size <= 256 and group_size & (group_size - 1) == 0 and x.shape[1] % group_size == 0)
 
 
@@ -75,7 +74,7 @@ def add_rms_norm_planes(x: torch.Tensor, residual: torch.Tensor | None, weight: 
     rows, n_cols = x.shape
     if not takes(x, group_size) or weight.shape != (n_cols,):
         raise ValueError(f"add_rms_norm_planes: x {tuple(x.shape)} with weight {tuple(weight.shape)} is not 1 to "
-                         f"{int4_gemv.MAX_ROWS} rows of whole groups of {group_size}")
+                         f"{MAX_ROWS} rows of whole groups of {group_size}")
     if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype or residual.stride(-1) != 1):
         raise ValueError(f"residual {tuple(residual.shape)} {residual.dtype} does not match x {tuple(x.shape)}")
     out = torch.empty(rows, n_cols, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
