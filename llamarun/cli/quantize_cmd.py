@@ -27,7 +27,8 @@ def register(subparsers: Any) -> None:
                    help="fp8 (W8A8, per-channel weights, per-token activations at run time), int8 (W8A8), "
                         "int4 (W4A16, asymmetric groups)")
     p.add_argument("--group-size", type=int, choices=ONLINE_GROUP_SIZES, metavar="{128,64}",
-                   help="int4 only: inputs sharing one scale and zero point (default 128)")
+                   help="int4 only: inputs sharing one scale and zero point (default 128, or 64 where 128 does not "
+                        "divide the model's input sizes)")
     p.add_argument("--gptq", action="store_true",
                    help="int4 only: round with GPTQ against calibration text instead of to nearest (slower, closer "
                         "to the original on real text)")
@@ -42,7 +43,7 @@ def register(subparsers: Any) -> None:
 
 def quantize(args: argparse.Namespace) -> int:
     from llamarun.loaders.registry import open_checkpoint
-    from llamarun.quant.modes import check_group_size, weights_mode
+    from llamarun.quant.modes import check_group_size, default_int4_group, weights_mode
     from llamarun.quant.save import check_source, save_quantized
     from llamarun.store.resolve import resolve_model
     from llamarun.utils.devices import check_device, default_device
@@ -63,12 +64,15 @@ def quantize(args: argparse.Namespace) -> int:
     resolved = resolve_model(args.model)
     ckpt = open_checkpoint(resolved.path, resolved.format)
     check_source(ckpt)  # before GPTQ or SmoothQuant spend minutes calibrating
-    if args.format == "int4":
-        check_group_size(ckpt.config, int(mode.rpartition("-g")[2]))
-    layouts = _gptq_layouts(args, ckpt, int(mode.rpartition("-g")[2]), device) if args.gptq else None
+    group = None
+    if args.format == "int4":  # the group asked for, else the one that fits the model (quant/modes.py)
+        group = args.group_size or default_int4_group(ckpt.config)
+        check_group_size(ckpt.config, group)
+        mode = weights_mode("int4", group)
+    layouts = _gptq_layouts(args, ckpt, group, device) if args.gptq else None
     replaced = _smoothed(args, ckpt, device) if args.smooth else None
     with count_bar("quantizing", len(ckpt.tensor_names), enabled=None if sys.stderr.isatty() else False) as bar:
-        files = save_quantized(ckpt, out, args.format, group_size=args.group_size, device=device,
+        files = save_quantized(ckpt, out, args.format, group_size=group, device=device,
                                on_tensor=lambda _name: bar.advance(), layouts=layouts, replaced=replaced)
     size = sum(f.stat().st_size for f in files)
     how = " with GPTQ" if args.gptq else " after SmoothQuant" if args.smooth else ""

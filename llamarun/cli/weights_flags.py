@@ -27,7 +27,8 @@ def add_weights_flags(parser: Any) -> None:
     one.add_argument("--quantize", dest="weights", choices=QUANTIZE_FORMATS, default=argparse.SUPPRESS,
                      help="quantize the weights online as they load (the same setting as --weights)")
     parser.add_argument("--group-size", type=int, choices=ONLINE_GROUP_SIZES, metavar="{128,64}",
-                        help="int4 only: inputs sharing one scale and minimum (default 128)")
+                        help="int4 only: inputs sharing one scale and minimum (default 128, or 64 where 128 does not "
+                             "divide the model's input sizes)")
     parser.add_argument("--head", choices=HEAD_FORMATS,
                         help="with --quantize: how the output head is held: same as the other linears (default), "
                              "exact (the compute dtype, as vLLM's online fp8 keeps it: most accurate, 2 bytes a "

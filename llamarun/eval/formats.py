@@ -18,7 +18,7 @@ FORMATS: dict[str, dict[str, str]] = {
     "fp32": {"weights": "exact", "dtype": "float32"},
     "int8": {"weights": "int8"},  # weight-only int8 per output channel (the CPU path today)
     "fp8": {"weights": "fp8"},
-    "int4": {"weights": "int4"},  # int4 groups of 128 with zero points
+    "int4": {"weights": "int4-g128"},  # int4 groups of 128 with zero points (a row means one group size)
     "int4-g64": {"weights": "int4-g64"},
     "packed": {"weights": "packed"},  # a quantized file's own packing (GGUF Q4_x, MLX 4-bit -> int4 g32)
     # int4 rounded by GPTQ against calibration text (quant/gptq.py): loaded exact, then quantized layer by layer

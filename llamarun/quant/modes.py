@@ -2,7 +2,8 @@
 
 One knob, several spellings: `auto` and `exact` keep what the checkpoint implies, `int8`, `fp8` and
 `int4` (group 128, or `int4-g64`) quantize online as each linear loads. Checked here, before any weight
-is read: the device can run the format, and the group size divides every linear's input size.
+is read: the device can run the format, and the group size divides every linear's input size. A bare `int4`
+(no group asked) takes 128, or the largest offered group that fits the model (`default_int4_group`).
 Imports no torch at module level (the CLI validates flags with it).
 """
 
@@ -26,10 +27,11 @@ _INT4 = re.compile(r"int4(?:-g(\d+))?")
 
 def weights_mode(name: str, group_size: int | None = None, head: str | None = None) -> str:
     """The canonical mode for a CLI choice: `int4` with a group size becomes `int4-g64`, a `--head` other than the
-    decoder's format adds its suffix (`int4-g128+head-exact`); others as they are."""
+    decoder's format adds its suffix (`int4-g128+head-exact`); others as they are. `int4` without a group size
+    stays bare: `resolve_weights` picks the group from the model's shapes."""
     if group_size is not None and not name.startswith("int4"):
         raise LlamarunError(f"--group-size applies to int4, not to '{name}'", "drop --group-size")
-    mode = f"int4-g{group_size or 128}" if name == "int4" else name
+    mode = f"int4-g{group_size}" if name == "int4" and group_size else name
     if head is None or head == "same":
         return mode
     if head not in HEAD_FORMATS:
@@ -141,7 +143,8 @@ def resolve_weights(mode: str, *, device: str, config: Any, quantized: bool = Fa
             except LlamarunError as err:
                 raise LlamarunError(f"--head {err.message}", "use --head int8 or --head exact") from None
         return with_head(resolved, head)
-    mode = weights_mode(mode)  # bare int4 -> int4-g128
+    if mode == "int4":  # no group asked for: the model's shapes pick it
+        mode = f"int4-g{default_int4_group(config)}"
     method = method_for(mode)  # an unknown name fails here
     if mode == "fp8":
         _check_fp8(device)
@@ -212,14 +215,30 @@ def _check_fp8(device: str) -> None:
     raise LlamarunError(f"{need}, not '{device}'", "use --quantize int8 or --quantize int4 on a CPU")
 
 
-def check_group_size(config: Any, group: int) -> None:
-    """A clear error unless int4 groups of `group` inputs divide every linear's input size."""
+def default_int4_group(config: Any) -> int:
+    """Online int4's group when none is asked for: 128, else the largest offered group that divides every linear's
+    input size (64 for the default model, 576 wide), as llama.cpp's quantize falls back to a smaller block for a
+    tensor its own does not divide. 128 when none fits, so that `check_group_size` says so."""
+    return next(iter(_fitting_groups(config)), ONLINE_GROUP_SIZES[0])
+
+
+def _fitting_groups(config: Any) -> list[int]:
+    """The online int4 group sizes that divide every linear's input size, largest first."""
+    inputs = _input_sizes(config)
+    return [g for g in ONLINE_GROUP_SIZES if all(k % g == 0 for k in inputs)]
+
+
+def _input_sizes(config: Any) -> list[int]:
     from llamarun.quant.footprint import linear_shapes
 
-    inputs = sorted({k for shapes in linear_shapes(config).values() for _n, k, _c in shapes})
-    bad = [k for k in inputs if k % group]
+    return sorted({k for shapes in linear_shapes(config).values() for _n, k, _c in shapes})
+
+
+def check_group_size(config: Any, group: int) -> None:
+    """A clear error unless int4 groups of `group` inputs divide every linear's input size."""
+    bad = [k for k in _input_sizes(config) if k % group]
     if bad:
-        fits = [g for g in ONLINE_GROUP_SIZES if all(k % g == 0 for k in inputs)]
+        fits = _fitting_groups(config)
         hint = (f"use --group-size {fits[0]} (in eval, the format int4-g{fits[0]})" if fits
                 else "no online int4 group size fits; use --quantize int8")
         raise LlamarunError(f"int4 group size {group} does not divide the input size {bad[0]} of this model", hint)

@@ -49,9 +49,11 @@ def save_quantized(ckpt: Any, out_dir: Path, fmt: str, *, group_size: int | None
     """
     from safetensors.torch import save_file
 
-    from llamarun.quant.modes import method_for, weights_mode
+    from llamarun.quant.modes import default_int4_group, method_for, weights_mode
 
     check_source(ckpt)
+    if fmt == "int4" and group_size is None:  # as online quantization: 128, or the largest that fits
+        group_size = default_int4_group(ckpt.config)
     method = method_for(weights_mode(fmt, group_size))
     out_dir.mkdir(parents=True, exist_ok=True)
     shards: list[dict[str, torch.Tensor]] = [{}]

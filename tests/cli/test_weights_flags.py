@@ -17,7 +17,7 @@ from llamarun.quant.method import PackedLinear
 @pytest.mark.parametrize("command", [["run", "m", "hi"], ["serve"], ["bench", "m"], ["embed", "m", "t"]])
 @pytest.mark.parametrize("flags, mode", [
     ([], "auto"), (["--weights", "exact"], "exact"), (["--quantize", "fp8"], "fp8"), (["--weights", "int8"], "int8"),
-    (["--quantize", "int4"], "int4-g128"), (["--quantize", "int4", "--group-size", "64"], "int4-g64"),
+    (["--quantize", "int4"], "int4"), (["--quantize", "int4", "--group-size", "64"], "int4-g64"),
     (["--weights", "int4", "--group-size", "128"], "int4-g128"),
 ])
 def test_every_command_reads_the_same_setting(command, flags, mode):
@@ -48,7 +48,7 @@ def tiny_model(tmp_path_factory):
 
 @pytest.mark.parametrize("flags, message", [
     (["--quantize", "fp8"], "fp8 needs an NVIDIA GPU with FP8 tensor cores"),
-    (["--quantize", "int4"], "int4 group size 128 does not divide the input size 64"),
+    (["--quantize", "int4", "--group-size", "128"], "int4 group size 128 does not divide the input size 64"),
     (["--quantize", "int8", "--group-size", "64"], "--group-size applies to int4"),
 ])
 def test_run_refuses_what_cannot_run_in_one_line(tiny_model, flags, message, capsys):
@@ -58,8 +58,9 @@ def test_run_refuses_what_cannot_run_in_one_line(tiny_model, flags, message, cap
 
 
 @pytest.mark.timeout(300)
-def test_run_quantized_int4_answers_and_verbose_names_the_formats(tiny_model, capsys):
-    code = main(["run", str(tiny_model), "--device", "cpu", "--quantize", "int4", "--group-size", "64",
+@pytest.mark.parametrize("group", [["--group-size", "64"], []])  # without: 128 does not divide 64, so 64
+def test_run_quantized_int4_answers_and_verbose_names_the_formats(tiny_model, group, capsys):
+    code = main(["run", str(tiny_model), "--device", "cpu", "--quantize", "int4", *group,
                  "--verbose", "--num-predict", "4", "--temperature", "0", "--raw", "hello"])
     assert code == 0
     err = capsys.readouterr().err

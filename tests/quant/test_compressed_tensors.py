@@ -143,12 +143,18 @@ def test_quantize_command_writes_a_folder_and_refuses_bad_input(tiny_hf, tmp_pat
         assert len(err) == 1 and message in err[0], err
 
 
-def test_quantize_refuses_a_group_that_does_not_divide(tmp_path, capsys):
+def test_quantize_takes_the_group_that_fits_and_refuses_one_asked_for_that_does_not(tmp_path, capsys):
     spec = TinySpec()  # hidden 64: groups of 128 do not fit
     weights, _ = make_weights(spec)
     src = write_hf(spec, weights, tmp_path / "hf")
-    assert main(["quantize", str(src), "--format", "int4", str(tmp_path / "q"), "--device", "cpu"]) == 1
+    argv = ["quantize", str(src), "--format", "int4", "--device", "cpu"]
+    assert main([*argv, "--group-size", "128", str(tmp_path / "q128")]) == 1
     assert "use --group-size 64" in capsys.readouterr().err
+    assert main([*argv, str(tmp_path / "q")]) == 0  # no group asked: the largest that fits
+    assert "as int4-g64 (compressed-tensors)" in capsys.readouterr().out
+    config = json.loads((tmp_path / "q" / "config.json").read_text())
+    groups = {g["weights"]["group_size"] for g in config["quantization_config"]["config_groups"].values()}
+    assert groups == {64}
 
 
 def test_quantize_gptq_writes_the_same_format_closer_to_the_original_on_text(tiny_hf, tmp_path, capsys):

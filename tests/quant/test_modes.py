@@ -8,7 +8,7 @@ import torch
 from llamarun.bench.random_weights import PRESETS
 from llamarun.errors import LlamarunError
 from llamarun.quant.int4 import Int4Method
-from llamarun.quant.modes import resolve_weights, weight_bytes, weights_mode
+from llamarun.quant.modes import default_int4_group, resolve_weights, weight_bytes, weights_mode
 
 LLAMA8B = PRESETS["llama3.1-8b"]
 TINY = PRESETS["tiny"]  # hidden 64, intermediate 160: neither 128 nor 64 divides every input
@@ -57,8 +57,23 @@ def test_group_size_that_does_not_divide_names_what_would_run():
         resolve_weights("int4-g32", device="cpu", config=LLAMA8B)
 
 
+def test_bare_int4_takes_the_largest_group_that_fits_the_model():
+    """No --group-size: 128, else 64 (the default model is 576 wide), as llama.cpp falls back to a smaller block;
+    an asked-for group is never changed, and a model that no group fits is still a clear error."""
+    smol = LLAMA8B.replace(hidden_size=576, intermediate_size=1536, num_heads=9, num_kv_heads=3, head_dim=64)
+    assert default_int4_group(LLAMA8B) == 128 and default_int4_group(smol) == 64
+    assert resolve_weights("int4", device="cpu", config=smol) == "int4-g64"
+    assert resolve_weights(weights_mode("int4", None, "exact"), device="cpu", config=smol) == "int4-g64+head-exact"
+    with pytest.raises(LlamarunError, match="group size 128 does not divide the input size 576"):
+        resolve_weights(weights_mode("int4", 128), device="cpu", config=smol)
+    assert default_int4_group(TINY) == 128  # none fits (160): the error names 128 and offers int8
+    with pytest.raises(LlamarunError, match="no online int4 group size fits"):
+        resolve_weights("int4", device="cpu", config=TINY)
+
+
 def test_group_size_only_with_int4():
-    assert weights_mode("int4", 64) == "int4-g64" and weights_mode("int4") == "int4-g128"
+    assert weights_mode("int4", 64) == "int4-g64" and weights_mode("int4", 128) == "int4-g128"
+    assert weights_mode("int4") == "int4"  # resolve_weights picks the group from the model's shapes
     with pytest.raises(LlamarunError, match="--group-size applies to int4"):
         weights_mode("int8", 64)
 
