@@ -4,13 +4,12 @@ A method turns a float weight into one of the shared packed layouts (`quantize`,
 quantization), makes a linear module that holds such a layout (`create`, also what loaders of
 pre-quantized checkpoints call), and that module's forward is the method's matmul. The model file
 never sees any of it: `models/build.py` swaps each `nn.Linear` for the packed module as soon as its
-weight is complete (see `packer`).
+weight is complete (its `pack` hook: `quant.modes.pack_hook`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -96,6 +95,3 @@ def replace_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent), child, new)  # get_submodule("") is the model itself
 
 
-def packer(method: QuantMethod | None) -> Callable[[nn.Linear], nn.Module] | None:
-    """The `pack` hook of `build_model` for `method` (None keeps float linears)."""
-    return None if method is None else method.pack_linear

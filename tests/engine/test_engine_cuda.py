@@ -65,11 +65,10 @@ def test_overlapped_decoding_equals_one_step_at_a_time(tiny):
 
 
 def _run_int4(path, monkeypatch, graphs: bool) -> list[list[int]]:
-    from llamarun.quant.method import packer
-    from llamarun.quant.modes import method_for
+    from llamarun.quant.modes import pack_hook
 
     monkeypatch.setenv("LLAMARUN_CUDA_GRAPHS", "1" if graphs else "0")
-    model = build_model(open_checkpoint(path, "hf"), torch.bfloat16, "cuda", pack=packer(method_for("int4")))
+    model = build_model(open_checkpoint(path, "hf"), torch.bfloat16, "cuda", pack=pack_hook("int4-g128"))
     engine = LLMEngine(model, EngineConfig(context_length=128, kv_tokens=256, max_batch_tokens=32),
                        dtype=torch.bfloat16, device="cuda")
     assert engine.runner.steps is not None

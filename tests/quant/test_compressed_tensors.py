@@ -14,8 +14,7 @@ from llamarun.loaders.registry import open_checkpoint
 from llamarun.models.build import build_model
 from llamarun.quant.compressed_tensors import from_compressed_tensors, quantization_config, to_compressed_tensors
 from llamarun.quant.layouts import dequantize
-from llamarun.quant.method import packer
-from llamarun.quant.modes import method_for
+from llamarun.quant.modes import pack_hook
 from llamarun.quant.rtn import int4_zero_points, quantize_fp8, quantize_int4, quantize_int8
 from llamarun.quant.save import save_quantized
 
@@ -108,8 +107,8 @@ def test_saved_checkpoint_decompresses_and_equals_online_quantization(tiny_hf, t
     assert tensors["model.embed_tokens.weight"].dtype == torch.bfloat16
     # "Loading our own output" through the layout reader: the online-quantized model (same bf16 weights)
     # holds exactly the layouts the file holds, merged linears being their shards stacked by rows.
-    mode = method_for(f"int4-g{group}" if fmt == "int4" else fmt)
-    online = build_model(open_checkpoint(tiny_hf, "hf"), dtype=torch.bfloat16, pack=packer(mode))
+    mode = f"int4-g{group}" if fmt == "int4" else fmt
+    online = build_model(open_checkpoint(tiny_hf, "hf"), dtype=torch.bfloat16, pack=pack_hook(mode))
     layer = online.model.layers[1]
     stem = "model.layers.1"
     for module, shards in ((layer.self_attn.qkv_proj, ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),

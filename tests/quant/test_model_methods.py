@@ -12,8 +12,8 @@ from llamarun.engine.forward import forward_tokens
 from llamarun.loaders.registry import open_checkpoint
 from llamarun.models.build import build_model
 from llamarun.quant.footprint import model_footprint, plan_footprint, total_bytes
-from llamarun.quant.method import PackedLinear, packer
-from llamarun.quant.modes import method_for, weight_bytes
+from llamarun.quant.method import PackedLinear
+from llamarun.quant.modes import method_for, pack_hook, weight_bytes
 
 # Divisible by 128 everywhere, so int4-g128 applies; vocab 260 is not a multiple of 16, so the int4 head
 # runs the CPU reference while the decoder linears run PyTorch's int4 kernel.
@@ -48,8 +48,7 @@ def _greedy(model, prompt, steps):
 
 @pytest.mark.parametrize("mode", list(KL_BOUND))
 def test_every_linear_is_packed_and_outputs_stay_close(checkpoint, mode):
-    method = method_for(mode)
-    model = build_model(open_checkpoint(checkpoint, "hf"), pack=packer(method))
+    model = build_model(open_checkpoint(checkpoint, "hf"), pack=pack_hook(mode))
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
     assert not linears and len(packed) == 4 * SPEC.num_layers + 1  # qkv, o, gate_up, down per layer + head
@@ -65,7 +64,7 @@ def test_every_linear_is_packed_and_outputs_stay_close(checkpoint, mode):
     # The memory plan's estimate is the built model's real packed size.
     groups = model_footprint(model)
     assert total_bytes(groups) == weight_bytes(model.config, mode, 4)
-    assert [g.bytes for g in groups] == [g.bytes for g in plan_footprint(model.config, method, 4, "float32")]
+    assert [g.bytes for g in groups] == [g.bytes for g in plan_footprint(model.config, method_for(mode), 4, "float32")]
     assert {g.group: g.format for g in groups}["attention"] == mode
 
 
@@ -73,7 +72,7 @@ def test_tied_head_is_packed_apart_from_the_float_embedding(tmp_path):
     spec = TinySpec(tie_word_embeddings=True)
     weights, _ = make_weights(spec)
     path = write_hf(spec, weights, tmp_path / "hf")
-    model = build_model(open_checkpoint(path, "hf"), pack=packer(method_for("int4-g64")))
+    model = build_model(open_checkpoint(path, "hf"), pack=pack_hook("int4-g64"))
     assert isinstance(model.lm_head, PackedLinear)
     assert model.model.embed_tokens.weight.dtype == torch.float32
     groups = {g.group: g for g in model_footprint(model)}
@@ -91,7 +90,7 @@ def test_exact_footprint_is_the_parameter_count(checkpoint):
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize(("head", "head_format"), [("exact", "float32"), ("int8", "int8")])
 def test_head_flag_holds_the_head_apart_from_the_decoder(tmp_path, tied, head, head_format):
-    from llamarun.quant.modes import pack_hook, weights_mode
+    from llamarun.quant.modes import weights_mode
 
     spec = TinySpec(tie_word_embeddings=tied)
     path = write_hf(spec, make_weights(spec)[0], tmp_path / "hf")
